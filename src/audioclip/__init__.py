@@ -1,0 +1,1 @@
+"""AudioCLIP in PyTorch Lightning."""

@@ -1,0 +1,111 @@
+"""The fbsp front end of ESResNeXt-fbsp: a learnable frequency B-spline wavelet filter bank.
+
+References:
+- Guzhov et al., "ESResNe(X)t-fbsp: Learning Robust Time-Frequency Transformation of Audio", IJCNN 2021,
+  section III-A (the complex-valued filter bank `LinearFBSP`, the time-frequency transformation loss).
+- Guzhov et al., "AudioCLIP", 2021, section 3.2 (the audio head).
+
+The numerics follow the reference implementation so that its released checkpoints load and give the same
+outputs: the frames are taken with the reference's framing (central zero padding of the signal), windowed with a
+periodic Blackman-Harris window, zero-padded centrally to `n_fft`, and projected onto the filter bank.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Blackman-Harris coefficients (minimum 4-term, Harris 1978), as scipy.signal.windows.blackmanharris.
+_BLACKMAN_HARRIS = (0.35875, 0.48829, 0.14128, 0.01168)
+
+
+def blackman_harris_window(length: int, periodic: bool = True) -> torch.Tensor:
+    """The Blackman-Harris window, computed in float64 like `scipy.signal.get_window('blackmanharris', N)`.
+
+    `periodic=True` is scipy's `fftbins=True`: a symmetric window of `length + 1` points without its last one.
+    """
+    n_sym = length + 1 if periodic else length
+    if n_sym == 1:
+        return torch.ones(1, dtype=torch.float64)
+    phase = 2.0 * np.pi * np.arange(n_sym, dtype=np.float64) / (n_sym - 1)
+    a0, a1, a2, a3 = _BLACKMAN_HARRIS
+    window = a0 - a1 * np.cos(phase) + a2 * np.cos(2 * phase) - a3 * np.cos(3 * phase)
+    return torch.from_numpy(window[:length].copy())
+
+
+def num_frames(num_samples: int, frame_length: int, hop_length: int) -> int:
+    """Number of frames the reference framing yields: `1 + ceil((T - win) / hop)`, at least one."""
+    if num_samples <= frame_length:
+        return 1
+    return 1 + math.ceil((num_samples - frame_length) / hop_length)
+
+
+def frame_signal(signal: torch.Tensor, frame_length: int, hop_length: int) -> torch.Tensor:
+    """Cut (N, T) into (N, frames, frame_length) frames, zero-padding the signal half left, half right."""
+    total = (num_frames(signal.shape[-1], frame_length, hop_length) - 1) * hop_length + frame_length
+    missing = total - signal.shape[-1]
+    if missing > 0:
+        signal = F.pad(signal, [missing // 2, missing - missing // 2])
+    return signal.unfold(-1, frame_length, hop_length)
+
+
+class LinearFBSP(nn.Module):
+    """Complex-valued linear layer whose weights are frequency B-spline wavelets (one per output frequency).
+
+    Each output k has three learnable parameters: the spline order `m[k]`, the bandwidth `fb[k]` and the centre
+    frequency `fc[k]`. The materialised weights have shape (out_features, in_features, 2) (real, imaginary):
+
+        w_k(t) = sqrt(fb_k) * sinc(fb_k t / m_k) ** m_k * exp(-i fc_k t),   t in pi * linspace(-1, 1, in_features)
+
+    (`sinc(x) ** m` taken as a complex power, so negative lobes keep their phase). With `normalized=True` the
+    weights are divided by sqrt(in_features). Gradients of m, fb and fc are divided by their infinity norm, as the
+    reference does, which keeps the filter bank's learning rate independent of the body's.
+    """
+
+    eps = 1e-8
+
+    def __init__(self, out_features: int, normalized: bool = False):
+        super().__init__()
+        self.out_features = out_features
+        self.normalized = normalized
+        self.m = nn.Parameter(torch.zeros(out_features))
+        self.fb = nn.Parameter(torch.ones(out_features))
+        self.fc = nn.Parameter(torch.arange(out_features, dtype=torch.get_default_dtype()))
+        # The reference model has an (unused, empty) bias parameter; it is kept so its checkpoints load strictly.
+        self.bias = nn.Parameter(torch.empty(0))
+        for param in (self.m, self.fb, self.fc):
+            param.register_hook(self._normalize_grad)
+
+    @classmethod
+    def _normalize_grad(cls, grad: torch.Tensor) -> torch.Tensor:
+        return grad / (grad.abs().max() + cls.eps)
+
+    def weights(self, in_features: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Materialise the filter bank as (out_features, in_features, 2) real/imaginary weights."""
+        dtype = dtype or self.fb.dtype
+        t = math.pi * torch.linspace(-1.0, 1.0, in_features, dtype=dtype, device=self.fb.device).reshape(1, -1) + self.eps
+        m, fb, fc = (p.to(dtype).reshape(-1, 1) for p in (self.m, self.fb, self.fc))
+
+        sinc_arg = fb * t / (m + self.eps)
+        win = torch.where(sinc_arg == 0, torch.ones_like(sinc_arg), torch.sin(sinc_arg) / sinc_arg)
+        # complex power (win + 0i) ** (m + 0i): magnitude |win| ** m, phase m * arg(win)
+        magnitude = (win**2) ** (0.5 * m)
+        phase = m * torch.atan2(torch.zeros_like(win), win)
+        angle = phase - fc * t
+        weights = torch.sqrt(fb).unsqueeze(-1) * (magnitude.unsqueeze(-1) * torch.stack((angle.cos(), angle.sin()), -1))
+        if self.normalized:
+            weights = weights / (in_features**0.5)
+        return weights
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Project real frames (..., in_features) to complex outputs (..., out_features, 2)."""
+        weights = self.weights(frames.shape[-1], frames.dtype)
+        out = F.linear(frames, torch.cat((weights[..., 0], weights[..., 1]), 0))
+        return torch.stack(out.split(self.out_features, -1), -1)
+
+    def extra_repr(self) -> str:
+        return f"out_features={self.out_features}, normalized={self.normalized}"
