@@ -12,7 +12,7 @@ The state-dict layout is the reference implementation's (`window`, `fbsp.*`, `co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -95,37 +95,33 @@ class ESResNeXtFBSP(nn.Module):
 
     def __init__(self, config: AudioConfig | None = None, **overrides):
         super().__init__()
-        cfg = config or AudioConfig()
-        if overrides:
-            cfg = AudioConfig(**{**cfg.__dict__, **overrides})
+        cfg = replace(config or AudioConfig(), **overrides)
         self.config = cfg
         if cfg.win_length > cfg.n_fft:
             raise ValueError(f"win_length ({cfg.win_length}) must not exceed n_fft ({cfg.n_fft})")
 
         self.register_buffer("window", blackman_harris_window(cfg.win_length).to(torch.get_default_dtype()))
-        self.fbsp = LinearFBSP(cfg.n_fft // 2 + 1, normalized=cfg.normalized)
 
+        # modules are registered in the reference's order, so state dicts list their keys in the same order
         base = cfg.base_planes
         self.conv1 = nn.Conv2d(cfg.bands, base, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(base)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-
         inplanes = base
-        stage_out = []
         for idx, blocks in enumerate(cfg.layers):
             planes = base * 2**idx
-            stride = 1 if idx == 0 else 2
-            stage = [Bottleneck(inplanes, planes, stride, cfg.groups, cfg.width_per_group)]
+            stage_in = inplanes
+            stage = [Bottleneck(inplanes, planes, 1 if idx == 0 else 2, cfg.groups, cfg.width_per_group)]
             inplanes = planes * Bottleneck.expansion
             stage += [Bottleneck(inplanes, planes, 1, cfg.groups, cfg.width_per_group) for _ in range(1, blocks)]
             setattr(self, f"layer{idx + 1}", nn.Sequential(*stage))
-            stage_out.append(inplanes)
+            if cfg.attention:
+                setattr(self, f"att{idx + 1}", Attention2d(stage_in, inplanes, _ATTENTION_KERNELS[idx]))
         if cfg.attention:
-            stage_in = [base, *stage_out[:3], stage_out[3]]
-            for idx, (c_in, c_out) in enumerate(zip(stage_in, [*stage_out, stage_out[3]], strict=True)):
-                setattr(self, f"att{idx + 1}", Attention2d(c_in, c_out, _ATTENTION_KERNELS[idx]))
-        self.fc = nn.Linear(stage_out[3], cfg.num_classes)
+            self.att5 = Attention2d(inplanes, inplanes, _ATTENTION_KERNELS[4])
+        self.fc = nn.Linear(inplanes, cfg.num_classes)
+        self.fbsp = LinearFBSP(cfg.n_fft // 2 + 1, normalized=cfg.normalized)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -143,9 +139,10 @@ class ESResNeXtFBSP(nn.Module):
     def spectrogram(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, C, T) int16-range waveform -> (B, C, bands, rows, frames) log-power spectrogram in dB.
 
-        The analysis window is folded into the central `win_length` columns of the filter bank (the zero-padded
-        columns contribute nothing), so one matrix product gives the reference's windowed, padded projection.
-        The front end runs in fp32 even under autocast: dB of small powers needs the precision.
+        Low-power bins come out of a large cancellation in the filter-bank projection, so their dB values (and
+        through them the embedding) are sensitive to float rounding: the operations keep the reference's order
+        (window, central zero padding to n_fft, one projection per real/imaginary part) to reproduce its fp32
+        results, and the front end runs in fp32 even under autocast.
         """
         cfg = self.config
         batch, channels, _ = audio.shape
@@ -153,12 +150,11 @@ class ESResNeXtFBSP(nn.Module):
             x = audio.to(self.window.dtype)
             x = (((x + 32768.0) * 2.0) / 65535.0) - 1.0  # the reference's int16 -> [-1, 1] scaling
             with torch.no_grad():
-                frames = frame_signal(x.reshape(batch * channels, -1), cfg.win_length, cfg.hop_length)
+                frames = frame_signal(x.reshape(batch * channels, -1), cfg.win_length, cfg.hop_length) * self.window
+                left = (cfg.n_fft - cfg.win_length) // 2
+                frames = F.pad(frames, [left, cfg.n_fft - cfg.win_length - left])
             weights = self.fbsp.weights(cfg.n_fft, frames.dtype)
-            left = (cfg.n_fft - cfg.win_length) // 2
-            weights = weights[:, left : left + cfg.win_length] * self.window.reshape(1, -1, 1)
-            out = F.linear(frames, torch.cat((weights[..., 0], weights[..., 1]), 0))
-            real, imag = out.split(self.fbsp.out_features, -1)
+            real, imag = F.linear(frames, weights[..., 0]), F.linear(frames, weights[..., 1])
             power = (real**2 + imag**2).transpose(-1, -2)  # (B*C, freq, frames)
 
             rows = power.shape[-2] // cfg.bands

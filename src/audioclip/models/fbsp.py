@@ -90,13 +90,19 @@ class LinearFBSP(nn.Module):
         t = math.pi * torch.linspace(-1.0, 1.0, in_features, dtype=dtype, device=self.fb.device).reshape(1, -1) + self.eps
         m, fb, fc = (p.to(dtype).reshape(-1, 1) for p in (self.m, self.fb, self.fc))
 
+        kernel_re, kernel_im = torch.cos(fc * t), -torch.sin(fc * t)
         sinc_arg = fb * t / (m + self.eps)
         win = torch.where(sinc_arg == 0, torch.ones_like(sinc_arg), torch.sin(sinc_arg) / sinc_arg)
-        # complex power (win + 0i) ** (m + 0i): magnitude |win| ** m, phase m * arg(win)
-        magnitude = (win**2) ** (0.5 * m)
-        phase = m * torch.atan2(torch.zeros_like(win), win)
-        angle = phase - fc * t
-        weights = torch.sqrt(fb).unsqueeze(-1) * (magnitude.unsqueeze(-1) * torch.stack((angle.cos(), angle.sin()), -1))
+        # complex power (win + 0i) ** (m + 0i) = |win| ** m * exp(i m arg(win)), in the reference's order of
+        # operations so that trained checkpoints give the reference's filters to the last bit
+        magnitude = (win**2) ** 0.5
+        phase = torch.atan2(torch.zeros_like(win), win)
+        scaled = (magnitude**2) ** (0.5 * m)
+        win_re, win_im = scaled * torch.cos(m * phase), scaled * torch.sin(m * phase)
+        scale = torch.sqrt(fb).unsqueeze(-1)
+        weights = scale * torch.stack(
+            (win_re * kernel_re - win_im * kernel_im, win_re * kernel_im + win_im * kernel_re), dim=-1
+        )
         if self.normalized:
             weights = weights / (in_features**0.5)
         return weights

@@ -1,0 +1,222 @@
+"""Official weights: a table of tags -> file, URL, checksum; safe loading into the registry's models.
+
+- `AudioCLIP-Full-Training.pt`, `AudioCLIP-Partial-Training.pt`, `ESRNXFBSP.pt`: release v0.1 of the AudioCLIP
+  project (state dicts of the reference model; ours has the same layout).
+- `RN50.pt`: OpenAI's CLIP RN50 (a TorchScript archive), the image+text initialisation of a fresh AudioCLIP.
+
+Every file is read with `torch.load(..., weights_only=True)` (a TorchScript archive with `torch.jit.load` on CPU,
+then converted to a state dict), so a pickle that tries to execute code is refused. Loading is strict: a mismatch
+is an error listing the missing and unexpected keys (the reference silently loaded with `strict=False`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import urllib.request
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from clip.clip import _MODELS as clip_models
+from torch import nn
+
+_RELEASE = "https://github.com/AndreyGuzhov/AudioCLIP/releases/download/v0.1"
+# OpenAI publishes each CLIP file under its sha256; the `clip` package holds the table
+_CLIP_RN50_URL = clip_models["RN50"]
+
+
+class WeightsError(RuntimeError):
+    """A weight file that is missing, corrupt, unsafe, or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class WeightTag:
+    filename: str
+    url: str
+    kind: str  # "audioclip" (whole model), "clip" (image + text heads), "audio" (ESResNeXt-fbsp, 527 classes)
+    sha256: str | None = None  # None: not published; the file's digest is shown when it is loaded
+    size: int | None = None
+
+
+TAGS: dict[str, WeightTag] = {
+    "full": WeightTag(
+        "AudioCLIP-Full-Training.pt",
+        f"{_RELEASE}/AudioCLIP-Full-Training.pt",
+        "audioclip",
+        "2441d35b353352c8b1bbfb8f7c687f46314c3d2909e940eaf763b8c17f632c44",
+        537_302_068,
+    ),
+    "partial": WeightTag("AudioCLIP-Partial-Training.pt", f"{_RELEASE}/AudioCLIP-Partial-Training.pt", "audioclip"),
+    "esrnxfbsp": WeightTag("ESRNXFBSP.pt", f"{_RELEASE}/ESRNXFBSP.pt", "audio"),
+    "clip-rn50": WeightTag(
+        "RN50.pt",
+        _CLIP_RN50_URL,
+        "clip",
+        _CLIP_RN50_URL.split("/")[-2],
+    ),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AUDIOCLIP_CACHE", Path.home() / ".cache" / "audioclip"))
+
+
+def sha256sum(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: Path, tag: WeightTag) -> None:
+    """Refuse a file whose checksum does not match its tag, naming the expected and actual sha256."""
+    if tag.sha256 is None:
+        return
+    actual = sha256sum(path)
+    if actual != tag.sha256:
+        raise WeightsError(f"{path}: sha256 {actual} does not match {tag.filename} (expected {tag.sha256})")
+
+
+def resolve(tag_or_path: str | Path) -> tuple[Path, WeightTag | None]:
+    """A tag (looked up in the cache, verified) or a path -> (file, tag or None)."""
+    if isinstance(tag_or_path, str) and tag_or_path in TAGS:
+        tag = TAGS[tag_or_path]
+        path = cache_dir() / tag.filename
+        if not path.is_file():
+            raise WeightsError(
+                f"weights {tag_or_path!r} not found at {path}: run `make weights` (or `audioclip weights download "
+                f"{tag_or_path}`), or download {tag.url} by hand into {path.parent}"
+            )
+        verify(path, tag)
+        return path, tag
+    path = Path(tag_or_path).expanduser()
+    if not path.is_file():
+        known = ", ".join(TAGS)
+        raise WeightsError(f"weights {str(tag_or_path)!r}: no such file, and not a known tag ({known})")
+    tag = next((t for t in TAGS.values() if t.filename == path.name), None)
+    if tag is not None:
+        verify(path, tag)
+    return path, tag
+
+
+def download(name: str, force: bool = False) -> Path:
+    """Fetch a tagged file into the cache and verify it; offline, say where to put it by hand."""
+    tag = TAGS[name]
+    path = cache_dir() / tag.filename
+    if path.is_file() and not force:
+        verify(path, tag)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(path.suffix + ".part")
+    try:
+        from tqdm import tqdm
+
+        with urllib.request.urlopen(tag.url, timeout=30) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or tag.size
+            with tqdm(total=total, unit="B", unit_scale=True, desc=tag.filename) as bar:
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    bar.update(len(block))
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise WeightsError(
+            f"cannot download {tag.url} ({exc}); download it by hand and place it at {path}"
+        ) from exc
+    verify(partial, tag)
+    shutil.move(partial, path)
+    return path
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weight file safely: a state dict, a Lightning checkpoint or a TorchScript archive."""
+    path = Path(path)
+    try:
+        if _is_torchscript(path):
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path}: not a loadable weight file or refused as unsafe ({first})") from exc
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]  # a Lightning checkpoint: the LightningModule's parameters
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix) :]: v for k, v in state.items()}
+    return dict(state)
+
+
+def normalize_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip DDP's `module.` and a LightningModule's `model.` prefixes."""
+    return _strip(_strip(state, "module."), "model.")
+
+
+def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str, ignore: tuple[str, ...] = ()) -> None:
+    """`load_state_dict(strict=True)` for the keys not starting with an `ignore` prefix, with a clear error."""
+    own = module.state_dict()
+    expected = {k for k in own if not k.startswith(ignore)}
+    given = {k for k in state if not k.startswith(ignore)}
+    missing, unexpected = sorted(expected - given), sorted(given - expected)
+    wrong = sorted(k for k in expected & given if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        if wrong:
+            parts.append(
+                "shape mismatch: "
+                + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:8])
+            )
+        raise WeightsError(f"{source} does not fit {type(module).__name__}: " + "; ".join(parts))
+    module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+
+
+def load_pretrained(model: nn.Module, tag_or_path: str | Path, strict: bool = True) -> nn.Module:
+    """Load official weights or a file into `model` (an AudioCLIP or an ESResNeXtFBSP).
+
+    What a file holds is read off its keys: a whole AudioCLIP, CLIP's image+text heads (into AudioCLIP, the
+    audio head and its logit scales untouched), or an ESResNeXt-fbsp (into the standalone model, or into
+    AudioCLIP's audio head without its classifier `fc`, which AudioCLIP replaces by the embedding projection).
+    With `strict=False` keys that do not fit are skipped instead of raising.
+    """
+    from audioclip.models.audioclip import AudioCLIP
+
+    path, _ = resolve(tag_or_path)
+    state = normalize_keys(read_state_dict(path))
+    state = {k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    source = str(path)
+    is_clip_model = isinstance(model, AudioCLIP)
+    has_audio_head = any(k.startswith("audio.") for k in state)
+    has_clip = any(k.startswith("visual.") for k in state)
+
+    if not strict:
+        own = model.state_dict()
+        fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(fitting, strict=False)
+        return model
+    if is_clip_model and has_clip and not has_audio_head:
+        load_into(model, state, source, ignore=("audio.", "logit_scale_ai", "logit_scale_at"))
+    elif is_clip_model and not has_clip and "fbsp.m" in state:
+        load_into(model.audio, state, source, ignore=("fc.",))
+    else:
+        load_into(model, state, source)
+    return model
