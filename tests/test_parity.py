@@ -27,7 +27,10 @@ AUDIO_RTOL = 2e-3
 
 
 def _layout(shared_dir, name):
-    return {k: (tuple(shape), dtype) for k, shape, dtype in json.loads((shared_dir / "fixtures/parity" / name).read_text())["keys"]}
+    return {
+        k: (tuple(shape), dtype)
+        for k, shape, dtype in json.loads((shared_dir / "fixtures/parity" / name).read_text())["keys"]
+    }
 
 
 def _state_layout(model):
@@ -63,8 +66,10 @@ def golden(shared_dir):
 def _outputs(model, golden, shared_dir):
     data, meta = golden
     audio = torch.stack(
-        [torch.from_numpy(sf.read(shared_dir / "fixtures/audio" / c, dtype="int16")[0].astype(np.float32))[None]
-         for c in meta["clips"]]
+        [
+            torch.from_numpy(sf.read(shared_dir / "fixtures/audio" / c, dtype="int16")[0].astype(np.float32))[None]
+            for c in meta["clips"]
+        ]
     )
     image = torch.from_numpy(data["image_input"])
     with torch.no_grad():
@@ -74,8 +79,12 @@ def _outputs(model, golden, shared_dir):
         _, _, loss_ait = model(audio=audio, image=image, text=labels)
         logits_at = model.logit_scale_at.exp().clamp(1, 100) * classes["audio"] @ classes["text"].T
         return {
-            "audio_emb": classes["audio"], "image_emb": classes["image"], "text_emb": classes["text"],
-            "logits_audio_text": logits_at, "loss_audio_text": loss_at, "loss_audio_image_text": loss_ait,
+            "audio_emb": classes["audio"],
+            "image_emb": classes["image"],
+            "text_emb": classes["text"],
+            "logits_audio_text": logits_at,
+            "loss_audio_text": loss_at,
+            "loss_audio_image_text": loss_ait,
             "loss_ttf": model.audio.ttf_loss(),
         }
 

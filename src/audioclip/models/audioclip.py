@@ -76,7 +76,11 @@ class AudioCLIP(CLIP):
         return clip.tokenize([template.format(t) for t in joined], context_length=self.context_length).to(self.device)
 
     def log_scales(self) -> dict[str, torch.Tensor]:
-        return {"logit_scale_ai": self.logit_scale_ai, "logit_scale_at": self.logit_scale_at, "logit_scale": self.logit_scale}
+        return {
+            "logit_scale_ai": self.logit_scale_ai,
+            "logit_scale_at": self.logit_scale_at,
+            "logit_scale": self.logit_scale,
+        }
 
     def embed(
         self,

@@ -87,7 +87,10 @@ class LinearFBSP(nn.Module):
     def weights(self, in_features: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Materialise the filter bank as (out_features, in_features, 2) real/imaginary weights."""
         dtype = dtype or self.fb.dtype
-        t = math.pi * torch.linspace(-1.0, 1.0, in_features, dtype=dtype, device=self.fb.device).reshape(1, -1) + self.eps
+        t = (
+            math.pi * torch.linspace(-1.0, 1.0, in_features, dtype=dtype, device=self.fb.device).reshape(1, -1)
+            + self.eps
+        )
         m, fb, fc = (p.to(dtype).reshape(-1, 1) for p in (self.m, self.fb, self.fc))
 
         kernel_re, kernel_im = torch.cos(fc * t), -torch.sin(fc * t)

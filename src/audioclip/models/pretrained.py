@@ -124,9 +124,7 @@ def download(name: str, force: bool = False) -> Path:
                     bar.update(len(block))
     except OSError as exc:
         partial.unlink(missing_ok=True)
-        raise WeightsError(
-            f"cannot download {tag.url} ({exc}); download it by hand and place it at {path}"
-        ) from exc
+        raise WeightsError(f"cannot download {tag.url} ({exc}); download it by hand and place it at {path}") from exc
     verify(partial, tag)
     shutil.move(partial, path)
     return path
@@ -178,12 +176,14 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str,
     if missing or unexpected or wrong:
         parts = []
         if missing:
-            parts.append(f"missing keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
         if unexpected:
-            parts.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+            parts.append(
+                f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}"
+            )
         if wrong:
             parts.append(
-                "shape mismatch: "
+                f"shape mismatch ({len(wrong)}): "
                 + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:8])
             )
         raise WeightsError(f"{source} does not fit {type(module).__name__}: " + "; ".join(parts))

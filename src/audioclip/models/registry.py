@@ -59,7 +59,9 @@ def create_model(name: str, pretrained: str | Path | None = None, strict: bool =
     `overrides` replace fields of the configuration (e.g. `num_classes=50` for a standalone ESC-50 classifier).
     """
     config = get_config(name)
-    model = AudioCLIP(config, **overrides) if isinstance(config, AudioCLIPConfig) else ESResNeXtFBSP(config, **overrides)
+    model = (
+        AudioCLIP(config, **overrides) if isinstance(config, AudioCLIPConfig) else ESResNeXtFBSP(config, **overrides)
+    )
     model.model_name = name
     if pretrained is not None:
         from audioclip.models.pretrained import load_pretrained

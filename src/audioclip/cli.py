@@ -1,0 +1,103 @@
+"""The `audioclip` command.
+
+    audioclip fit --config conf/finetune-esc50.yaml --data.fold 3      # training phases (LightningCLI)
+    audioclip classify FILE... --labels "dog,cat,rain" [--checkpoint PATH]
+    audioclip weights list | download [TAG...]
+    audioclip prepare audioset ...                                     # AudioSet download/ingest/extract/pack
+
+Errors from bad input are one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# subcommands implemented elsewhere: name -> "module:function" taking argv
+EXTERNAL = {
+    "prepare": "audioclip.data.audioset.prepare:main",
+}
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from audioclip.inference import classify, load
+
+    labels = [x for x in args.labels.split(",") if x.strip()] if args.labels else []
+    if not labels:
+        raise ValueError("--labels: give the candidate classes, comma-separated, e.g. --labels 'dog,cat,rain'")
+    model = load(args.checkpoint, model_name=args.model)
+    for path in args.files:
+        probs = classify(model, path, labels, template=args.template)
+        print(f"{path}")
+        for rank, (label, prob) in enumerate(list(probs.items())[: args.top], start=1):
+            print(f"  {rank:>2}. {label:<30} {prob:7.2%}")
+    return 0
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from audioclip.models.pretrained import TAGS, cache_dir, download
+
+    if args.action == "list":
+        for name, tag in TAGS.items():
+            path = cache_dir() / tag.filename
+            state = "present" if path.is_file() else "missing"
+            print(f"{name:<10} {tag.filename:<32} {tag.kind:<10} {state:<8} {path}")
+        return 0
+    for name in args.tags or list(TAGS):
+        if name not in TAGS:
+            raise ValueError(f"unknown weight tag {name!r}; known: {', '.join(TAGS)}")
+        print(f"{name}: {download(name)}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audioclip", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("classify", help="zero-shot classify audio files against a list of labels")
+    p.add_argument("files", nargs="+", help="audio files (any sample rate and channel count)")
+    p.add_argument("--labels", required=True, help="comma-separated class names")
+    p.add_argument("--checkpoint", default="full", help="official tag (full, partial) or a checkpoint path")
+    p.add_argument("--model", default=None, help="registered model name, when it can't be read off the file")
+    p.add_argument("--template", default="{}", help="text template for the labels, e.g. 'the sound of {}'")
+    p.add_argument("--top", type=int, default=5, help="how many labels to print per file")
+    p.set_defaults(func=_classify)
+
+    p = sub.add_parser("weights", help="list or download the official weights")
+    p.add_argument("action", choices=["list", "download"])
+    p.add_argument("tags", nargs="*", help="tags to download (default: all)")
+    p.set_defaults(func=_weights)
+
+    for name in (*LIGHTNING_SUBCOMMANDS, *EXTERNAL):
+        sub.add_parser(name, help=f"see `audioclip {name} --help`", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from audioclip.inference import InputError
+    from audioclip.models.pretrained import WeightsError
+
+    try:
+        if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+            from audioclip.tasks.cli import run_lightning_cli
+
+            run_lightning_cli(argv)
+            return 0
+        if argv and argv[0] in EXTERNAL:
+            module, func = EXTERNAL[argv[0]].split(":")
+            return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+        args = _parser().parse_args(argv)
+        return args.func(args)
+    except (InputError, WeightsError, ValueError, FileNotFoundError) as exc:
+        print(f"audioclip: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The inference API: load a model, embed audio / images / text, zero-shot classify.
+
+    import audioclip
+    model = audioclip.load("full")                      # official tag, or a checkpoint / state-dict path
+    probs = audioclip.classify(model, "dog.wav", ["dog", "rain", "siren"])
+    emb = audioclip.embed_audio(model, "dog.wav")       # L2-normalised (1024,)
+
+Audio may be a file path or a waveform with any sample rate and channel count: it is resampled to 44.1 kHz with
+torchaudio and brought to the int16 value range the model expects (float waveforms are taken to be in [-1, 1],
+integer ones as int16 values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from audioclip.models import AudioCLIP, create_model
+from audioclip.models.pretrained import TAGS, WeightsError, normalize_keys, read_state_dict, resolve
+from audioclip.models.registry import MODELS, AudioCLIPConfig
+
+SAMPLE_RATE = 44_100
+
+
+class InputError(ValueError):
+    """Unusable input (a file that can't be read, empty audio, no labels), with the offending thing named."""
+
+
+def _model_name_for(state: dict[str, torch.Tensor]) -> str:
+    """The registered AudioCLIP whose state-dict layout the weights have."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for name, config in MODELS.items():
+        if not isinstance(config, AudioCLIPConfig):
+            continue
+        with torch.device("meta"):
+            layout = {k: tuple(v.shape) for k, v in AudioCLIP(config).state_dict().items()}
+        if layout == shapes:
+            return name
+    raise WeightsError("the weights match no registered AudioCLIP model (audioclip, audioclip-tiny)")
+
+
+def load(
+    tag_or_path: str | Path = "full", model_name: str | None = None, device: str | torch.device = "cpu"
+) -> AudioCLIP:
+    """A ready AudioCLIP in eval mode from an official tag or a file (state dict or Lightning checkpoint)."""
+    if isinstance(tag_or_path, str) and tag_or_path in TAGS:
+        if TAGS[tag_or_path].kind != "audioclip":
+            raise WeightsError(f"{tag_or_path!r} holds {TAGS[tag_or_path].kind} weights, not a whole AudioCLIP")
+        model = create_model(model_name or "audioclip", pretrained=tag_or_path)
+    else:
+        path, _ = resolve(tag_or_path)
+        state = normalize_keys(read_state_dict(path))
+        model = create_model(model_name or _model_name_for(state), pretrained=path)
+    return model.eval().to(device)
+
+
+def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
+    """Decode a file with soundfile: (channels, samples) float32 in [-1, 1], and its sample rate."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such audio file")
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable audio file ({exc})") from exc
+    if data.shape[0] == 0:
+        raise InputError(f"{path}: the file holds no audio samples")
+    return torch.from_numpy(data.T.copy()), rate
+
+
+def prepare_audio(audio: str | Path | np.ndarray | torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
+    """File path or waveform -> (1, channels, samples) float at 44.1 kHz in the int16 value range."""
+    if isinstance(audio, (str, Path)):
+        wave, sample_rate = read_audio(audio)
+        wave = wave * 32768.0
+    else:
+        wave = torch.as_tensor(audio)
+        if sample_rate is None:
+            raise InputError("a waveform needs its sample_rate")
+        wave = wave.float() * 32768.0 if wave.is_floating_point() else wave.float()
+        if wave.dim() == 1:
+            wave = wave[None]
+        if wave.dim() != 2:
+            raise InputError(f"a waveform must be (samples,) or (channels, samples), got {tuple(wave.shape)}")
+    if wave.shape[-1] == 0:
+        raise InputError("empty audio: no samples")
+    if sample_rate != SAMPLE_RATE:
+        wave = AF.resample(wave, sample_rate, SAMPLE_RATE)
+    return wave[None]
+
+
+@torch.no_grad()
+def embed_audio(model: AudioCLIP, audio, sample_rate: int | None = None) -> torch.Tensor:
+    """L2-normalised audio embedding (embed_dim,)."""
+    emb = model.encode_audio(prepare_audio(audio, sample_rate).to(model.device))[0]
+    return emb / emb.norm()
+
+
+@torch.no_grad()
+def embed_image(model: AudioCLIP, image) -> torch.Tensor:
+    """L2-normalised embedding of an image file or PIL image, with CLIP's preprocessing."""
+    from clip.clip import _transform
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, (str, Path)):
+        try:
+            image = Image.open(image)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise InputError(f"{image}: not a readable image ({exc})") from exc
+    pixels = _transform(model.visual.input_resolution)(image)[None].to(model.device)
+    emb = model.encode_image(pixels)[0]
+    return emb / emb.norm()
+
+
+@torch.no_grad()
+def embed_text(model: AudioCLIP, texts: Sequence[str], template: str = "{}") -> torch.Tensor:
+    """L2-normalised text embeddings (len(texts), embed_dim)."""
+    if not texts:
+        raise InputError("no text given")
+    emb = model.encode_text(model.tokenize(list(texts), template))
+    return emb / emb.norm(dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def classify(
+    model: AudioCLIP, audio, labels: Sequence[str], template: str = "{}", sample_rate: int | None = None
+) -> dict[str, float]:
+    """Zero-shot classification: label -> probability, most probable first (softmax over the audio-text logits)."""
+    labels = [label.strip() for label in labels if label.strip()]
+    if not labels:
+        raise InputError("no labels given: pass at least one class name")
+    if len(set(labels)) != len(labels):
+        raise InputError(f"duplicate labels: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
+    scale = model.logit_scale_at.exp().clamp(1.0, 100.0)
+    logits = scale * embed_audio(model, audio, sample_rate) @ embed_text(model, labels, template).T
+    probs = logits.softmax(-1).tolist()
+    return dict(sorted(zip(labels, probs, strict=True), key=lambda kv: -kv[1]))
