@@ -45,3 +45,9 @@ weights: $(STAMP)  ## download the official weights into ~/.cache/audioclip ($AU
 
 demo: $(STAMP)  ## zero-shot classify a bundled clip with the tiny model
 	$(PY) -m audioclip.demo
+
+demo-data: $(STAMP)  ## write tiny synthetic ESC-50 and UrbanSound8K datasets (official layouts) into data/synthetic/
+	$(PY) -m audioclip.data.synthetic --esc50 data/synthetic/esc50 --us8k data/synthetic/us8k
+
+bench-data: $(STAMP)  ## benchmark the ESC-50 data pipeline on 2,000 synthetic clips; prints one JSON line
+	@$(PY) benchmarks/bench_data.py

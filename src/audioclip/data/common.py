@@ -1,0 +1,367 @@
+"""Shared pieces of the fold-based DataModules: errors, the batch contract, splits, a base DataModule.
+
+The batch contract is the one of ``shared/DESIGN.md`` ("The batch contract"): ``audio`` float
+(B, C, T) at 44.1 kHz in the int16 value range, ``target`` (B,), ``text`` and ``id`` lists of B
+strings, ``image`` (B, 3, 224, 224) when the dataset has frames. The fold protocol follows the
+datasets' papers (ESC-50: Piczak, 2015; UrbanSound8K: Salamon et al., 2014): the chosen fold is the
+test split, and the validation split used for checkpoint selection is carved, stratified by
+class, from the remaining training folds (DESIGN.md, "Honest protocol"). Dividing the global
+batch by the world size with a loud error follows ashleve/lightning-hydra-template.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from audioclip.data.cache import CACHE_DIRNAME, CacheReader, CacheSpec, ClipCache, build_cache
+from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
+
+log = logging.getLogger(__name__)
+
+OnBadFile = Literal["error", "skip"]
+
+
+class BadFileError(ValueError):
+    """A dataset file that cannot be used; the message is ``"<path>: <problem>"``."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = Path(path)
+        self.problem = problem
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.problem)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+class MissingFileError(BadFileError, FileNotFoundError):
+    """A file listed in the metadata that does not exist."""
+
+    def __init__(self, path: Path | str, problem: str = "file is missing") -> None:
+        super().__init__(path, problem)
+
+
+class MetadataError(BadFileError):
+    """A metadata file whose columns or values do not fit the dataset's official layout."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset root, its metadata file or its audio folder does not exist."""
+
+
+def class_text(name: str) -> str:
+    """The text of a class name: ``dog_bark`` -> ``dog bark``."""
+    return name.replace("_", " ").strip()
+
+
+def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
+    """Split the global batch over the DDP ranks; refuse a split that would change the batch size."""
+    if global_batch_size < 1 or world_size < 1:
+        raise ValueError(f"batch_size ({global_batch_size}) and world size ({world_size}) must be positive")
+    if global_batch_size % world_size:
+        raise ValueError(
+            f"batch_size={global_batch_size} is the global batch size and must be divisible by the number of "
+            f"devices (world size {world_size}); choose a multiple of {world_size}"
+        )
+    return global_batch_size // world_size
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a list of items into one batch dict of the batch contract."""
+    shapes = {tuple(item["audio"].shape) for item in batch}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"collate needs audio of one shape, got {sorted(shapes)} for ids {[item['id'] for item in batch]}; "
+            "crop / pad clips to a fixed length first (transforms.RandomCropPad)"
+        )
+    targets = [item["target"] for item in batch]
+    out = {
+        "audio": torch.stack([item["audio"] for item in batch]).float(),
+        "target": torch.stack(targets) if isinstance(targets[0], torch.Tensor) else torch.tensor(targets),
+        "text": [item["text"] for item in batch],
+        "id": [item["id"] for item in batch],
+    }
+    if "image" in batch[0]:
+        out["image"] = torch.stack([item["image"] for item in batch])
+    return out
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """One row of a dataset's metadata."""
+
+    id: str  # the file name, unique within the dataset
+    path: Path
+    fold: int
+    target: int
+    label: str  # the class name as written in the metadata, e.g. "dog_bark"
+
+
+def read_metadata_csv(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a CSV with their line numbers, after checking that every required column is present."""
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{path}: metadata file does not exist")
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        missing = [column for column in columns if column not in (reader.fieldnames or [])]
+        if missing:
+            raise MetadataError(
+                path, f"missing column(s) {missing}; expected columns {list(columns)}, found {reader.fieldnames}"
+            )
+        return [(line, row) for line, row in enumerate(reader, start=2)]
+
+
+def parse_int(path: Path, line: int, column: str, value: str | None, low: int, high: int) -> int:
+    """An integer metadata field in ``low..high``, or a ``MetadataError`` naming file, line and column."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise MetadataError(path, f"line {line}: column {column!r} must be an integer, got {value!r}") from None
+    if not low <= number <= high:
+        raise MetadataError(path, f"line {line}: column {column!r} must be in {low}..{high}, got {number}")
+    return number
+
+
+def class_names(records: Sequence[ClipRecord], metadata_path: Path) -> list[str]:
+    """Class names (as text) indexed by target; the metadata must map targets 0..K-1 one-to-one to labels."""
+    by_target: dict[int, str] = {}
+    for record in records:
+        if by_target.setdefault(record.target, record.label) != record.label:
+            raise MetadataError(
+                metadata_path,
+                f"class index {record.target} is both {by_target[record.target]!r} and {record.label!r}",
+            )
+    if sorted(by_target) != list(range(len(by_target))):
+        raise MetadataError(metadata_path, f"class indices must run 0..K-1, got {sorted(by_target)}")
+    return [class_text(by_target[target]) for target in range(len(by_target))]
+
+
+def split_folds(
+    folds: np.ndarray, targets: np.ndarray, test_fold: int, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices (train, val, test): ``test_fold`` is the test split; a seeded, class-stratified
+    ``val_fraction`` of every class in the other folds is the validation split."""
+    test = np.flatnonzero(folds == test_fold)
+    rest = np.flatnonzero(folds != test_fold)
+    rng = np.random.default_rng(seed)
+    val = [
+        rng.permutation(members)[: round(len(members) * val_fraction)]
+        for members in (rest[targets[rest] == target] for target in np.unique(targets[rest]))
+    ]
+    val = np.sort(np.concatenate(val)) if val else np.empty(0, dtype=np.int64)
+    return np.setdiff1d(rest, val), val, test
+
+
+class ClipDataset(Dataset):
+    """Items of the batch contract read lazily from the decoded cache."""
+
+    def __init__(
+        self,
+        reader: CacheReader,
+        rows: np.ndarray,
+        lengths: np.ndarray,
+        records: Sequence[ClipRecord],
+        texts: Sequence[str],
+        transform: AudioTransform,
+    ) -> None:
+        self.reader = reader
+        self.rows = rows
+        self.lengths = lengths
+        self.targets = [record.target for record in records]
+        self.ids = [record.id for record in records]
+        self.texts = list(texts)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        audio = torch.from_numpy(self.reader.read(int(self.rows[index]), int(self.lengths[index])).astype(np.float32))
+        return {
+            "audio": self.transform(audio),
+            "target": self.targets[index],
+            "text": self.texts[index],
+            "id": self.ids[index],
+        }
+
+
+class FoldedAudioDataModule(L.LightningDataModule):
+    """Base of the ESC-50 and UrbanSound8K DataModules: official folds, a decoded cache, dict batches.
+
+    Args:
+        root: the dataset root in its official layout (see ``data/README.md``).
+        fold: the test fold; the other folds train.
+        batch_size: the global batch size, divided by the DDP world size.
+        num_workers: DataLoader worker processes.
+        val_fraction: share of every class in the training folds held out for validation.
+        seed: seed of the validation split.
+        augment: apply the paper's train-time augmentations to the training split.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: keep workers alive between epochs (only with ``num_workers > 0``).
+        on_bad_file: ``"error"`` stops at the first bad file; ``"skip"`` leaves bad files out and logs them.
+        cache_dir: where the decoded cache lives; defaults to ``root/.audioclip-cache``.
+        progress: show a progress bar while the cache is built.
+    """
+
+    dataset_name: ClassVar[str]  # for messages, e.g. "ESC-50"
+    num_folds: ClassVar[int]
+    cache_spec: ClassVar[CacheSpec]
+
+    def __init__(
+        self,
+        root: str | Path,
+        fold: int = 1,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        augment: bool = True,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        on_bad_file: OnBadFile = "error",
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 1 <= fold <= self.num_folds:
+            raise ValueError(
+                f"fold must be in 1..{self.num_folds} ({self.dataset_name} has {self.num_folds} official folds), "
+                f"got {fold}"
+            )
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if on_bad_file not in ("error", "skip"):
+            raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
+        per_device_batch_size(batch_size, 1)
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.fold = fold
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.augment = augment
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.on_bad_file = on_bad_file
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.root / CACHE_DIRNAME
+        self.progress = progress
+        self.skipped_files: list[str] = []
+        self.class_names: list[str] = []
+        self.device_batch_size = batch_size
+        self.train_set: ClipDataset | None = None
+        self.val_set: ClipDataset | None = None
+        self.test_set: ClipDataset | None = None
+
+    # Subclasses describe their official layout.
+    def metadata_path(self) -> Path:
+        raise NotImplementedError
+
+    def audio_dir(self) -> Path:
+        return self.root / "audio"
+
+    def read_records(self) -> list[ClipRecord]:
+        raise NotImplementedError
+
+    def _records(self) -> list[ClipRecord]:
+        if not self.root.is_dir():
+            raise DatasetNotFoundError(
+                f"{self.root}: {self.dataset_name} root does not exist (expected layout: see data/README.md)"
+            )
+        if not self.audio_dir().is_dir():
+            raise DatasetNotFoundError(f"{self.audio_dir()}: {self.dataset_name} audio folder does not exist")
+        return self.read_records()
+
+    def _cache(self, records: Sequence[ClipRecord]) -> ClipCache:
+        return build_cache(
+            self.cache_dir, self.cache_spec, [r.id for r in records], [r.path for r in records], self.progress
+        )
+
+    def _bad_files(self, records: Sequence[ClipRecord], cache: ClipCache) -> list[tuple[ClipRecord, str]]:
+        """Bad files with their problems; raises on the first one unless ``on_bad_file="skip"``."""
+        bad = [(record, error) for record, error in zip(records, cache.errors, strict=True) if error is not None]
+        if bad and self.on_bad_file == "error":
+            record, problem = bad[0]
+            more = f" ({len(bad) - 1} more bad file(s) in {self.dataset_name})" if len(bad) > 1 else ""
+            hint = "; fix or remove them, or pass on_bad_file='skip'"
+            error_type = MissingFileError if not record.path.exists() else BadFileError
+            raise error_type(record.path, f"{problem}{more}{hint}")
+        return bad
+
+    def prepare_data(self) -> None:
+        """Decode new or changed files into the cache (once per node) and fail on bad files before training."""
+        records = self._records()
+        self._bad_files(records, self._cache(records))
+
+    def setup(self, stage: str | None = None) -> None:
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        self.device_batch_size = per_device_batch_size(self.batch_size, world_size)
+        if self.train_set is not None:
+            return
+        records = self._records()
+        self.class_names = class_names(records, self.metadata_path())
+        # A warm cache makes this a check of file sizes and mtimes; it also builds the cache when
+        # setup is used without prepare_data (a notebook, a test).
+        cache = self._cache(records)
+        bad = self._bad_files(records, cache)
+        if bad:
+            self.skipped_files = [record.id for record, _ in bad]
+            log.warning(
+                "%s: skipped %d bad file(s) (on_bad_file='skip'): %s",
+                self.dataset_name,
+                len(bad),
+                "; ".join(f"{record.path}: {problem}" for record, problem in bad),
+            )
+        usable = np.array([error is None for error in cache.errors])
+        folds = np.array([record.fold for record in records])
+        targets = np.array([record.target for record in records])
+        # Split before dropping bad files so that skipping a file never reshuffles the validation split.
+        train, val, test = (
+            rows[usable[rows]] for rows in split_folds(folds, targets, self.fold, self.val_fraction, self.seed)
+        )
+        reader = CacheReader(cache)
+        length = self.cache_spec.length
+        train_transform = train_audio_transform(length) if self.augment else eval_audio_transform(length)
+
+        def dataset(rows: np.ndarray, transform: AudioTransform) -> ClipDataset:
+            chosen = [records[row] for row in rows]
+            texts = [self.class_names[record.target] for record in chosen]
+            return ClipDataset(reader, rows, cache.lengths[rows], chosen, texts, transform)
+
+        self.train_set = dataset(train, train_transform)
+        self.val_set = dataset(val, eval_audio_transform(length))
+        self.test_set = dataset(test, eval_audio_transform(length))
+
+    def _loader(self, dataset: ClipDataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before the dataloaders are requested")
+        return DataLoader(
+            dataset,
+            batch_size=self.device_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)

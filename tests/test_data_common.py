@@ -1,0 +1,32 @@
+"""The batch contract of DESIGN.md: ``collate`` stacks items into one dict batch."""
+
+import pytest
+import torch
+
+from audioclip.data import collate
+
+
+def item(index: int, samples: int = 100, **extra) -> dict:
+    return {"audio": torch.full((2, samples), float(index)), "target": index, "text": f"class {index}",
+            "id": f"{index}.wav", **extra}  # fmt: skip
+
+
+def test_collate_builds_the_batch_dict():
+    batch = collate([item(0), item(1), item(2)])
+    assert set(batch) == {"audio", "target", "text", "id"}
+    assert batch["audio"].shape == (3, 2, 100) and batch["audio"].dtype == torch.float32
+    assert torch.equal(batch["target"], torch.tensor([0, 1, 2]))
+    assert batch["text"] == ["class 0", "class 1", "class 2"] and batch["id"] == ["0.wav", "1.wav", "2.wav"]
+
+
+def test_collate_stacks_images_and_multi_hot_targets():
+    items = [item(i, image=torch.zeros(3, 224, 224)) for i in range(2)]
+    for entry in items:
+        entry["target"] = torch.zeros(527)
+    batch = collate(items)
+    assert batch["image"].shape == (2, 3, 224, 224) and batch["target"].shape == (2, 527)
+
+
+def test_collate_names_the_clips_of_unequal_length():
+    with pytest.raises(ValueError, match=r"one shape.*\['0.wav', '1.wav'\]"):
+        collate([item(0), item(1, samples=99)])
