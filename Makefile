@@ -17,7 +17,8 @@ ARGS    ?=
 DATA    ?=
 RESUME  ?= 0
 
-.PHONY: help install test test-fast test-faults lint demo demo-data weights bench-data bench-train
+.PHONY: help install test test-fast lint demo demo-data weights bench-data bench-train \
+        finetune-esc50 finetune-us8k cv-esc50 cv-us8k
 
 help:  ## list every target with its description
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -43,11 +44,40 @@ lint: $(STAMP)  ## ruff check of src and tests
 weights: $(STAMP)  ## download the official weights into ~/.cache/audioclip ($AUDIOCLIP_CACHE) and verify checksums
 	$(AC) weights download
 
-demo: $(STAMP)  ## zero-shot classify a bundled clip with the tiny model
-	$(PY) -m audioclip.demo
+demo: $(STAMP)  ## fine-tune the tiny AudioCLIP on synthetic ESC-50 data (CPU, ~2 min) and print test accuracy
+	$(PY) -m audioclip.demo $(ARGS)
 
 demo-data: $(STAMP)  ## write tiny synthetic ESC-50 and UrbanSound8K datasets (official layouts) into data/synthetic/
-	$(PY) -m audioclip.data.synthetic --esc50 data/synthetic/esc50 --us8k data/synthetic/us8k
+	$(PY) -m audioclip.data.synthetic --esc50 data/synthetic/esc50 --clips-per-class 30
+	$(PY) -m audioclip.data.synthetic --us8k data/synthetic/us8k
 
 bench-data: $(STAMP)  ## benchmark the ESC-50 data pipeline on 2,000 synthetic clips; prints one JSON line
 	@$(PY) benchmarks/bench_data.py
+
+# ---- training phases: runs/<phase>/<run-name>/ holds config.yaml, checkpoints/ (best + last) and the W&B run ----
+ESC50   ?= data/esc50
+US8K    ?= data/us8k
+INIT    ?= full
+FIT      = $(AC) fit --config conf/trainer.yaml --trainer.num_nodes $(NODES) --trainer.devices $(GPUS)
+# RESUME=1 continues an interrupted run from its last checkpoint
+resume   = $(if $(filter 1,$(RESUME)),$(if $(wildcard $(1)/checkpoints/last.ckpt),--ckpt_path $(1)/checkpoints/last.ckpt,),)
+
+finetune-esc50: $(STAMP)  ## fine-tune on ESC-50 with fold FOLD as test split (DATA=, INIT=, GPUS=, NODES=, ARGS=)
+	$(FIT) --config conf/finetune-esc50.yaml --data.init_args.root $(or $(DATA),$(ESC50)) --data.init_args.fold $(FOLD) \
+	  --model.init_args.init_from $(INIT) --trainer.default_root_dir runs/finetune-esc50/fold$(FOLD) \
+	  --trainer.logger.init_args.save_dir runs/finetune-esc50/fold$(FOLD) --trainer.logger.init_args.name finetune-esc50-fold$(FOLD) \
+	  $(call resume,runs/finetune-esc50/fold$(FOLD)) $(ARGS)
+
+finetune-us8k: $(STAMP)  ## fine-tune on UrbanSound8K with fold FOLD as test split (DATA=, INIT=, GPUS=, NODES=, ARGS=)
+	$(FIT) --config conf/finetune-us8k.yaml --data.init_args.root $(or $(DATA),$(US8K)) --data.init_args.fold $(FOLD) \
+	  --model.init_args.init_from $(INIT) --trainer.default_root_dir runs/finetune-us8k/fold$(FOLD) \
+	  --trainer.logger.init_args.save_dir runs/finetune-us8k/fold$(FOLD) --trainer.logger.init_args.name finetune-us8k-fold$(FOLD) \
+	  $(call resume,runs/finetune-us8k/fold$(FOLD)) $(ARGS)
+
+cv-esc50: $(STAMP)  ## all 5 ESC-50 folds, then a table of per-fold and mean ± std test accuracy (runs/finetune-esc50/cv.*)
+	for k in 1 2 3 4 5; do $(MAKE) --no-print-directory finetune-esc50 FOLD=$$k || exit 1; done
+	$(PY) -m audioclip.tasks.crossval runs/finetune-esc50
+
+cv-us8k: $(STAMP)  ## all 10 UrbanSound8K folds, then the per-fold and mean ± std table (runs/finetune-us8k/cv.*)
+	for k in 1 2 3 4 5 6 7 8 9 10; do $(MAKE) --no-print-directory finetune-us8k FOLD=$$k || exit 1; done
+	$(PY) -m audioclip.tasks.crossval runs/finetune-us8k

@@ -1,0 +1,114 @@
+"""The shared base of the training phases: model from the registry, `init_from`, optimiser, scheduler, logging.
+
+Hyper-parameters (Guzhov et al., "AudioCLIP", section 4.3): SGD with Nesterov momentum 0.9, weight decay 5e-4,
+exponential learning-rate decay per epoch. As in the reference, the fbsp filter-bank parameters and the logit
+scales form a parameter group without weight decay.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+import torch
+from torch import nn
+
+from audioclip.models import AudioCLIP, create_model, load_pretrained
+from audioclip.models.pretrained import WeightsError
+
+log = logging.getLogger(__name__)
+
+
+def _no_decay(name: str) -> bool:
+    return ".fbsp." in f".{name}" or name.split(".")[-1].startswith("logit_scale")
+
+
+class AudioCLIPTask(L.LightningModule):
+    """Base LightningModule: builds `model` by registry name and optionally loads `init_from` weights.
+
+    Args:
+        model: registered model name (`audioclip`, `audioclip-tiny`, `esresnext-fbsp`, ...).
+        init_from: weights to start from: the previous phase's checkpoint, a state dict, or an official tag
+            (`full`, `partial`, `esrnxfbsp`, `clip-rn50`). Not the same as `--ckpt_path`, which resumes a run.
+        lr: initial learning rate.
+        gamma: ExponentialLR decay per epoch.
+        momentum: SGD (Nesterov) momentum.
+        weight_decay: L2 penalty, not applied to the fbsp parameters and the logit scales.
+        template: text template for class names, e.g. "{}" (the reference's) or "the sound of {}".
+    """
+
+    def __init__(
+        self,
+        model: str = "audioclip",
+        init_from: str | None = None,
+        lr: float = 1e-4,
+        gamma: float = 0.95,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        template: str = "{}",
+        model_overrides: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = create_model(model, **(model_overrides or {}))
+        if init_from:
+            self._init_weights(init_from)
+
+    def _init_weights(self, init_from: str) -> None:
+        path = Path(init_from)
+        if not path.exists() and "/" in init_from:
+            raise WeightsError(f"init_from: {init_from}: no such file")
+        load_pretrained(self.model, init_from)
+        log.info("initialised %s from %s", self.hparams.model, init_from)
+
+    @property
+    def clip_model(self) -> AudioCLIP:
+        if not isinstance(self.model, AudioCLIP):
+            raise TypeError(f"{type(self).__name__} needs an AudioCLIP model, got {self.hparams.model!r}")
+        return self.model
+
+    # the validation metric that selects checkpoints, and whether higher is better
+    monitor: tuple[str, str] = ("val/loss", "min")
+
+    def configure_callbacks(self):
+        metric, mode = self.monitor
+        name = metric.replace("/", "_")
+        dirpath = Path(self.trainer.default_root_dir) / "checkpoints"
+        return [ModelCheckpoint(dirpath=dirpath, monitor=metric, mode=mode, save_last=True, auto_insert_metric_name=False,
+                                filename=f"best-epoch{{epoch}}-step{{step}}-{name}{{{metric}:.4f}}")]
+
+    def configure_optimizers(self):
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in params if not _no_decay(n)], "weight_decay": self.hparams.weight_decay},
+            {"params": [p for n, p in params if _no_decay(n)], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.SGD(
+            [g for g in groups if g["params"]], lr=self.hparams.lr, momentum=self.hparams.momentum, nesterov=True
+        )
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.hparams.gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def check_finite(self, loss: torch.Tensor, batch: dict, batch_idx: int) -> torch.Tensor:
+        """A NaN/Inf loss stops the run naming the step and the batch's samples, instead of training on garbage."""
+        if not torch.isfinite(loss):
+            ids = ", ".join(map(str, batch.get("id", [])[:8]))
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at global step {self.global_step} (batch {batch_idx}: {ids})"
+            )
+        return loss
+
+    def tokens(self, texts: list[str]) -> torch.Tensor:
+        return self.clip_model.tokenize(texts, self.hparams.template)
+
+
+def freeze(module: nn.Module) -> None:
+    """No gradients and eval mode (BatchNorm statistics frozen); `train()` keeps it so via `frozen_eval`."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()

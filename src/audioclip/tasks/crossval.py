@@ -1,0 +1,55 @@
+"""Cross-validation table: per-fold test accuracy of `runs/<phase>/fold*/test_metrics.json`, mean ± std.
+
+    python -m audioclip.tasks.crossval runs/finetune-esc50      # writes cv.csv and cv.md there, logs to W&B
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+
+def collect(phase_dir: Path, metric: str = "test/acc") -> list[tuple[int, float]]:
+    rows = []
+    for path in sorted(phase_dir.glob("fold*/test_metrics.json")):
+        fold = int(re.fullmatch(r"fold(\d+)", path.parent.name).group(1))
+        rows.append((fold, float(json.loads(path.read_text())[metric])))
+    if not rows:
+        raise FileNotFoundError(f"{phase_dir}: no fold*/test_metrics.json; run the folds first")
+    return sorted(rows)
+
+
+def write_tables(phase_dir: Path, rows: list[tuple[int, float]]) -> tuple[float, float]:
+    values = [v for _, v in rows]
+    mean, std = statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    csv = ["fold,test_acc"] + [f"{k},{v:.4f}" for k, v in rows] + [f"mean,{mean:.4f}", f"std,{std:.4f}"]
+    (phase_dir / "cv.csv").write_text("\n".join(csv) + "\n")
+    md = ["| fold | test accuracy |", "|---:|---:|"] + [f"| {k} | {v:.2%} |" for k, v in rows]
+    md.append(f"| **mean ± std** | **{mean:.2%} ± {std:.2%}** |")
+    (phase_dir / "cv.md").write_text("\n".join(md) + "\n")
+    return mean, std
+
+
+def log_to_wandb(phase_dir: Path, rows: list[tuple[int, float]], mean: float, std: float) -> None:
+    import wandb
+
+    with wandb.init(project="audioclip", name=f"{phase_dir.name}-cv", dir=str(phase_dir), job_type="crossval") as run:
+        run.log({"cv/table": wandb.Table(columns=["fold", "test_acc"], data=[list(r) for r in rows])})
+        run.summary.update({"cv/mean_acc": mean, "cv/std_acc": std, "cv/folds": len(rows)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    phase_dir = Path(argv[0])
+    rows = collect(phase_dir)
+    mean, std = write_tables(phase_dir, rows)
+    print((phase_dir / "cv.md").read_text())
+    log_to_wandb(phase_dir, rows, mean, std)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""The four training phases of AudioCLIP (Guzhov et al., 2021, section 4.3), one LightningModule each.
+
+| phase          | module                   | trains                          | loss / metric                        |
+|----------------|--------------------------|---------------------------------|--------------------------------------|
+| pretrain-audio | `AudioPretrainModule`    | ESResNeXt-fbsp (ImageNet init)  | BCE over 527 (mAP) or CE (accuracy)  |
+| train-partial  | `PartialTrainingModule`  | audio head; CLIP frozen         | contrastive / mAP                    |
+| train-full     | `FullTrainingModule`     | all three heads                 | contrastive / mAP                    |
+| finetune-*     | `FinetuneModule`         | audio head; text/image frozen   | audio-text contrastive / zero-shot accuracy |
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
+
+from audioclip.models import AudioCLIP
+from audioclip.models.pretrained import load_into
+from audioclip.tasks.base import AudioCLIPTask, freeze
+
+log = logging.getLogger(__name__)
+
+AUDIOSET_CLASSES = 527
+
+
+class _FrozenCLIPMixin:
+    """Keeps CLIP's frozen heads in eval mode whatever Lightning does with `train()`."""
+
+    frozen: tuple[str, ...] = ()
+
+    def _freeze_clip(self, model: AudioCLIP, include_image: bool = True) -> None:
+        parts = [model.transformer, model.token_embedding, model.ln_final] + ([model.visual] if include_image else [])
+        for part in parts:
+            freeze(part)
+        for name in ("positional_embedding", "text_projection", "logit_scale"):
+            getattr(model, name).requires_grad_(False)
+        self.frozen = tuple(parts)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for part in self.frozen:
+            part.eval()
+        return self
+
+
+class AudioPretrainModule(AudioCLIPTask):
+    """Standalone ESResNeXt-fbsp classifier: multi-label BCE over AudioSet's 527 classes (mAP) plus the TTF loss,
+    or single-label CE (accuracy) for a standalone ESC-50/US8K baseline (`multilabel=False`, `num_classes`).
+
+    `imagenet_init` loads torchvision's ImageNet `resnext50_32x4d` weights into the body (paper size only);
+    offline it says so and keeps the random initialisation.
+    """
+
+    def __init__(
+        self,
+        model: str = "esresnext-fbsp",
+        num_classes: int = AUDIOSET_CLASSES,
+        multilabel: bool = True,
+        imagenet_init: bool = True,
+        init_from: str | None = None,
+        lr: float = 1e-4,
+        gamma: float = 0.95,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+    ) -> None:
+        super().__init__(model, init_from, lr, gamma, momentum, weight_decay,
+                         model_overrides={"num_classes": num_classes})
+        if isinstance(self.model, AudioCLIP):
+            raise ValueError(f"model: AudioPretrainModule trains a standalone audio head, not {model!r}")
+        if imagenet_init and not init_from:
+            self._imagenet_init()
+        if multilabel:
+            self.val_metric = MultilabelAveragePrecision(num_labels=num_classes, average="macro")
+            self.test_metric = MultilabelAveragePrecision(num_labels=num_classes, average="macro")
+        else:
+            self.val_metric = MulticlassAccuracy(num_classes=num_classes, average="micro")
+            self.test_metric = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.metric_name = "map" if multilabel else "acc"
+        self.monitor = (f"val/{self.metric_name}", "max")
+
+    def _imagenet_init(self) -> None:
+        if self.model.config.base_planes != 64:
+            log.info("imagenet_init: ImageNet weights exist only for the paper-size body; random init kept")
+            return
+        try:
+            from torchvision.models import ResNeXt50_32X4D_Weights, resnext50_32x4d
+
+            state = resnext50_32x4d(weights=ResNeXt50_32X4D_Weights.IMAGENET1K_V1).state_dict()
+        except Exception as exc:  # offline, or no cached download: keep training possible
+            log.warning("imagenet_init: ImageNet weights unavailable (%s); the body starts from random init", exc)
+            return
+        load_into(self.model, state, "torchvision resnext50_32x4d", ignore=("fc.", "att", "fbsp.", "window"))
+        log.info("imagenet_init: body initialised from torchvision's ImageNet resnext50_32x4d")
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.hparams.multilabel:
+            # the reference: BCE summed over classes, averaged over the batch
+            loss = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="sum") / logits.shape[0]
+        else:
+            loss = F.cross_entropy(logits, target)
+        return loss + self.model.ttf_loss()
+
+    def training_step(self, batch, batch_idx):
+        loss = self.check_finite(self._loss(self.model(batch["audio"]), batch["target"]), batch, batch_idx)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["audio"]))
+        return loss
+
+    def _eval_step(self, batch, stage: str, metric) -> None:
+        logits = self.model(batch["audio"])
+        target = batch["target"]
+        self.log(f"{stage}/loss", self._loss(logits, target), sync_dist=True, batch_size=len(logits))
+        metric.update(torch.sigmoid(logits) if self.hparams.multilabel else logits, target.long())
+        self.log(f"{stage}/{self.metric_name}", metric, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val", self.val_metric)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test", self.test_metric)
+
+
+class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
+    """AudioSet phases: contrastive loss over audio, one video frame and the class-name text; evaluation is
+    macro mAP over the 527 classes with class scores from the text embeddings of the class names."""
+
+    monitor = ("val/map", "max")
+
+    def __init__(self, model: str = "audioclip", init_from: str | None = None, lr: float = 1e-4,
+                 gamma: float = 0.95, momentum: float = 0.9, weight_decay: float = 5e-4, template: str = "{}",
+                 class_names: list[str] | None = None) -> None:
+        super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template)
+        self.clip_model  # noqa: B018 - fails early for a non-AudioCLIP model
+        self.val_map = MultilabelAveragePrecision(num_labels=AUDIOSET_CLASSES, average="macro")
+        self.test_map = MultilabelAveragePrecision(num_labels=AUDIOSET_CLASSES, average="macro")
+        self._class_text: torch.Tensor | None = None
+
+    def training_step(self, batch, batch_idx):
+        emb = self.clip_model.embed(batch["audio"], batch.get("image"), self.tokens(batch["text"]))
+        loss = self.check_finite(self.clip_model.loss(emb), batch, batch_idx)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["audio"]))
+        return loss
+
+    def _class_embeddings(self) -> torch.Tensor:
+        names = getattr(self.trainer.datamodule, "class_names", None) or self.hparams.class_names
+        if not names:
+            raise ValueError("class_names: the datamodule exposes no class names for mAP evaluation")
+        with torch.no_grad():
+            text = self.clip_model.encode_text(self.tokens(list(names)))
+        return text / text.norm(dim=-1, keepdim=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._class_text = self._class_embeddings()
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def _eval_step(self, batch, stage: str, metric) -> None:
+        emb = self.clip_model.embed(batch["audio"])
+        scale = self.clip_model.logit_scale_at.exp().clamp(1, 100)
+        logits = scale * emb["audio"] @ self._class_text.T
+        # class scores as the reference computes them for multi-label data
+        metric.update(torch.sigmoid(logits / scale - 0.5), batch["target"].long())
+        self.log(f"{stage}/map", metric, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val", self.val_map)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test", self.test_map)
+
+
+class PartialTrainingModule(_ContrastiveAudioSetModule):
+    """Cooperative phase: CLIP's text and image heads are frozen teachers, only the audio head learns."""
+
+    def __init__(self, model: str = "audioclip", init_from: str | None = "clip-rn50", **kwargs) -> None:
+        super().__init__(model, init_from, **kwargs)
+        self._freeze_clip(self.clip_model, include_image=True)
+
+
+class FullTrainingModule(_ContrastiveAudioSetModule):
+    """All three heads trained jointly on audio + frame + text."""
+
+
+class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
+    """Fine-tuning on ESC-50 / US8K: audio head only (text and image frozen), audio-text contrastive loss with
+    class names as text; evaluation is zero-shot-style classification against the dataset's class names.
+
+    `standalone=True` trains the ESResNeXt-fbsp classifier head instead (CE over `num_classes`, accuracy).
+    """
+
+    monitor = ("val/acc", "max")
+
+    def __init__(
+        self,
+        model: str = "audioclip",
+        init_from: str | None = None,
+        lr: float = 5e-5,
+        gamma: float = 0.96,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        template: str = "{}",
+        standalone: bool = False,
+        num_classes: int = 50,
+    ) -> None:
+        overrides = {"num_classes": num_classes} if standalone else None
+        super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template, overrides)
+        if standalone == isinstance(self.model, AudioCLIP):
+            kind = "a standalone esresnext-fbsp model" if standalone else "an AudioCLIP model"
+            raise ValueError(f"model: standalone={standalone} needs {kind}, got {model!r}")
+        if not standalone:
+            self._freeze_clip(self.clip_model, include_image=True)
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self._class_text: torch.Tensor | None = None
+        self.test_predictions: list[tuple[str, int, int]] = []
+
+    def _classes(self) -> list[str]:
+        names = list(getattr(self.trainer.datamodule, "class_names", []))
+        if len(names) != self.hparams.num_classes:
+            raise ValueError(
+                f"num_classes: the model is set up for {self.hparams.num_classes} classes but the dataset has "
+                f"{len(names)}"
+            )
+        return names
+
+    def _refresh_class_text(self) -> None:
+        if self.hparams.standalone:
+            return
+        with torch.no_grad():
+            text = self.clip_model.encode_text(self.tokens(self._classes()))
+        self._class_text = text / text.norm(dim=-1, keepdim=True)
+
+    def on_fit_start(self) -> None:
+        self._refresh_class_text()
+
+    on_validation_epoch_start = on_test_epoch_start = _refresh_class_text
+
+    def _logits(self, audio: torch.Tensor) -> torch.Tensor:
+        if self.hparams.standalone:
+            return self.model(audio)
+        emb = self.clip_model.embed(audio)["audio"]
+        return self.clip_model.logit_scale_at.exp().clamp(1, 100) * emb @ self._class_text.T
+
+    def training_step(self, batch, batch_idx):
+        if self.hparams.standalone:
+            loss = F.cross_entropy(self.model(batch["audio"]), batch["target"]) + self.model.ttf_loss()
+        else:
+            # text is frozen: each sample's text embedding is its class's (the reference pairs them row by row)
+            audio = self.clip_model.embed(batch["audio"])["audio"]
+            loss = self.clip_model.loss({"audio": audio, "text": self._class_text[batch["target"]]})
+        loss = self.check_finite(loss, batch, batch_idx)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["audio"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        logits = self._logits(batch["audio"])
+        self.log("val/loss", F.cross_entropy(logits, batch["target"]), sync_dist=True, batch_size=len(logits))
+        self.val_acc.update(logits, batch["target"])
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        logits = self._logits(batch["audio"])
+        self.test_acc.update(logits, batch["target"])
+        self.log("test/acc", self.test_acc, on_epoch=True, prog_bar=True)
+        preds = logits.argmax(-1).tolist()
+        self.test_predictions += list(zip(batch["id"], batch["target"].tolist(), preds, strict=True))
