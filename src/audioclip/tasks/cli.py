@@ -32,13 +32,15 @@ class AudioCLIPCLI(LightningCLI):
 
     def after_fit(self) -> None:
         """Test the checkpoint selected on the validation split and keep the metrics in the run directory."""
-        if self.trainer.interrupted or not hasattr(self.datamodule, "test_dataloader"):
-            return
-        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
-        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
-        if self.trainer.is_global_zero and results:
-            out = Path(self.trainer.default_root_dir) / "test_metrics.json"
-            out.write_text(json.dumps({"checkpoint": best, **results[0]}, indent=2) + "\n")
+        if not self.trainer.interrupted and hasattr(self.datamodule, "test_dataloader"):
+            best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            if self.trainer.is_global_zero and results:
+                out = Path(self.trainer.default_root_dir) / "test_metrics.json"
+                out.write_text(json.dumps({"checkpoint": best, **results[0]}, indent=2) + "\n")
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
+                logger.experiment.finish()  # flush the run now, also when the CLI is used from Python
 
 
 def run_lightning_cli(argv: Sequence[str]) -> AudioCLIPCLI:

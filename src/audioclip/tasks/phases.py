@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
-from audioclip.models import AudioCLIP
+from audioclip.models import AudioCLIP, AudioCLIPConfig, get_config
 from audioclip.models.pretrained import load_into
 from audioclip.tasks.base import AudioCLIPTask, freeze
 
@@ -65,10 +65,10 @@ class AudioPretrainModule(AudioCLIPTask):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
     ) -> None:
+        if isinstance(get_config(model), AudioCLIPConfig):
+            raise ValueError(f"model: AudioPretrainModule trains a standalone audio head, not {model!r}")
         super().__init__(model, init_from, lr, gamma, momentum, weight_decay,
                          model_overrides={"num_classes": num_classes})
-        if isinstance(self.model, AudioCLIP):
-            raise ValueError(f"model: AudioPretrainModule trains a standalone audio head, not {model!r}")
         if imagenet_init and not init_from:
             self._imagenet_init()
         if multilabel:
@@ -203,11 +203,11 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
         standalone: bool = False,
         num_classes: int = 50,
     ) -> None:
-        overrides = {"num_classes": num_classes} if standalone else None
-        super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template, overrides)
-        if standalone == isinstance(self.model, AudioCLIP):
+        if standalone == isinstance(get_config(model), AudioCLIPConfig):
             kind = "a standalone esresnext-fbsp model" if standalone else "an AudioCLIP model"
             raise ValueError(f"model: standalone={standalone} needs {kind}, got {model!r}")
+        overrides = {"num_classes": num_classes} if standalone else None
+        super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template, overrides)
         if not standalone:
             self._freeze_clip(self.clip_model, include_image=True)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")

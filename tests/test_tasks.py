@@ -1,0 +1,118 @@
+"""Training phases end to end on the tiny model: configs parse, a fit logs to W&B offline, a run resumes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from audioclip.data.synthetic import write_esc50
+from audioclip.tasks import AudioPretrainModule, FinetuneModule, FullTrainingModule, PartialTrainingModule
+from audioclip.tasks.base import _no_decay
+from audioclip.tasks.cli import run_lightning_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in (ROOT / "conf").glob("*.yaml") if p.name != "trainer.yaml")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_parses_and_opens_with_a_comment(name, capsys):
+    text = (ROOT / "conf" / name).read_text()
+    assert text.startswith("# ") and "Run:" in text
+    # --print_config parses and type-checks every key without instantiating anything, then exits
+    with pytest.raises(SystemExit) as done:
+        run_lightning_cli(["fit", "--config", str(ROOT / "conf/trainer.yaml"), "--config", str(ROOT / "conf" / name),
+                           "--print_config"])
+    assert done.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["class_path"].startswith("audioclip.tasks.")
+    assert config["trainer"]["logger"]["init_args"]["project"] == "audioclip"
+
+
+def test_a_misspelled_config_key_fails_before_anything_runs(capsys):
+    with pytest.raises(SystemExit) as done:
+        run_lightning_cli(["fit", "--config", str(ROOT / "conf/trainer.yaml"), "--config", str(ROOT / "conf/demo.yaml"),
+                           "--model.init_args.learning_rate", "0.1", "--print_config"])
+    assert done.value.code != 0
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_parameter_groups_exclude_fbsp_and_logit_scales_from_weight_decay():
+    module = FullTrainingModule(model="audioclip-tiny")
+    optimizer = module.configure_optimizers()["optimizer"]
+    decayed, free = optimizer.param_groups
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    assert decayed["weight_decay"] == 5e-4 and free["weight_decay"] == 0.0
+    assert {names[id(p)] for p in free["params"]} == {
+        "logit_scale", "logit_scale_ai", "logit_scale_at", "audio.fbsp.m", "audio.fbsp.fb", "audio.fbsp.fc",
+        "audio.fbsp.bias"}
+    assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
+    assert not _no_decay("audio.fc.weight")
+
+
+def test_partial_training_freezes_clip_heads_and_keeps_them_in_eval_mode(tmp_path):
+    torch.save({}, tmp_path / "unused.pt")
+    module = PartialTrainingModule(model="audioclip-tiny", init_from=None)
+    module.train()
+    assert not module.model.visual.training and not module.model.transformer.training
+    assert module.model.audio.training
+    trainable = {n.split(".")[0] for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable == {"audio", "logit_scale_ai", "logit_scale_at"}
+
+
+def test_modules_refuse_the_wrong_kind_of_model():
+    with pytest.raises(ValueError, match="model: AudioPretrainModule trains a standalone audio head"):
+        AudioPretrainModule(model="audioclip-tiny")
+    with pytest.raises(ValueError, match="model: standalone=True needs a standalone esresnext-fbsp model"):
+        FinetuneModule(model="audioclip-tiny", standalone=True)
+
+
+@pytest.fixture(scope="module")
+def esc50_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("esc50")
+    write_esc50(root, clips_per_class=4, classes=4, seed=0)
+    return root
+
+
+def _fit(root, run_dir, *extra):
+    return run_lightning_cli([
+        "fit", "--config", str(ROOT / "conf/trainer.yaml"), "--config", str(ROOT / "conf/demo.yaml"),
+        "--data.init_args.root", str(root), "--data.init_args.num_workers", "0",
+        "--data.init_args.persistent_workers", "false", "--data.init_args.batch_size", "4",
+        "--model.init_args.num_classes", "4", "--trainer.default_root_dir", str(run_dir),
+        "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
+        *extra,
+    ])
+
+
+def test_tiny_fit_writes_config_checkpoints_test_metrics_and_wandb_summary(esc50_root, tmp_path):
+    run = tmp_path / "run"
+    cli = _fit(esc50_root, run, "--trainer.max_epochs", "2")
+    assert (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert any(p.name.startswith("best-") for p in (run / "checkpoints").iterdir())
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert cli.trainer.global_step > 0
+
+    run_dir = next((run / "wandb").glob("offline-run-*"))
+    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(run_dir)],
+                         capture_output=True, text=True, check=True).stdout
+    summary = json.loads(out)
+    keys = json.dumps(summary)
+    for key in ("train/loss_step", "val/acc", "test/acc"):
+        assert key in keys, key
+    assert "FinetuneModule" in keys  # the resolved config reached wandb.config
+
+
+def test_resumed_run_continues_from_the_saved_step(esc50_root, tmp_path):
+    run = tmp_path / "run"
+    first = _fit(esc50_root, run, "--trainer.max_epochs", "1")
+    steps_one_epoch = first.trainer.global_step
+    ckpt = run / "checkpoints" / "last.ckpt"
+    resumed = _fit(esc50_root, run, "--trainer.max_epochs", "2", "--ckpt_path", str(ckpt))
+    assert resumed.trainer.global_step == 2 * steps_one_epoch
+    assert resumed.trainer.current_epoch == 2
