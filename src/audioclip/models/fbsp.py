@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -75,13 +76,29 @@ class LinearFBSP(nn.Module):
         self.m = nn.Parameter(torch.zeros(out_features))
         self.fb = nn.Parameter(torch.ones(out_features))
         self.fc = nn.Parameter(torch.arange(out_features, dtype=torch.get_default_dtype()))
-        # The reference model has an (unused, empty) bias parameter; it is kept so its checkpoints load strictly.
-        self.bias = nn.Parameter(torch.empty(0))
+        # The reference model has an (unused, empty) bias parameter; it is kept so its checkpoints load strictly,
+        # without gradient so that DDP does not wait for a gradient that never comes.
+        self.bias = nn.Parameter(torch.empty(0), requires_grad=False)
+        self._register_grad_hooks()
+
+    def _register_grad_hooks(self) -> None:
         for param in (self.m, self.fb, self.fc):
             param.register_hook(self._normalize_grad)
 
+    def __setstate__(self, state: dict) -> None:
+        # tensor hooks are not pickled: re-register them after deepcopy, or when ddp_spawn sends the model to a rank
+        super().__setstate__(state)
+        self._register_grad_hooks()
+
     @classmethod
     def _normalize_grad(cls, grad: torch.Tensor) -> torch.Tensor:
+        """Divide the gradient by its infinity norm. Under DDP the hook sees this rank's gradient before DDP
+        averages it, so it averages first: every rank then normalises the gradient of the whole global batch,
+        exactly as one process would (and DDP's own averaging of identical tensors changes nothing)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            grad = grad.clone()
+            dist.all_reduce(grad)
+            grad /= dist.get_world_size()
         return grad / (grad.abs().max() + cls.eps)
 
     def weights(self, in_features: int, dtype: torch.dtype | None = None) -> torch.Tensor:
