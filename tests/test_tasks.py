@@ -24,8 +24,16 @@ def test_every_config_parses_and_opens_with_a_comment(name, capsys):
     assert text.startswith("# ") and "Run:" in text
     # --print_config parses and type-checks every key without instantiating anything, then exits
     with pytest.raises(SystemExit) as done:
-        run_lightning_cli(["fit", "--config", str(ROOT / "conf/trainer.yaml"), "--config", str(ROOT / "conf" / name),
-                           "--print_config"])
+        run_lightning_cli(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "conf/trainer.yaml"),
+                "--config",
+                str(ROOT / "conf" / name),
+                "--print_config",
+            ]
+        )
     assert done.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["model"]["class_path"].startswith("audioclip.tasks.")
@@ -34,8 +42,18 @@ def test_every_config_parses_and_opens_with_a_comment(name, capsys):
 
 def test_a_misspelled_config_key_fails_before_anything_runs(capsys):
     with pytest.raises(SystemExit) as done:
-        run_lightning_cli(["fit", "--config", str(ROOT / "conf/trainer.yaml"), "--config", str(ROOT / "conf/demo.yaml"),
-                           "--model.init_args.learning_rate", "0.1", "--print_config"])
+        run_lightning_cli(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "conf/trainer.yaml"),
+                "--config",
+                str(ROOT / "conf/demo.yaml"),
+                "--model.init_args.learning_rate",
+                "0.1",
+                "--print_config",
+            ]
+        )
     assert done.value.code != 0
     assert "learning_rate" in capsys.readouterr().err
 
@@ -47,8 +65,13 @@ def test_parameter_groups_exclude_fbsp_and_logit_scales_from_weight_decay():
     names = {id(p): n for n, p in module.model.named_parameters()}
     assert decayed["weight_decay"] == 5e-4 and free["weight_decay"] == 0.0
     assert {names[id(p)] for p in free["params"]} == {
-        "logit_scale", "logit_scale_ai", "logit_scale_at", "audio.fbsp.m", "audio.fbsp.fb", "audio.fbsp.fc",
-        "audio.fbsp.bias"}
+        "logit_scale",
+        "logit_scale_ai",
+        "logit_scale_at",
+        "audio.fbsp.m",
+        "audio.fbsp.fb",
+        "audio.fbsp.fc",
+    }
     assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
     assert not _no_decay("audio.fc.weight")
 
@@ -78,14 +101,32 @@ def esc50_root(tmp_path_factory):
 
 
 def _fit(root, run_dir, *extra):
-    return run_lightning_cli([
-        "fit", "--config", str(ROOT / "conf/trainer.yaml"), "--config", str(ROOT / "conf/demo.yaml"),
-        "--data.init_args.root", str(root), "--data.init_args.num_workers", "0",
-        "--data.init_args.persistent_workers", "false", "--data.init_args.batch_size", "4",
-        "--model.init_args.num_classes", "4", "--trainer.default_root_dir", str(run_dir),
-        "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
-        *extra,
-    ])
+    return run_lightning_cli(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "conf/trainer.yaml"),
+            "--config",
+            str(ROOT / "conf/demo.yaml"),
+            "--data.init_args.root",
+            str(root),
+            "--data.init_args.num_workers",
+            "0",
+            "--data.init_args.persistent_workers",
+            "false",
+            "--data.init_args.batch_size",
+            "4",
+            "--model.init_args.num_classes",
+            "4",
+            "--trainer.default_root_dir",
+            str(run_dir),
+            "--trainer.logger.init_args.save_dir",
+            str(run_dir),
+            "--trainer.enable_progress_bar",
+            "false",
+            *extra,
+        ]
+    )
 
 
 def test_tiny_fit_writes_config_checkpoints_test_metrics_and_wandb_summary(esc50_root, tmp_path):
@@ -99,11 +140,15 @@ def test_tiny_fit_writes_config_checkpoints_test_metrics_and_wandb_summary(esc50
     assert cli.trainer.global_step > 0
 
     run_dir = next((run / "wandb").glob("offline-run-*"))
-    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(run_dir)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     summary = json.loads(out)
     keys = json.dumps(summary)
-    for key in ("train/loss_step", "val/acc", "test/acc"):
+    for key in ("train/loss_step", "val/acc", "test/acc", "test/predictions", "test/confusion_matrix"):
         assert key in keys, key
     assert "FinetuneModule" in keys  # the resolved config reached wandb.config
 

@@ -5,7 +5,7 @@
 | pretrain-audio | `AudioPretrainModule`    | ESResNeXt-fbsp (ImageNet init)  | BCE over 527 (mAP) or CE (accuracy)  |
 | train-partial  | `PartialTrainingModule`  | audio head; CLIP frozen         | contrastive / mAP                    |
 | train-full     | `FullTrainingModule`     | all three heads                 | contrastive / mAP                    |
-| finetune-*     | `FinetuneModule`         | audio head; text/image frozen   | audio-text contrastive / zero-shot accuracy |
+| finetune-*     | `FinetuneModule`         | audio head; text/image frozen   | audio-text contrastive / accuracy    |
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
+from lightning.pytorch.loggers import WandbLogger
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MultilabelAveragePrecision
 
 from audioclip.models import AudioCLIP, AudioCLIPConfig, get_config
 from audioclip.models.pretrained import load_into
@@ -23,6 +24,34 @@ from audioclip.tasks.base import AudioCLIPTask, freeze
 log = logging.getLogger(__name__)
 
 AUDIOSET_CLASSES = 527
+EXAMPLES = 16  # test predictions shown with their audio in W&B
+
+
+def log_classification_to_wandb(loggers, classes: list[str], confusion: torch.Tensor, examples: list[dict]) -> None:
+    """A confusion matrix and a table of example predictions (with playable audio) in every W&B run."""
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        import wandb
+
+        cells = [
+            [classes[i], classes[j], int(confusion[i, j])] for i in range(len(classes)) for j in range(len(classes))
+        ]
+        table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=cells)
+        fields = {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"}
+        plot = wandb.plot_table("wandb/confusion_matrix/v1", table, fields, {"title": "test confusion matrix"})
+        rows = [
+            [
+                e["id"],
+                wandb.Audio((e["audio"].mean(0) / 32768.0).numpy(), sample_rate=44100),
+                classes[e["target"]],
+                classes[e["pred"]],
+                e["prob"],
+            ]
+            for e in examples
+        ]
+        predictions = wandb.Table(columns=["id", "audio", "target", "prediction", "probability"], data=rows)
+        logger.experiment.log({"test/confusion_matrix": plot, "test/predictions": predictions})
 
 
 class _FrozenCLIPMixin:
@@ -67,8 +96,9 @@ class AudioPretrainModule(AudioCLIPTask):
     ) -> None:
         if isinstance(get_config(model), AudioCLIPConfig):
             raise ValueError(f"model: AudioPretrainModule trains a standalone audio head, not {model!r}")
-        super().__init__(model, init_from, lr, gamma, momentum, weight_decay,
-                         model_overrides={"num_classes": num_classes})
+        super().__init__(
+            model, init_from, lr, gamma, momentum, weight_decay, model_overrides={"num_classes": num_classes}
+        )
         if imagenet_init and not init_from:
             self._imagenet_init()
         if multilabel:
@@ -127,9 +157,17 @@ class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
 
     monitor = ("val/map", "max")
 
-    def __init__(self, model: str = "audioclip", init_from: str | None = None, lr: float = 1e-4,
-                 gamma: float = 0.95, momentum: float = 0.9, weight_decay: float = 5e-4, template: str = "{}",
-                 class_names: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "audioclip",
+        init_from: str | None = None,
+        lr: float = 1e-4,
+        gamma: float = 0.95,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        template: str = "{}",
+        class_names: list[str] | None = None,
+    ) -> None:
         super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template)
         self.clip_model  # noqa: B018 - fails early for a non-AudioCLIP model
         self.val_map = MultilabelAveragePrecision(num_labels=AUDIOSET_CLASSES, average="macro")
@@ -212,8 +250,9 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
             self._freeze_clip(self.clip_model, include_image=True)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes=num_classes)
         self._class_text: torch.Tensor | None = None
-        self.test_predictions: list[tuple[str, int, int]] = []
+        self._examples: list[dict] = []
 
     def _classes(self) -> list[str]:
         names = list(getattr(self.trainer.datamodule, "class_names", []))
@@ -234,7 +273,7 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
     def on_fit_start(self) -> None:
         self._refresh_class_text()
 
-    on_validation_epoch_start = on_test_epoch_start = _refresh_class_text
+    on_validation_epoch_start = _refresh_class_text
 
     def _logits(self, audio: torch.Tensor) -> torch.Tensor:
         if self.hparams.standalone:
@@ -263,5 +302,25 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
         logits = self._logits(batch["audio"])
         self.test_acc.update(logits, batch["target"])
         self.log("test/acc", self.test_acc, on_epoch=True, prog_bar=True)
-        preds = logits.argmax(-1).tolist()
-        self.test_predictions += list(zip(batch["id"], batch["target"].tolist(), preds, strict=True))
+        self.test_confusion.update(logits, batch["target"])
+        probs = logits.softmax(-1)
+        for i in range(min(len(logits), EXAMPLES - len(self._examples))):
+            self._examples.append(
+                {
+                    "id": batch["id"][i],
+                    "audio": batch["audio"][i].float().cpu(),
+                    "target": int(batch["target"][i]),
+                    "pred": int(probs[i].argmax()),
+                    "prob": float(probs[i].max()),
+                }
+            )
+
+    def on_test_epoch_start(self) -> None:
+        self._refresh_class_text()
+        self._examples = []
+
+    def on_test_epoch_end(self) -> None:
+        confusion = self.test_confusion.compute().cpu()  # synced across ranks
+        self.test_confusion.reset()
+        if self.trainer.is_global_zero:
+            log_classification_to_wandb(self.loggers, self._classes(), confusion, self._examples)
