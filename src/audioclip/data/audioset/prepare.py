@@ -1,0 +1,617 @@
+"""AudioSet preparation: segment list -> clips (download or ingest) -> decoded media (extract) -> shards (pack).
+
+The paper (Guzhov et al. 2021, sec. 4.1) uses, for each AudioSet segment, its audio track, ten equally spaced video
+frames and the class names. Every stage is resumable (a JSONL manifest per stage records ``ok`` or ``failed`` with a
+reason per YTID, and work already recorded is skipped), parallel (``--workers``, a process pool) and splittable
+across machines (``--shard i/n`` keeps the YTIDs whose crc32 is ``i`` modulo ``n``; each machine writes its own
+manifest file, ``{stage}.{i}-of-{n}.jsonl``).
+
+Layout under ``--root``::
+
+    manifests/sources.*.jsonl   download / ingest results: ytid -> media file and the offset of the segment in it
+    manifests/extract.*.jsonl   extract results: channels, seconds, frame times or the reason of the failure
+    clips/                      downloaded clips, ``{YTID}_{start}.{ext}``
+    extracted/{YTID[:2]}/{YTID}/audio.flac, 0.jpg .. 9.jpg
+    shards/                     LitData chunks + index.json (``pack``), label_counts.json, class_names.json
+
+Frame positions: the k-th frame (k = 0..9) is the frame on screen at ``(k + 0.5) * D / 10`` seconds into the segment,
+the centres of ten equal intervals of its duration ``D`` (the segment length, cut to the decoded audio length).
+
+References: yt-dlp ``--download-sections``; PyAV (FFmpeg bindings); LitData ``optimize``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from audioclip.data.audioset.metadata import (
+    DEFAULT_LABELS,
+    NUM_CLASSES,
+    NUM_FRAMES,
+    SAMPLE_RATE,
+    Segment,
+    label_indices,
+    parse_shard,
+    read_class_labels,
+    read_segments,
+    select_shard,
+)
+
+FRAME_SHORT_SIDE = 256  # CLIP's preprocessing resizes to 224 next, so 256 leaves room for its centre crop
+JPEG_QUALITY = 90
+# FLAC's fastest level: measured ~7 % larger but 25 % faster to decode than the default, and decoding the audio is
+# the largest cost of a streamed training item (benchmarks/bench_audioset.py)
+FLAC_LEVEL = 0.0
+MIN_AUDIO_SECONDS = 0.5  # shorter decoded audio is a broken clip, not a short one
+# Decoded audio this much shorter than the container says is a truncated file (e.g. an interrupted download);
+# half a second tolerates the usual mismatch of audio and video lengths in real uploads.
+TRUNCATION_TOLERANCE = 0.5
+DEFAULT_URL_TEMPLATE = "https://www.youtube.com/watch?v={ytid}"
+# A small progressive stream is enough: frames are shrunk to a 256 short side and the audio is re-encoded anyway.
+DEFAULT_FORMAT = "b[height<=?480]/bv*[height<=?480]+ba/b"
+# Which file to take when a clips directory holds several for one YTID: video containers first.
+MEDIA_PREFERENCE = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".flv", ".3gp", ".ts", ".m4a", ".wav", ".flac", ".ogg")
+IGNORED_SUFFIXES = {".part", ".json", ".txt", ".ytdl", ".tmp", ".jpg", ".png", ".webp", ".vtt", ".srt"}
+# {YTID}.ext, {YTID}_{start}.ext or {YTID}_{start}_{end}.ext; YTIDs are 11 characters of [A-Za-z0-9_-].
+CLIP_NAME = re.compile(r"^(?P<ytid>[A-Za-z0-9_-]{11})(?:_(?P<start>\d+(?:\.\d+)?)(?:_(?P<end>\d+(?:\.\d+)?))?)?$")
+
+
+# --------------------------------------------------------------------------------------------------------- manifests
+def _manifest_dir(root: Path) -> Path:
+    return root / "manifests"
+
+
+def read_manifest(root: str | Path, stage: str) -> dict[str, dict]:
+    """The latest record per YTID over every shard's manifest file of a stage."""
+    records: dict[str, dict] = {}
+    for path in sorted(_manifest_dir(Path(root)).glob(f"{stage}.*.jsonl")):
+        with path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    # a machine killed mid-write leaves a partial last line; that clip is simply redone
+                    print(f"warning: {path}:{line_no} is not JSON, ignored", file=sys.stderr)
+                    continue
+                records[record["ytid"]] = record
+    return records
+
+
+def _pending(segments: Sequence[Segment], done: dict[str, dict], retry_failed: bool) -> list[Segment]:
+    return [s for s in segments if s.ytid not in done or (retry_failed and done[s.ytid]["status"] != "ok")]
+
+
+def _run_parallel(
+    stage: str,
+    root: Path,
+    shard: tuple[int, int],
+    work: Callable[[object], dict],
+    items: Sequence[object],
+    workers: int,
+) -> Counter:
+    """Map ``work`` over ``items`` in a process pool, appending each result to this shard's manifest as it lands."""
+    manifest = _manifest_dir(root) / f"{stage}.{shard[0]}-of-{shard[1]}.jsonl"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    counts: Counter = Counter()
+    with manifest.open("a", encoding="utf-8") as f, tqdm(total=len(items), desc=stage, unit="clip") as bar:
+        if workers > 1:
+            # spawn, not fork: the caller may hold threads (torch, tqdm) that fork would copy mid-lock
+            pool = multiprocessing.get_context("spawn").Pool(workers)
+            results: Iterable[dict] = pool.imap_unordered(work, items, chunksize=1)
+        else:
+            pool, results = None, map(work, items)
+        try:
+            for record in results:
+                f.write(json.dumps(record) + "\n")
+                f.flush()  # a crash loses at most the clip in flight
+                counts[record["status"]] += 1
+                bar.update()
+                bar.set_postfix(ok=counts["ok"], failed=counts["failed"])
+        finally:
+            if pool is not None:
+                pool.terminate()
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------------- download
+def find_ffmpeg() -> str | None:
+    """ffmpeg from PATH, else the binary bundled by the ``imageio-ffmpeg`` package; None when neither exists."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _error_reason(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    return (errors[-1] if errors else lines[-1] if lines else "no output")[:300]
+
+
+def download_one(
+    segment: Segment,
+    clips_dir: Path,
+    url_template: str,
+    sections: bool,
+    ffmpeg: str | None,
+    fmt: str,
+    timeout: float,
+) -> dict:
+    """Fetch one segment with yt-dlp; with ``sections`` only its time range, else the whole video."""
+    stem = f"{segment.ytid}_{segment.start:.3f}"
+    for stale in clips_dir.glob(f"{stem}.*"):  # a previous attempt's fragments would confuse the file lookup
+        stale.unlink()
+    cmd = [sys.executable, "-m", "yt_dlp", "--quiet", "--no-warnings", "--no-progress", "--no-playlist"]
+    cmd += ["--enable-file-urls", "--format", fmt, "--output", str(clips_dir / f"{stem}.%(ext)s")]
+    if ffmpeg:
+        cmd += ["--ffmpeg-location", ffmpeg]
+    if sections:
+        cmd += ["--download-sections", f"*{segment.start:.3f}-{segment.end:.3f}"]
+    cmd.append(url_template.format(ytid=segment.ytid))
+    record = {"ytid": segment.ytid, "via": "download"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**record, "status": "failed", "reason": f"yt-dlp timed out after {timeout:.0f} s"}
+    files = [p for p in clips_dir.glob(f"{stem}.*") if p.suffix not in IGNORED_SUFFIXES]
+    if proc.returncode != 0 or not files:
+        return {**record, "status": "failed", "reason": _error_reason(proc.stderr + proc.stdout)}
+    offset = 0.0 if sections else segment.start
+    return {**record, "status": "ok", "path": str(files[0].resolve()), "offset": offset}
+
+
+def download(
+    segments: Sequence[Segment],
+    root: str | Path,
+    *,
+    url_template: str = DEFAULT_URL_TEMPLATE,
+    sections: bool = True,
+    fmt: str = DEFAULT_FORMAT,
+    workers: int = 4,
+    shard: tuple[int, int] = (0, 1),
+    retry_failed: bool = False,
+    timeout: float = 300.0,
+) -> Counter:
+    """Download every pending segment of this shard into ``root/clips``; gone videos are recorded as failures."""
+    root = Path(root)
+    clips_dir = root / "clips"
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    ffmpeg = find_ffmpeg()
+    if sections and ffmpeg is None:
+        raise RuntimeError("downloading segment ranges needs ffmpeg: install it or `pip install imageio-ffmpeg`")
+    todo = _pending(select_shard(segments, shard), read_manifest(root, "sources"), retry_failed)
+    work = partial(
+        download_one,
+        clips_dir=clips_dir,
+        url_template=url_template,
+        sections=sections,
+        ffmpeg=ffmpeg,
+        fmt=fmt,
+        timeout=timeout,
+    )
+    return _run_parallel("sources", root, shard, work, todo, workers)
+
+
+# ------------------------------------------------------------------------------------------------------------ ingest
+def _media_rank(path: Path) -> int:
+    suffix = path.suffix.lower()
+    return MEDIA_PREFERENCE.index(suffix) if suffix in MEDIA_PREFERENCE else len(MEDIA_PREFERENCE)
+
+
+def ingest(
+    segments: Sequence[Segment],
+    root: str | Path,
+    clips: str | Path,
+    *,
+    full_videos: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    retry_failed: bool = False,
+) -> Counter:
+    """Match the files under ``clips`` (``{YTID}_{start}.*`` or ``{YTID}.*``, any depth) to this shard's segments.
+
+    A file is the segment itself unless ``full_videos``, in which case the segment starts at ``start_seconds`` in it.
+    A name with a start that differs from the segment's by more than half a second is a different segment.
+    """
+    root, clips = Path(root), Path(clips)
+    if not clips.is_dir():
+        raise FileNotFoundError(f"--clips {clips}: not a directory")
+    candidates: dict[str, list[tuple[float | None, Path]]] = {}
+    for path in clips.rglob("*"):
+        match = CLIP_NAME.match(path.stem)
+        if match and path.is_file() and path.suffix.lower() not in IGNORED_SUFFIXES:
+            start = float(match["start"]) if match["start"] is not None else None
+            candidates.setdefault(match["ytid"], []).append((start, path))
+    todo = _pending(select_shard(segments, shard), read_manifest(root, "sources"), retry_failed)
+
+    def match_one(segment: Segment) -> dict:
+        record = {"ytid": segment.ytid, "via": "ingest"}
+        found = [p for s, p in candidates.get(segment.ytid, []) if s is None or abs(s - segment.start) < 0.5]
+        if not found:
+            reason = f"no {segment.ytid}_{segment.start:.3f}.* or {segment.ytid}.* under {clips}"
+            return {**record, "status": "failed", "reason": reason}
+        path = min(found, key=lambda p: (_media_rank(p), str(p)))
+        return {**record, "status": "ok", "path": str(path.resolve()), "offset": segment.start if full_videos else 0.0}
+
+    # matching is a dictionary lookup per segment: a process pool would cost more than it saves
+    return _run_parallel("sources", root, shard, match_one, todo, workers=1)
+
+
+# ----------------------------------------------------------------------------------------------------------- extract
+def clip_dir(root: str | Path, ytid: str) -> Path:
+    """Where extract writes a clip's media; two-character buckets keep directories small at 2M clips."""
+    return Path(root) / "extracted" / ytid[:2] / ytid
+
+
+def frame_times(duration: float, num_frames: int = NUM_FRAMES) -> list[float]:
+    """Seconds into the segment of the equally spaced frames: the centres of ``num_frames`` equal intervals."""
+    return [(k + 0.5) * duration / num_frames for k in range(num_frames)]
+
+
+def _decode_audio(path: Path, offset: float, max_seconds: float) -> np.ndarray:
+    """Audio from ``offset`` for at most ``max_seconds``, resampled to 44.1 kHz int16, shape (T, C) with C <= 2."""
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise ValueError("no audio track")
+        declared = container.duration / av.time_base - offset if container.duration else None
+        stream = container.streams.audio[0]
+        layout = "mono" if stream.codec_context.channels == 1 else "stereo"  # more than 2 channels: downmix
+        resampler = av.AudioResampler(format="s16", layout=layout, rate=SAMPLE_RATE)
+        origin = (container.start_time or 0) / av.time_base
+        if offset > 0:
+            container.seek(int((origin + offset) * av.time_base))
+        pieces, first_time = [], None
+        for frame in container.decode(stream):
+            if first_time is None and frame.time is not None:
+                first_time = frame.time - origin
+            for out in resampler.resample(frame):
+                pieces.append(out.to_ndarray().reshape(-1, out.layout.nb_channels))
+            if first_time is not None and sum(len(p) for p in pieces) / SAMPLE_RATE > offset - first_time + max_seconds:
+                break
+        pieces += [out.to_ndarray().reshape(-1, out.layout.nb_channels) for out in resampler.resample(None)]
+    if not pieces:
+        raise ValueError("audio track has no decodable samples")
+    audio = np.concatenate(pieces)
+    skip = max(0, round((offset - (first_time or 0.0)) * SAMPLE_RATE))
+    audio = audio[skip : skip + round(max_seconds * SAMPLE_RATE)]
+    if declared is not None and len(audio) / SAMPLE_RATE < min(declared, max_seconds) - TRUNCATION_TOLERANCE:
+        raise ValueError(f"truncated: {len(audio) / SAMPLE_RATE:.2f} s of audio decode, the file says {declared:.2f} s")
+    return audio
+
+
+def _decode_frames(path: Path, offset: float, times: Sequence[float]) -> list[bytes]:
+    """JPEGs (short side 256) of the frames on screen at ``offset + t`` for each ``t`` in ``times``."""
+    targets = [offset + t for t in times]
+    jpegs: list[bytes] = []
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video track")
+        stream = container.streams.video[0]
+        origin = (container.start_time or 0) / av.time_base
+        if offset > 0:
+            container.seek(int((origin + offset) * av.time_base))
+        shown = None  # the latest frame that starts at or before the next target time
+        for frame in container.decode(stream):
+            t = (frame.time if frame.time is not None else 0.0) - origin
+            while len(jpegs) < len(targets) and t > targets[len(jpegs)] + 1e-6:
+                jpegs.append(_jpeg(shown if shown is not None else frame))
+            if len(jpegs) == len(targets):
+                break
+            shown = frame
+    if shown is None:
+        raise ValueError("video track has no decodable frames")
+    while len(jpegs) < len(targets):  # the video ends before the audio: its last frame stays on screen
+        jpegs.append(_jpeg(shown))
+    return jpegs
+
+
+def _jpeg(frame: av.VideoFrame) -> bytes:
+    scale = FRAME_SHORT_SIDE / min(frame.width, frame.height)
+    width, height = round(frame.width * scale), round(frame.height * scale)
+    image = frame.reformat(width=width, height=height, format="rgb24", interpolation="BICUBIC").to_image()
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def extract_one(job: tuple[Segment, str, float], root: Path) -> dict:
+    """Decode one clip into ``extracted/``: ``audio.flac`` (44.1 kHz, int16, 1-2 channels) and ``0.jpg``..``9.jpg``."""
+    segment, source, offset = job
+    record = {"ytid": segment.ytid}
+    path = Path(source)
+    try:
+        if not path.is_file():
+            raise ValueError(f"source file {path} is gone")
+        audio = _decode_audio(path, offset, segment.duration)
+        if len(audio) < MIN_AUDIO_SECONDS * SAMPLE_RATE:
+            raise ValueError(f"only {len(audio) / SAMPLE_RATE:.2f} s of audio (truncated?)")
+        duration = len(audio) / SAMPLE_RATE
+        times = frame_times(duration)
+        jpegs = _decode_frames(path, offset, times)
+    except (av.FFmpegError, OSError, ValueError) as e:
+        return {**record, "status": "failed", "reason": f"{path.name}: {type(e).__name__}: {e}"[:300]}
+    final = clip_dir(root, segment.ytid)
+    # write next to the final place, then rename: a clip directory exists only when it is complete
+    partial_dir = final.with_name(f".{segment.ytid}.{os.getpid()}.tmp")
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    partial_dir.mkdir(parents=True)
+    sf.write(
+        partial_dir / "audio.flac", audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16", compression_level=FLAC_LEVEL
+    )
+    for k, jpeg in enumerate(jpegs):
+        (partial_dir / f"{k}.jpg").write_bytes(jpeg)
+    shutil.rmtree(final, ignore_errors=True)
+    partial_dir.rename(final)
+    return {
+        **record,
+        "status": "ok",
+        "channels": int(audio.shape[1]),
+        "seconds": round(duration, 4),
+        "frame_times": [round(t, 4) for t in times],
+    }
+
+
+def extract(
+    segments: Sequence[Segment],
+    root: str | Path,
+    *,
+    workers: int = 4,
+    shard: tuple[int, int] = (0, 1),
+    retry_failed: bool = False,
+) -> Counter:
+    """Decode every clip that download/ingest found and extract has not done yet."""
+    root = Path(root)
+    sources = read_manifest(root, "sources")
+    done = read_manifest(root, "extract")
+    jobs = []
+    for segment in _pending(select_shard(segments, shard), done, retry_failed):
+        source = sources.get(segment.ytid)
+        if source is not None and source["status"] == "ok":
+            jobs.append((segment, source["path"], float(source["offset"])))
+    return _run_parallel("extract", root, shard, partial(extract_one, root=root), jobs, workers)
+
+
+# -------------------------------------------------------------------------------------------------------------- pack
+def _load_sample(job: tuple[str, str, list[int]]) -> dict:
+    """One shard sample; LitData's writer serialises lists as JSON, so the ten frames are ten ``bytes`` keys."""
+    ytid, directory, labels = job
+    directory = Path(directory)
+    sample: dict = {"ytid": ytid, "audio": (directory / "audio.flac").read_bytes()}
+    for k in range(NUM_FRAMES):
+        sample[f"frame_{k}"] = (directory / f"{k}.jpg").read_bytes()
+    sample["labels"] = np.asarray(labels, dtype=np.int16)
+    return sample
+
+
+def val_fraction_of(ytid: str) -> float:
+    """A stable number in [0, 1) per YTID, independent of ``--shard``'s, for carving a validation split."""
+    return zlib.crc32(f"val:{ytid}".encode()) / 2**32
+
+
+def pack(
+    segments: Sequence[Segment],
+    root: str | Path,
+    out: str | Path | None = None,
+    *,
+    labels_csv: str | Path = DEFAULT_LABELS,
+    val_fraction: float = 0.0,
+    workers: int = 4,
+    chunk_bytes: str = "64MB",
+) -> dict:
+    """Write the extracted clips of ``segments`` into LitData shards under ``out`` (default ``root/shards``).
+
+    With ``val_fraction`` > 0 a stable share of the clips goes to ``out/val`` and the rest to ``out/train``, so
+    checkpoints can be selected on clips the model never trained on. Returns a summary (clips, bytes per clip).
+    """
+    root = Path(root).resolve()
+    out = Path(out).resolve() if out is not None else root / "shards"
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    classes = read_class_labels(labels_csv)
+    if len(classes) != NUM_CLASSES:
+        raise ValueError(f"{labels_csv}: {len(classes)} classes, expected {NUM_CLASSES}")
+    extracted = read_manifest(root, "extract")
+    jobs = [
+        (s.ytid, str(clip_dir(root, s.ytid)), label_indices(s, classes))
+        for s in segments
+        if extracted.get(s.ytid, {}).get("status") == "ok"
+    ]
+    if not jobs:
+        raise RuntimeError(f"nothing to pack: no clip of the segment list is extracted under {root}")
+    splits = {"": jobs}
+    if val_fraction > 0:
+        splits = {
+            "train": [j for j in jobs if val_fraction_of(j[0]) >= val_fraction],
+            "val": [j for j in jobs if val_fraction_of(j[0]) < val_fraction],
+        }
+    summary: dict = {"clips": 0, "bytes": 0, "splits": {}}
+    for name, split_jobs in splits.items():
+        split_dir = out / name if name else out
+        summary["splits"][name or "all"] = _pack_split(split_jobs, split_dir, classes, workers, chunk_bytes)
+        summary["clips"] += summary["splits"][name or "all"]["clips"]
+        summary["bytes"] += summary["splits"][name or "all"]["bytes"]
+    summary["bytes_per_clip"] = summary["bytes"] / max(summary["clips"], 1)
+    return summary
+
+
+def _pack_split(jobs: list, out: Path, classes: Sequence, workers: int, chunk_bytes: str) -> dict:
+    from litdata import optimize
+
+    if not jobs:
+        raise RuntimeError(f"{out}: no clip falls in this split; lower --val-fraction or add clips")
+    jobs = sorted(jobs)
+    summary_path = out / "pack.json"
+    if summary_path.is_file():  # resumable: an identical earlier pack is kept as it is
+        previous = json.loads(summary_path.read_text())
+        if previous.get("ytids_crc32") == _ytids_crc(jobs):
+            return previous
+    optimize(
+        fn=_load_sample,
+        inputs=jobs,
+        output_dir=str(out),
+        chunk_bytes=chunk_bytes,
+        num_workers=max(1, min(workers, len(jobs))),
+        mode="overwrite",
+        verbose=False,
+    )
+    index = json.loads((out / "index.json").read_text())
+    written = sum(chunk["chunk_size"] for chunk in index["chunks"])
+    # LitData reports a worker's crash in a log line and can still return: count what was actually written
+    if written != len(jobs):
+        raise RuntimeError(f"{out}: LitData wrote {written} of {len(jobs)} samples; see the errors above")
+    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    for _, _, labels in jobs:
+        counts[labels] += 1
+    (out / "label_counts.json").write_text(json.dumps({"clips": len(jobs), "counts": counts.tolist()}))
+    (out / "class_names.json").write_text(json.dumps([c.display_name for c in classes]))
+    size = sum(p.stat().st_size for p in out.glob("*.bin"))
+    summary = {"clips": len(jobs), "bytes": size, "bytes_per_clip": size / len(jobs), "ytids_crc32": _ytids_crc(jobs)}
+    summary_path.write_text(json.dumps(summary))
+    return summary
+
+
+def _ytids_crc(jobs: Sequence[tuple]) -> int:
+    return zlib.crc32(",".join(j[0] for j in jobs).encode())
+
+
+# --------------------------------------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audioclip prepare audioset",
+        description="Prepare AudioSet: download or ingest clips, extract audio + 10 frames, pack LitData shards.",
+    )
+    stages = parser.add_subparsers(dest="stage", required=True)
+
+    def stage(name: str, help: str) -> argparse.ArgumentParser:
+        p = stages.add_parser(name, help=help)
+        p.add_argument("--segments", required=True, help="an official segment list, e.g. eval_segments.csv")
+        p.add_argument("--root", required=True, help="work directory: manifests, clips, extracted media, shards")
+        return p
+
+    def parallel(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+        p.add_argument("--shard", default="0/1", help="i/n: this machine's share of the segments (default 0/1)")
+        p.add_argument("--retry-failed", action="store_true", help="redo clips recorded as failed")
+
+    def download_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url-template", default=DEFAULT_URL_TEMPLATE, help="URL of a YTID, with {ytid}")
+        p.add_argument("--format", default=DEFAULT_FORMAT, help="yt-dlp format selector")
+        p.add_argument("--timeout", type=float, default=300.0, help="seconds per clip before giving up")
+
+    def pack_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--labels", default=str(DEFAULT_LABELS), help="class_labels_indices.csv (default: bundled)")
+        p.add_argument("--out", help="shard directory (default ROOT/shards)")
+        p.add_argument("--val-fraction", type=float, default=0.0, help="share of clips for OUT/val (default 0)")
+        p.add_argument("--chunk-bytes", default="64MB", help="LitData chunk size")
+
+    p = stage("download", "fetch each segment's time range with yt-dlp")
+    parallel(p)
+    download_args(p)
+    p.add_argument("--full-videos", action="store_true", help="fetch whole videos (no ffmpeg range cut)")
+    p = stage("ingest", "use clips you already have: {YTID}_{start}.* or {YTID}.*")
+    p.add_argument("--clips", required=True, help="directory of existing clips (searched recursively)")
+    p.add_argument("--full-videos", action="store_true", help="files are whole videos, not segments")
+    p.add_argument("--shard", default="0/1", help="i/n: this machine's share of the segments (default 0/1)")
+    p.add_argument("--retry-failed", action="store_true", help="look again for clips recorded as missing")
+    p = stage("extract", "decode audio (44.1 kHz FLAC) and 10 frames (JPEG) per clip")
+    parallel(p)
+    p = stage("pack", "write the extracted clips into LitData shards")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="LitData writer processes")
+    pack_args(p)
+    p = stage("all", "ingest (with --clips) or download, then extract, then pack")
+    parallel(p)
+    download_args(p)
+    pack_args(p)
+    p.add_argument("--clips", help="ingest this directory instead of downloading")
+    p.add_argument("--full-videos", action="store_true", help="sources are whole videos, not segments")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``audioclip prepare audioset STAGE ...``; prints one JSON summary line per stage.
+
+    ``argv`` is what follows ``prepare`` (``audioset STAGE ...``, from the ``audioclip`` command) or just
+    ``STAGE ...`` (from ``python -m audioclip.data.audioset.prepare``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["audioset"]:
+        argv = argv[1:]
+    args = _parser().parse_args(argv)
+    segments = read_segments(args.segments)
+    shard = parse_shard(getattr(args, "shard", "0/1"))
+    retry = getattr(args, "retry_failed", False)
+    root = Path(args.root)
+
+    def report(stage: str, result: dict) -> None:
+        print(json.dumps({"stage": stage, **result}), flush=True)
+
+    started = time.perf_counter()
+    if args.stage in ("ingest", "all") and getattr(args, "clips", None):
+        counts = ingest(segments, root, args.clips, full_videos=args.full_videos, shard=shard, retry_failed=retry)
+        report("ingest", dict(counts))
+    elif args.stage in ("download", "all"):
+        counts = download(
+            segments,
+            root,
+            url_template=args.url_template,
+            sections=not args.full_videos,
+            fmt=args.format,
+            workers=args.workers,
+            shard=shard,
+            retry_failed=retry,
+            timeout=args.timeout,
+        )
+        report("download", dict(counts))
+    if args.stage in ("extract", "all"):
+        report("extract", dict(extract(segments, root, workers=args.workers, shard=shard, retry_failed=retry)))
+    if args.stage == "all" and shard != (0, 1):
+        print(
+            "pack skipped: it reads every machine's extracted clips, so run `pack` once when all are done",
+            file=sys.stderr,
+        )
+    elif args.stage in ("pack", "all"):
+        summary = pack(
+            segments,
+            root,
+            args.out,
+            labels_csv=args.labels,
+            val_fraction=args.val_fraction,
+            workers=args.workers,
+            chunk_bytes=args.chunk_bytes,
+        )
+        report("pack", summary)
+    failures = sum(1 for r in read_manifest(root, "extract").values() if r["status"] != "ok")
+    print(
+        f"done in {time.perf_counter() - started:.1f} s; manifests in {_manifest_dir(root)} ({failures} extract "
+        "failures, each with its reason)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

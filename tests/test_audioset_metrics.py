@@ -1,0 +1,89 @@
+"""AudioSet mAP against a plain NumPy average precision, including the DDP gather of torchmetrics."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from audioclip.metrics import AudioSetMAP, class_scores
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """AP = mean over the positives of the precision at their rank (scores here have no ties)."""
+    order = np.argsort(-scores)
+    hits = positives[order].astype(float)
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision_at * hits).sum() / hits.sum())
+
+
+def macro_map(scores: np.ndarray, target: np.ndarray) -> float:
+    return float(
+        np.mean([average_precision(scores[:, c], target[:, c]) for c in range(target.shape[1]) if target[:, c].any()])
+    )
+
+
+def random_case(seed: int, n: int = 64, k: int = 527) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    target = (torch.rand(n, k, generator=g) < 0.05).int()
+    target[0, :] = 1  # every class has a positive
+    audio = torch.rand(n, k, generator=g) + 0.3 * target
+    image = torch.rand(n, k, generator=g) + 0.1 * target
+    return target, audio, image
+
+
+def test_map_matches_numpy_for_audio_image_and_both() -> None:
+    target, audio, image = random_case(0)
+    metric = AudioSetMAP()
+    for rows in torch.split(torch.arange(64), 16):
+        metric.update(target[rows], audio=audio[rows], image=image[rows])
+    result = metric.compute()
+    t = target.numpy()
+    assert result["audio"].item() == pytest.approx(macro_map(audio.numpy(), t), abs=1e-5)
+    assert result["image"].item() == pytest.approx(macro_map(image.numpy(), t), abs=1e-5)
+    assert result["both"].item() == pytest.approx(macro_map((audio + image).numpy() / 2, t), abs=1e-5)
+    assert result["audio"] > result["both"] > result["image"]
+
+
+def test_audio_only_and_bad_shapes() -> None:
+    target, audio, _ = random_case(1, n=16)
+    metric = AudioSetMAP()
+    metric.update(target, audio=audio)
+    assert set(metric.compute()) == {"audio"}
+    with pytest.raises(ValueError, match="image scores"):
+        metric.update(target, audio=audio, image=audio[:, :10])
+    with pytest.raises(ValueError, match="audio and/or image"):
+        metric.update(target)
+
+
+def test_class_scores_are_the_references_sigmoid_of_cosine_minus_half() -> None:
+    g = torch.Generator().manual_seed(0)
+    embeddings, text = torch.randn(4, 16, generator=g), torch.randn(527, 16, generator=g)
+    scale = 100.0  # the reference's logits = scale * a @ t.T, then sigmoid(logits / scale - 0.5)
+    a, t = embeddings / embeddings.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
+    expected = torch.sigmoid(scale * a @ t.T / scale - 0.5)
+    assert torch.allclose(class_scores(3 * embeddings, text), expected, atol=1e-6)
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        target, audio, image = random_case(2)
+        metric = AudioSetMAP()
+        metric.update(target[rank::2], audio=audio[rank::2], image=image[rank::2])
+        torch.save(metric.compute(), Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_ranks_agree_on_the_map_of_all_their_samples(tmp_path: Path) -> None:
+    mp.spawn(_ddp_worker, args=(29_500 + (os.getpid() + 7) % 1000, str(tmp_path)), nprocs=2, join=True)
+    target, audio, _ = random_case(2)
+    expected = macro_map(audio.numpy(), target.numpy())
+    for rank in range(2):
+        assert torch.load(tmp_path / f"rank{rank}.pt")["audio"].item() == pytest.approx(expected, abs=1e-5)
