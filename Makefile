@@ -18,7 +18,7 @@ DATA    ?=
 RESUME  ?= 0
 
 .PHONY: help install test test-fast lint demo demo-data weights bench-data bench-train \
-        finetune-esc50 finetune-us8k cv-esc50 cv-us8k
+        finetune-esc50 finetune-us8k cv-esc50 cv-us8k data-audioset bench-audioset pretrain-audio train-partial train-full
 
 help:  ## list every target with its description
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -81,3 +81,46 @@ cv-esc50: $(STAMP)  ## all 5 ESC-50 folds, then a table of per-fold and mean ± 
 cv-us8k: $(STAMP)  ## all 10 UrbanSound8K folds, then the per-fold and mean ± std table (runs/finetune-us8k/cv.*)
 	for k in 1 2 3 4 5 6 7 8 9 10; do $(MAKE) --no-print-directory finetune-us8k FOLD=$$k || exit 1; done
 	$(PY) -m audioclip.tasks.crossval runs/finetune-us8k
+
+bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU, fp32 vs bf16-mixed + channels_last; one JSON line
+	@$(PY) benchmarks/bench_train.py
+
+# ---- AudioSet: segment list -> clips (download or ingest) -> extracted media -> LitData shards ----
+AUDIOSET_SEGMENTS ?= data/audioset-demo/segments.csv
+AUDIOSET_CLIPS    ?= data/audioset-demo/videos
+AUDIOSET_ROOT     ?= data/audioset/demo
+
+data/audioset-demo/segments.csv: | $(STAMP)
+	$(PY) -m audioclip.data.audioset.testmedia data/audioset-demo --n 12
+
+data-audioset: $(STAMP) $(if $(filter data/audioset-demo/%,$(AUDIOSET_SEGMENTS)),$(AUDIOSET_SEGMENTS))  ## AudioSet shards: ingest AUDIOSET_CLIPS (empty: download with yt-dlp) -> extract -> pack into AUDIOSET_ROOT/shards/{train,val}
+	$(AC) prepare audioset all --segments $(AUDIOSET_SEGMENTS) --root $(AUDIOSET_ROOT) $(if $(AUDIOSET_CLIPS),--clips $(AUDIOSET_CLIPS)) --val-fraction 0.25 $(ARGS)
+
+bench-audioset: $(STAMP)  ## AudioSet pipeline throughput: one JSON line (extract clips/s/core, bytes/clip, items/s/worker)
+	@$(PY) benchmarks/bench_audioset.py
+
+SHARDS ?= $(AUDIOSET_ROOT)/shards
+AUDIOSET_DATA = --data.init_args.train_dir $(SHARDS)/train --data.init_args.val_dir $(SHARDS)/val
+
+pretrain-audio: $(STAMP)  ## phase 1: standalone ESResNeXt-fbsp on AudioSet audio, BCE over 527 classes (SHARDS=, GPUS=, NODES=, ARGS=)
+	$(FIT) --config conf/pretrain-audio.yaml $(AUDIOSET_DATA) --trainer.default_root_dir runs/pretrain-audio/main \
+	  --trainer.logger.init_args.save_dir runs/pretrain-audio/main --trainer.logger.init_args.name pretrain-audio \
+	  $(call resume,runs/pretrain-audio/main) $(ARGS)
+
+# the previous phase's checkpoint when it exists, else the official weight tag
+PARTIAL_INIT = $(or $(INIT_PARTIAL),$(if $(wildcard runs/pretrain-audio/main/checkpoints/last.ckpt),runs/pretrain-audio/main/checkpoints/last.ckpt,esrnxfbsp))
+FULL_INIT    = $(or $(INIT_FULL),$(if $(wildcard runs/train-partial/main/checkpoints/last.ckpt),runs/train-partial/main/checkpoints/last.ckpt,partial))
+
+train-partial: $(STAMP)  ## phase 2: audio head learns from frozen CLIP teachers on AudioSet audio + frames + text
+	$(FIT) --config conf/train-partial.yaml $(AUDIOSET_DATA) --model.init_args.audio_init_from $(PARTIAL_INIT) \
+	  --trainer.default_root_dir runs/train-partial/main --trainer.logger.init_args.save_dir runs/train-partial/main \
+	  --trainer.logger.init_args.name train-partial $(call resume,runs/train-partial/main) $(ARGS)
+
+train-full: $(STAMP)  ## phase 3: all three heads trained jointly on AudioSet audio + frames + text
+	$(FIT) --config conf/train-full.yaml $(AUDIOSET_DATA) --model.init_args.init_from $(FULL_INIT) \
+	  --trainer.default_root_dir runs/train-full/main --trainer.logger.init_args.save_dir runs/train-full/main \
+	  --trainer.logger.init_args.name train-full $(call resume,runs/train-full/main) $(ARGS)
+
+.PHONY: report
+report: $(STAMP)  ## gather the latest results under runs/ into runs/REPORT.md: paper tables 2-4, PNG plots, W&B run
+	$(AC) report

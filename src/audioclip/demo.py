@@ -23,9 +23,20 @@ def main(argv: list[str] | None = None) -> int:
         write_synthetic(["--esc50", str(DATA), "--clips-per-class", "30"])
     extra = list(sys.argv[1:] if argv is None else argv)
     cli = run_lightning_cli(
-        ["fit", "--config", "conf/trainer.yaml", "--config", "conf/demo.yaml",
-         "--trainer.default_root_dir", str(RUN), "--trainer.logger.init_args.save_dir", str(RUN),
-         "--trainer.logger.init_args.name", "demo-esc50-fold1", *extra]
+        [
+            "fit",
+            "--config",
+            "conf/trainer.yaml",
+            "--config",
+            "conf/demo.yaml",
+            "--trainer.default_root_dir",
+            str(RUN),
+            "--trainer.logger.init_args.save_dir",
+            str(RUN),
+            "--trainer.logger.init_args.name",
+            "demo-esc50-fold1",
+            *extra,
+        ]
     )
     metrics = json.loads((RUN / "test_metrics.json").read_text())
     classes = len(cli.datamodule.class_names)

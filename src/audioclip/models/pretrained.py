@@ -178,9 +178,8 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str,
         if missing:
             parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
         if unexpected:
-            parts.append(
-                f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}"
-            )
+            more = " ..." if len(unexpected) > 8 else ""
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{more}")
         if wrong:
             parts.append(
                 f"shape mismatch ({len(wrong)}): "

@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from audioclip.models import AudioCLIP, create_model, load_pretrained
@@ -60,7 +60,10 @@ class AudioCLIPTask(L.LightningModule):
         path = Path(init_from)
         if not path.exists() and "/" in init_from:
             raise WeightsError(f"init_from: {init_from}: no such file")
-        load_pretrained(self.model, init_from)
+        try:
+            load_pretrained(self.model, init_from)
+        except WeightsError as error:
+            raise WeightsError(f"init_from: {error} (model: {self.hparams.model})") from error
         log.info("initialised %s from %s", self.hparams.model, init_from)
 
     @property
@@ -76,8 +79,17 @@ class AudioCLIPTask(L.LightningModule):
         metric, mode = self.monitor
         name = metric.replace("/", "_")
         dirpath = Path(self.trainer.default_root_dir) / "checkpoints"
-        return [ModelCheckpoint(dirpath=dirpath, monitor=metric, mode=mode, save_last=True, auto_insert_metric_name=False,
-                                filename=f"best-epoch{{epoch}}-step{{step}}-{name}{{{metric}:.4f}}")]
+        return [
+            ModelCheckpoint(
+                dirpath=dirpath,
+                monitor=metric,
+                mode=mode,
+                save_last=True,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,  # last.ckpt is always the newest, for RESUME=1
+                filename=f"best-epoch{{epoch}}-step{{step}}-{name}{{{metric}:.4f}}",
+            )
+        ]
 
     def configure_optimizers(self):
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -94,14 +106,37 @@ class AudioCLIPTask(L.LightningModule):
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
 
+    # `audioclip fit --skip_nonfinite_loss true`: a step with a NaN/Inf loss is skipped and counted, not fatal
+    skip_nonfinite_loss: bool = False
+    nonfinite_steps: int = 0
+
     def check_finite(self, loss: torch.Tensor, batch: dict, batch_idx: int) -> torch.Tensor:
         """A NaN/Inf loss stops the run naming the step and the batch's samples, instead of training on garbage."""
-        if not torch.isfinite(loss):
-            ids = ", ".join(map(str, batch.get("id", [])[:8]))
+        finite = bool(torch.isfinite(loss))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # every rank stops at once, rather than the others waiting for it in the next all-reduce
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return loss
+        ids = ", ".join(map(str, batch.get("id", [])[:8]))
+        where = f"at global step {self.global_step} (batch {batch_idx}: {ids})"
+        if not self.skip_nonfinite_loss:
             raise FloatingPointError(
-                f"non-finite loss {loss.item()} at global step {self.global_step} (batch {batch_idx}: {ids})"
+                f"non-finite loss {loss.item()} {where}; `--skip_nonfinite_loss true` skips such steps instead"
             )
+        log.warning("non-finite loss %s %s: the step is skipped", loss.item(), where)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self.skip_nonfinite_loss:
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        # gradients are all-reduced by now, so every DDP rank decides alike; a parameter without a gradient is
+        # left untouched by the optimiser (no momentum or weight-decay update either)
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_steps += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
 
     def tokens(self, texts: list[str]) -> torch.Tensor:
         return self.clip_model.tokenize(texts, self.hparams.template)

@@ -32,7 +32,8 @@ class AudioCLIPCLI(LightningCLI):
 
     def after_fit(self) -> None:
         """Test the checkpoint selected on the validation split and keep the metrics in the run directory."""
-        if not self.trainer.interrupted and hasattr(self.datamodule, "test_dataloader"):
+        # a datamodule without a test split (AudioSet without test_dir) says so through `has_test_split`
+        if not self.trainer.interrupted and getattr(self.datamodule, "has_test_split", True):
             best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
             results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
             if self.trainer.is_global_zero and results:

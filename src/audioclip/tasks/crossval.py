@@ -1,6 +1,6 @@
 """Cross-validation table: per-fold test accuracy of `runs/<phase>/fold*/test_metrics.json`, mean ± std.
 
-    python -m audioclip.tasks.crossval runs/finetune-esc50      # writes cv.csv and cv.md there, logs to W&B
+python -m audioclip.tasks.crossval runs/finetune-esc50      # writes cv.csv and cv.md there, logs to W&B
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MultilabelAveragePrecision
 
+from audioclip.metrics import AudioSetMAP, class_scores
 from audioclip.models import AudioCLIP, AudioCLIPConfig, get_config
 from audioclip.models.pretrained import load_into
 from audioclip.tasks.base import AudioCLIPTask, freeze
@@ -153,25 +154,33 @@ class AudioPretrainModule(AudioCLIPTask):
 
 class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
     """AudioSet phases: contrastive loss over audio, one video frame and the class-name text; evaluation is
-    macro mAP over the 527 classes with class scores from the text embeddings of the class names."""
+    macro mAP over the 527 classes for audio, image and both, with class scores from the text embeddings of the
+    class names (`audioclip.metrics`).
 
-    monitor = ("val/map", "max")
+    `audio_init_from` loads an audio head on top of `init_from` (e.g. CLIP's `clip-rn50` for image and text, and
+    the pretrain-audio phase's checkpoint or the official `esrnxfbsp` for audio).
+    """
+
+    monitor = ("val/map_audio", "max")
 
     def __init__(
         self,
         model: str = "audioclip",
         init_from: str | None = None,
+        audio_init_from: str | None = None,
         lr: float = 1e-4,
         gamma: float = 0.95,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         template: str = "{}",
-        class_names: list[str] | None = None,
     ) -> None:
+        if not isinstance(get_config(model), AudioCLIPConfig):
+            raise ValueError(f"model: {type(self).__name__} needs an AudioCLIP model, got {model!r}")
         super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template)
-        self.clip_model  # noqa: B018 - fails early for a non-AudioCLIP model
-        self.val_map = MultilabelAveragePrecision(num_labels=AUDIOSET_CLASSES, average="macro")
-        self.test_map = MultilabelAveragePrecision(num_labels=AUDIOSET_CLASSES, average="macro")
+        if audio_init_from:
+            self._init_weights(audio_init_from)
+        self.val_map = AudioSetMAP(AUDIOSET_CLASSES)
+        self.test_map = AudioSetMAP(AUDIOSET_CLASSES)
         self._class_text: torch.Tensor | None = None
 
     def training_step(self, batch, batch_idx):
@@ -180,32 +189,36 @@ class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["audio"]))
         return loss
 
-    def _class_embeddings(self) -> torch.Tensor:
-        names = getattr(self.trainer.datamodule, "class_names", None) or self.hparams.class_names
-        if not names:
-            raise ValueError("class_names: the datamodule exposes no class names for mAP evaluation")
+    def _refresh_class_text(self) -> None:
+        names = list(getattr(self.trainer.datamodule, "class_names", []))
+        if len(names) != AUDIOSET_CLASSES:
+            raise ValueError(f"the datamodule has {len(names)} class names, AudioSet evaluation needs 527")
         with torch.no_grad():
-            text = self.clip_model.encode_text(self.tokens(list(names)))
-        return text / text.norm(dim=-1, keepdim=True)
+            self._class_text = self.clip_model.encode_text(self.tokens(names))
 
-    def on_validation_epoch_start(self) -> None:
-        self._class_text = self._class_embeddings()
+    on_validation_epoch_start = on_test_epoch_start = _refresh_class_text
 
-    on_test_epoch_start = on_validation_epoch_start
+    def _eval_step(self, batch, metric: AudioSetMAP) -> None:
+        emb = self.clip_model.embed(batch["audio"], batch.get("image"))
+        image = None if emb["image"] is None else class_scores(emb["image"], self._class_text)
+        metric.update(batch["target"], audio=class_scores(emb["audio"], self._class_text), image=image)
 
-    def _eval_step(self, batch, stage: str, metric) -> None:
-        emb = self.clip_model.embed(batch["audio"])
-        scale = self.clip_model.logit_scale_at.exp().clamp(1, 100)
-        logits = scale * emb["audio"] @ self._class_text.T
-        # class scores as the reference computes them for multi-label data
-        metric.update(torch.sigmoid(logits / scale - 0.5), batch["target"].long())
-        self.log(f"{stage}/map", metric, on_epoch=True, prog_bar=True)
+    def _log_map(self, stage: str, metric: AudioSetMAP) -> None:
+        for name, value in metric.compute().items():
+            self.log(f"{stage}/map_{name}", value, prog_bar=name == "audio")
+        metric.reset()
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val", self.val_map)
+        self._eval_step(batch, self.val_map)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map("val", self.val_map)
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test", self.test_map)
+        self._eval_step(batch, self.test_map)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map("test", self.test_map)
 
 
 class PartialTrainingModule(_ContrastiveAudioSetModule):

@@ -144,6 +144,10 @@ class AudioSetDataModule(L.LightningDataModule):
         self._train_loader: StreamingDataLoader | None = None
         self._train_state: dict | None = None
 
+    @property
+    def has_test_split(self) -> bool:
+        return self.test_dir is not None
+
     def _world_size(self) -> int:
         if self.trainer is not None:
             return self.trainer.world_size
