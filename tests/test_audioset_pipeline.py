@@ -238,3 +238,62 @@ def test_two_ddp_ranks_read_disjoint_samples(prepared: dict, tmp_path: Path) -> 
     for split in ("train", "val"):
         a, b = ranks[0][split], ranks[1][split]
         assert len(a) == len(b) == 3 and not set(a) & set(b) and sorted(a + b) == sorted(GOOD), split
+
+
+@pytest.mark.parametrize(
+    "config, model",
+    [
+        ("pretrain-audio.yaml", "esresnext-fbsp-tiny"),
+        ("train-partial.yaml", "audioclip-tiny"),
+        ("train-full.yaml", "audioclip-tiny"),
+    ],
+)
+def test_audioset_phases_train_a_few_steps_on_the_shards(prepared: dict, tmp_path: Path, config: str, model: str):
+    """The phase configs run end to end on prepared shards: training steps, mAP evaluation, last.ckpt."""
+    from audioclip.tasks.cli import run_lightning_cli
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    shards, run = str(prepared["shards"]), tmp_path / "run"
+    init = ["--model.init_args.init_from", "null"] + (
+        ["--model.init_args.audio_init_from", "null"] if config == "train-partial.yaml" else []
+    )
+    cli = run_lightning_cli(
+        [
+            "fit",
+            "--config",
+            str(conf / "trainer.yaml"),
+            "--config",
+            str(conf / config),
+            "--model.init_args.model",
+            model,
+            *init,
+            "--data.init_args.train_dir",
+            shards,
+            "--data.init_args.val_dir",
+            shards,
+            "--data.init_args.batch_size",
+            "2",
+            "--data.init_args.num_workers",
+            "0",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.default_root_dir",
+            str(run),
+            "--trainer.logger.init_args.save_dir",
+            str(run),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    assert cli.trainer.global_step == 2
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    metric = "val/map" if config == "pretrain-audio.yaml" else "val/map_audio"
+    assert 0.0 <= float(cli.trainer.callback_metrics[metric]) <= 1.0
+    if config != "pretrain-audio.yaml":
+        assert "val/map_image" in cli.trainer.callback_metrics and "val/map_both" in cli.trainer.callback_metrics
