@@ -55,6 +55,7 @@ bench-data: $(STAMP)  ## benchmark the ESC-50 data pipeline on 2,000 synthetic c
 	@$(PY) benchmarks/bench_data.py
 
 # ---- training phases: runs/<phase>/<run-name>/ holds config.yaml, checkpoints/ (best + last) and the W&B run ----
+RUNS    ?= runs
 ESC50   ?= data/esc50
 US8K    ?= data/us8k
 INIT    ?= full
@@ -64,23 +65,23 @@ resume   = $(if $(filter 1,$(RESUME)),$(if $(wildcard $(1)/checkpoints/last.ckpt
 
 finetune-esc50: $(STAMP)  ## fine-tune on ESC-50 with fold FOLD as test split (DATA=, INIT=, GPUS=, NODES=, ARGS=)
 	$(FIT) --config conf/finetune-esc50.yaml --data.init_args.root $(or $(DATA),$(ESC50)) --data.init_args.fold $(FOLD) \
-	  --model.init_args.init_from $(INIT) --trainer.default_root_dir runs/finetune-esc50/fold$(FOLD) \
-	  --trainer.logger.init_args.save_dir runs/finetune-esc50/fold$(FOLD) --trainer.logger.init_args.name finetune-esc50-fold$(FOLD) \
-	  $(call resume,runs/finetune-esc50/fold$(FOLD)) $(ARGS)
+	  --model.init_args.init_from $(or $(INIT),null) --trainer.default_root_dir $(RUNS)/finetune-esc50/fold$(FOLD) \
+	  --trainer.logger.init_args.save_dir $(RUNS)/finetune-esc50/fold$(FOLD) --trainer.logger.init_args.name finetune-esc50-fold$(FOLD) \
+	  $(call resume,$(RUNS)/finetune-esc50/fold$(FOLD)) $(ARGS)
 
 finetune-us8k: $(STAMP)  ## fine-tune on UrbanSound8K with fold FOLD as test split (DATA=, INIT=, GPUS=, NODES=, ARGS=)
 	$(FIT) --config conf/finetune-us8k.yaml --data.init_args.root $(or $(DATA),$(US8K)) --data.init_args.fold $(FOLD) \
-	  --model.init_args.init_from $(INIT) --trainer.default_root_dir runs/finetune-us8k/fold$(FOLD) \
-	  --trainer.logger.init_args.save_dir runs/finetune-us8k/fold$(FOLD) --trainer.logger.init_args.name finetune-us8k-fold$(FOLD) \
-	  $(call resume,runs/finetune-us8k/fold$(FOLD)) $(ARGS)
+	  --model.init_args.init_from $(or $(INIT),null) --trainer.default_root_dir $(RUNS)/finetune-us8k/fold$(FOLD) \
+	  --trainer.logger.init_args.save_dir $(RUNS)/finetune-us8k/fold$(FOLD) --trainer.logger.init_args.name finetune-us8k-fold$(FOLD) \
+	  $(call resume,$(RUNS)/finetune-us8k/fold$(FOLD)) $(ARGS)
 
 cv-esc50: $(STAMP)  ## all 5 ESC-50 folds, then a table of per-fold and mean ± std test accuracy (runs/finetune-esc50/cv.*)
 	for k in 1 2 3 4 5; do $(MAKE) --no-print-directory finetune-esc50 FOLD=$$k || exit 1; done
-	$(PY) -m audioclip.tasks.crossval runs/finetune-esc50
+	$(PY) -m audioclip.tasks.crossval $(RUNS)/finetune-esc50
 
 cv-us8k: $(STAMP)  ## all 10 UrbanSound8K folds, then the per-fold and mean ± std table (runs/finetune-us8k/cv.*)
 	for k in 1 2 3 4 5 6 7 8 9 10; do $(MAKE) --no-print-directory finetune-us8k FOLD=$$k || exit 1; done
-	$(PY) -m audioclip.tasks.crossval runs/finetune-us8k
+	$(PY) -m audioclip.tasks.crossval $(RUNS)/finetune-us8k
 
 bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU, fp32 vs bf16-mixed + channels_last; one JSON line
 	@$(PY) benchmarks/bench_train.py

@@ -116,8 +116,6 @@ def _fit(root, run_dir, *extra):
             "false",
             "--data.init_args.batch_size",
             "4",
-            "--model.init_args.num_classes",
-            "4",
             "--trainer.default_root_dir",
             str(run_dir),
             "--trainer.logger.init_args.save_dir",

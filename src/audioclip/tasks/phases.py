@@ -252,27 +252,42 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
         weight_decay: float = 5e-4,
         template: str = "{}",
         standalone: bool = False,
-        num_classes: int = 50,
+        num_classes: int | None = None,
     ) -> None:
         if standalone == isinstance(get_config(model), AudioCLIPConfig):
             kind = "a standalone esresnext-fbsp model" if standalone else "an AudioCLIP model"
             raise ValueError(f"model: standalone={standalone} needs {kind}, got {model!r}")
+        if standalone and num_classes is None:
+            raise ValueError("num_classes: standalone mode builds a classifier head and needs the number of classes")
         overrides = {"num_classes": num_classes} if standalone else None
         super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template, overrides)
         if not standalone:
             self._freeze_clip(self.clip_model, include_image=True)
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_confusion = MulticlassConfusionMatrix(num_classes=num_classes)
+        self.num_classes = num_classes
+        if num_classes is not None:
+            self._make_metrics(num_classes)
         self._class_text: torch.Tensor | None = None
         self._examples: list[dict] = []
 
+    def _make_metrics(self, num_classes: int) -> None:
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes=num_classes)
+
+    def setup(self, stage: str) -> None:
+        """Without `num_classes` the dataset's class names decide it (zero-shot-style heads need no fixed size)."""
+        if self.num_classes is None:
+            self.num_classes = len(self._classes())
+            self._make_metrics(self.num_classes)
+
     def _classes(self) -> list[str]:
+        # the datamodule reads them in its setup, which Lightning runs before the LightningModule's
         names = list(getattr(self.trainer.datamodule, "class_names", []))
-        if len(names) != self.hparams.num_classes:
+        if not names:
+            raise ValueError("the datamodule exposes no class names for zero-shot-style evaluation")
+        if self.num_classes is not None and len(names) != self.num_classes:
             raise ValueError(
-                f"num_classes: the model is set up for {self.hparams.num_classes} classes but the dataset has "
-                f"{len(names)}"
+                f"num_classes: the model is set up for {self.num_classes} classes but the dataset has {len(names)}"
             )
         return names
 

@@ -1,0 +1,77 @@
+"""The user's front door: `make finetune-esc50 FOLD=k DATA=...` end to end, and the cross-validation table."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from audioclip.data.synthetic import write_esc50
+from audioclip.tasks.crossval import main as crossval
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _make(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    # the Makefile's venv is the one running the tests
+    venv = str(Path(sys.executable).parent.parent)
+    return subprocess.run(
+        ["make", "--no-print-directory", f"VENV={venv}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "offline", **(env or {})},
+        timeout=600,
+    )
+
+
+def test_finetune_esc50_target_runs_end_to_end_on_a_synthetic_root(tmp_path):
+    data = tmp_path / "esc50"
+    write_esc50(data, clips_per_class=4, classes=4, seed=0)
+    runs = tmp_path / "runs"
+    args = (
+        "--model.init_args.model audioclip-tiny --trainer.max_epochs 1 --trainer.accelerator cpu "
+        "--trainer.devices 1 --data.init_args.batch_size 4 --data.init_args.num_workers 0 "
+        "--trainer.enable_progress_bar false"
+    )
+    done = _make("finetune-esc50", "FOLD=3", f"DATA={data}", "INIT=", f"RUNS={runs}", f"ARGS={args}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = runs / "finetune-esc50" / "fold3"
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert "fold: 3" in (run / "config.yaml").read_text()
+
+
+def test_finetune_without_official_weights_says_how_to_get_them(tmp_path):
+    data = tmp_path / "esc50"
+    write_esc50(data, clips_per_class=2, classes=2, seed=0)
+    done = _make(
+        "finetune-esc50",
+        "FOLD=1",
+        f"DATA={data}",
+        f"RUNS={tmp_path / 'runs'}",
+        env={"AUDIOCLIP_CACHE": str(tmp_path / "empty-cache")},
+    )
+    assert done.returncode != 0
+    assert "make weights" in done.stderr
+
+
+def test_crossval_table_has_every_fold_and_mean_std(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    phase = tmp_path / "finetune-esc50"
+    for fold, acc in zip(range(1, 6), (0.80, 0.90, 0.85, 0.95, 0.75), strict=True):
+        (phase / f"fold{fold}").mkdir(parents=True)
+        (phase / f"fold{fold}" / "test_metrics.json").write_text(json.dumps({"test/acc": acc}))
+    assert crossval([str(phase)]) == 0
+    lines = (phase / "cv.csv").read_text().splitlines()
+    assert lines[0] == "fold,test_acc" and lines[1:6] == ["1,0.8000", "2,0.9000", "3,0.8500", "4,0.9500", "5,0.7500"]
+    assert lines[6] == "mean,0.8500" and lines[7] == "std,0.0791"
+    assert "85.00% ± 7.91%" in (phase / "cv.md").read_text()
+
+
+def test_crossval_without_runs_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no fold"):
+        crossval([str(tmp_path)])
