@@ -123,5 +123,5 @@ train-full: $(STAMP)  ## phase 3: all three heads trained jointly on AudioSet au
 	  --trainer.logger.init_args.name train-full $(call resume,runs/train-full/main) $(ARGS)
 
 .PHONY: report
-report: $(STAMP)  ## gather the latest results under runs/ into runs/REPORT.md: paper tables 2-4, PNG plots, W&B run
-	$(AC) report
+report: $(STAMP)  ## gather the latest results under runs/ (RUNS=) into runs/REPORT.md: paper tables 2-4, PNG plots, W&B
+	$(AC) report --runs $(RUNS)

@@ -19,6 +19,10 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # subcommands implemented elsewhere: name -> "module:function" taking argv
 EXTERNAL = {
     "prepare": "audioclip.data.audioset.prepare:main",
+    "evaluate": "audioclip.evaluation.cli:evaluate",
+    "index": "audioclip.evaluation.cli:index",
+    "search": "audioclip.evaluation.cli:search_cli",
+    "report": "audioclip.evaluation.report:main",
 }
 
 

@@ -1,0 +1,248 @@
+"""Evaluation sets embedded once: every sample's audio / image embedding, its label set and its fold.
+
+Datasets (Guzhov et al. 2021, sec. 4.1): ESC-50 and UrbanSound8K through their DataModules (official folds, the
+centre crop of the evaluation transform), AudioSet through the shards of ``audioclip prepare audioset pack``, and
+any ``torchvision.datasets.ImageFolder`` tree with a class-name file for ImageNet-style zero-shot (CLIP, Radford et
+al. 2021, sec. 3.1.4). Under ``torchrun`` every rank embeds a strided share of the samples and the shares are
+gathered, so every rank ends with the whole evaluation set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from audioclip.data import ESC50DataModule, US8KDataModule, collate
+from audioclip.data.common import class_text
+from audioclip.inference import InputError
+from audioclip.models import AudioCLIP
+
+DATASETS = ("esc50", "us8k", "audioset", "imagefolder")
+# which embeddings each dataset yields besides the class-name text
+MODALITIES = {"esc50": ("audio",), "us8k": ("audio",), "audioset": ("audio", "image"), "imagefolder": ("image",)}
+
+
+@dataclass
+class EmbeddedSet:
+    """An evaluation set after the forward passes; everything the metrics need."""
+
+    dataset: str
+    root: str
+    class_names: list[str]
+    labels: list[tuple[int, ...]]  # sorted class indices of each sample (one for single-label datasets)
+    folds: list[int]  # the official fold of each sample; 0 where the dataset has none
+    ids: list[str]
+    embeddings: dict[str, torch.Tensor]  # modality -> (N, D) L2-normalised
+
+    @property
+    def folds_used(self) -> list[int]:
+        return sorted(set(self.folds))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def check_dataset(name: str) -> str:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return name
+
+
+def read_class_names(path: str | Path, folders: Sequence[str]) -> list[str]:
+    """Class names for the ImageFolder classes ``folders`` (sorted folder names).
+
+    One line per class: ``folder<TAB>name`` (any order), or just ``name`` in the order of the sorted folder names.
+    Duplicate names are refused: two classes with one prompt cannot be told apart (ImageNet's two "crane"s need
+    distinct names, as open_clip's list gives them).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: class-name file does not exist")
+    lines = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if all("\t" in line for line in lines):
+        pairs = [line.split("\t", 1) for line in lines]
+        folder_dups = sorted({f for f, _ in pairs if [p[0] for p in pairs].count(f) > 1})
+        if folder_dups:
+            raise InputError(f"{path}: folder(s) listed twice: {', '.join(folder_dups)}")
+        mapping = {folder.strip(): name.strip() for folder, name in pairs}
+        missing = [f for f in folders if f not in mapping]
+        if missing:
+            raise InputError(f"{path}: no name for class folder(s) {', '.join(missing[:5])}")
+        names = [mapping[f] for f in folders]
+    else:
+        names = [line.strip() for line in lines]
+        if len(names) != len(folders):
+            raise InputError(f"{path}: {len(names)} class names for {len(folders)} class folders")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InputError(f"{path}: duplicate class name(s) {', '.join(duplicates)}; give every class its own name")
+    return names
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _share(dataset: Dataset) -> Dataset:
+    """This rank's strided share of a map-style dataset (all of it in one process)."""
+    rank, world = _world()
+    return dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
+
+
+def _gather(part: dict) -> dict:
+    """Concatenate every rank's embedded share (lists and tensors) in rank order."""
+    rank, world = _world()
+    if world == 1:
+        return part
+    shares: list[dict] = [{} for _ in range(world)]
+    dist.all_gather_object(shares, {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in part.items()})
+    return {
+        k: torch.cat([s[k] for s in shares]) if isinstance(part[k], torch.Tensor) else sum((s[k] for s in shares), [])
+        for k in part
+    }
+
+
+@torch.no_grad()
+def _embed_batches(
+    model: AudioCLIP, batches: Iterable[dict], modalities: Sequence[str], desc: str, progress: bool
+) -> dict:
+    out: dict = {"labels": [], "ids": [], "folds": [], **{m: [] for m in modalities}}
+    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+        emb = model.embed(
+            audio=batch["audio"].to(model.device) if "audio" in modalities else None,
+            image=batch["image"].to(model.device) if "image" in modalities else None,
+        )
+        for m in modalities:
+            out[m].append(emb[m].float().cpu())
+        target = batch["target"]
+        if target.dim() == 2:  # multi-hot (AudioSet)
+            out["labels"] += [tuple(row.nonzero().flatten().tolist()) for row in target]
+        else:
+            out["labels"] += [(int(t),) for t in target]
+        out["ids"] += list(batch["id"])
+        out["folds"] += [0] * len(target)  # the fold-based datasets set theirs per loader
+    dim = model.config.embed_dim
+    return {
+        **{k: out[k] for k in ("labels", "ids", "folds")},
+        **{m: torch.cat(out[m]) if out[m] else torch.empty(0, dim) for m in modalities},
+    }
+
+
+def _folded(
+    dataset: str, root: Path, folds: Sequence[int] | None, batch_size: int, num_workers: int, progress: bool
+) -> Iterator[tuple[int, list[str], DataLoader]]:
+    module_cls = ESC50DataModule if dataset == "esc50" else US8KDataModule
+    chosen = list(folds) if folds else list(range(1, module_cls.num_folds + 1))
+    for fold in chosen:
+        dm = module_cls(
+            root, fold=fold, batch_size=batch_size, num_workers=num_workers, augment=False, progress=progress
+        )
+        dm.prepare_data()
+        dm.setup("test")
+        loader = DataLoader(_share(dm.test_set), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+        yield fold, dm.class_names, loader
+
+
+class _ImageFolderItems(Dataset):
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int) -> dict:
+        image, target = self.folder[index]
+        return {"image": image, "target": target, "id": self.folder.samples[index][0]}
+
+
+def _image_folder(root: Path, class_file: str | Path | None, resolution: int):
+    from clip.clip import _transform
+    from torchvision.datasets import ImageFolder
+
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise InputError(f"{root}: empty: an ImageFolder tree is ROOT/<class folder>/<image files>")
+    try:
+        folder = ImageFolder(str(root), transform=_transform(resolution))
+    except FileNotFoundError as exc:
+        raise InputError(f"{root}: {str(exc).splitlines()[0]}") from None
+    if class_file:
+        return read_class_names(class_file, folder.classes), _ImageFolderItems(folder)
+    return [class_text(c) for c in folder.classes], _ImageFolderItems(folder)
+
+
+def _image_collate(items: list[dict]) -> dict:
+    return {
+        "image": torch.stack([i["image"] for i in items]),
+        "target": torch.tensor([i["target"] for i in items]),
+        "id": [i["id"] for i in items],
+    }
+
+
+def embed_dataset(
+    model: AudioCLIP,
+    dataset: str,
+    root: str | Path,
+    folds: Sequence[int] | None = None,
+    class_names_file: str | Path | None = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> EmbeddedSet:
+    """Embed an evaluation set: ESC-50 / US8K on ``folds`` (default: every official fold, i.e. the whole dataset),
+    the AudioSet shard directory ``root``, or an ImageFolder tree ``root``."""
+    check_dataset(dataset)
+    root = Path(root)
+    modalities = MODALITIES[dataset]
+    parts: list[dict] = []
+    if dataset in ("esc50", "us8k"):
+        class_names: list[str] = []
+        for fold, class_names, loader in _folded(dataset, root, folds, batch_size, num_workers, progress):
+            part = _embed_batches(model, loader, modalities, f"Embedding {dataset} fold {fold}", progress)
+            part["folds"] = [fold] * len(part["ids"])
+            parts.append(part)
+    elif dataset == "audioset":
+        from audioclip.data.audioset import AudioSetDataModule  # imports litdata: only when AudioSet is asked for
+
+        if folds:
+            raise ValueError("AudioSet has no folds; evaluate on a shard directory (--root) instead of --fold")
+        dm = AudioSetDataModule(test_dir=str(root), batch_size=batch_size * _world()[1], num_workers=num_workers)
+        dm.setup("test")
+        class_names = dm.class_names
+        # LitData splits the shards over the ranks itself
+        parts.append(_embed_batches(model, dm.test_dataloader(), modalities, "Embedding audioset", progress))
+    else:
+        if folds:
+            raise ValueError("an ImageFolder tree has no folds; drop --fold")
+        class_names, items = _image_folder(root, class_names_file, model.visual.input_resolution)
+        loader = DataLoader(_share(items), batch_size=batch_size, num_workers=num_workers, collate_fn=_image_collate)
+        parts.append(_embed_batches(model, loader, modalities, "Embedding images", progress))
+    merged = _gather(
+        {
+            "labels": sum((p["labels"] for p in parts), []),
+            "ids": sum((p["ids"] for p in parts), []),
+            "folds": sum((p["folds"] for p in parts), []),
+            **{m: torch.cat([p[m] for p in parts]) for m in modalities},
+        }
+    )
+    if not merged["ids"]:
+        raise InputError(f"{root}: the {dataset} evaluation set is empty")
+    return EmbeddedSet(
+        dataset=dataset,
+        root=str(root),
+        class_names=list(class_names),
+        labels=merged["labels"],
+        folds=[int(f) for f in merged["folds"]],
+        ids=merged["ids"],
+        embeddings={m: merged[m] for m in modalities},
+    )

@@ -1,0 +1,88 @@
+"""Querying metrics (issue 6, item 2): torchmetrics' P@1 / R@1 / mAP agree with a plain NumPy computation, and the
+average is the same when the queries are split over 2 DDP ranks (gloo on CPU)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from audioclip.evaluation.datasets import EmbeddedSet
+from audioclip.evaluation.query import precision_recall_curve, query, retrieval_metrics
+
+
+def numpy_retrieval(scores: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
+    """The definitions of the README, one query at a time; queries without a relevant result are left out."""
+    p1, r1, ap = [], [], []
+    for s, rel in zip(scores, relevant, strict=True):
+        if not rel.any():
+            continue
+        ranked = rel[np.argsort(-s, kind="stable")]
+        p1.append(float(ranked[0]))
+        r1.append(ranked[0] / rel.sum())
+        hits = np.flatnonzero(ranked)
+        ap.append(np.mean([(k + 1) / (pos + 1) for k, pos in enumerate(hits)]))
+    return {"p@1": np.mean(p1), "r@1": np.mean(r1), "map": np.mean(ap)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_torchmetrics_retrieval_matches_numpy_on_random_scores(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(40, 70))
+    relevant = rng.random((40, 70)) < 0.15
+    relevant[3] = False  # a query with nothing relevant is skipped, not counted as zero
+    relevant[5] = True  # every result relevant: P@1 = AP = 1
+    ours = retrieval_metrics(torch.from_numpy(scores), torch.from_numpy(relevant), torch.arange(40))
+    expected = numpy_retrieval(scores, relevant)
+    for name in ("p@1", "r@1", "map"):
+        assert ours[name] == pytest.approx(expected[name], abs=1e-6), name
+
+
+def test_precision_recall_curve_is_one_for_a_perfect_ranking_and_starts_at_the_best_precision():
+    relevant = torch.tensor([[True, True, False, False], [False, True, False, True]])
+    perfect = relevant.float()
+    assert precision_recall_curve(perfect, relevant)["precision"] == pytest.approx([1.0] * 11)
+    worst = 1 - perfect
+    curve = precision_recall_curve(worst, relevant)["precision"]
+    assert curve[0] == pytest.approx(0.5) and curve[-1] == pytest.approx(0.5)
+
+
+def _two_modality_set(n: int = 24, classes: int = 4, seed: int = 0) -> EmbeddedSet:
+    gen = torch.Generator().manual_seed(seed)
+    labels = [(i % classes,) for i in range(n)]
+    audio = torch.nn.functional.normalize(torch.randn(n, 16, generator=gen), dim=-1)
+    image = torch.nn.functional.normalize(torch.randn(n, 16, generator=gen), dim=-1)
+    return EmbeddedSet("audioset", "-", [f"c{i}" for i in range(classes)], labels, [0] * n,
+                       [str(i) for i in range(n)], {"audio": audio, "image": image})  # fmt: skip
+
+
+def test_sample_queries_use_label_set_equality_as_relevance():
+    data = _two_modality_set()
+    data.embeddings["image"] = data.embeddings["audio"].clone()  # each clip's frame is its nearest image
+    row = query(None, data, "audio", "image")
+    # the top result is the query's own pair: relevant; 6 relevant images per query
+    assert row["p@1"] == 1.0 and row["r@1"] == pytest.approx(1 / 6) and row["num_queries"] == 24
+
+
+def _ddp_worker(rank: int, store: Path, out: Path) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=120))  # fmt: skip
+    row = query(None, _two_modality_set(), "audio", "image")
+    torch.save(row, out / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_query_metrics_are_the_same_when_queries_are_split_over_two_ranks(tmp_path):
+    mp.spawn(_ddp_worker, args=(tmp_path / "store", tmp_path), nprocs=2, join=True)
+    single = query(None, _two_modality_set(), "audio", "image")
+    for rank in range(2):
+        ranked = torch.load(tmp_path / f"rank{rank}.pt")
+        for name in ("p@1", "r@1", "map"):
+            assert ranked[name] == pytest.approx(single[name], abs=1e-6), (rank, name)
