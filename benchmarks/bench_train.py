@@ -52,7 +52,8 @@ def measure(bf16: bool, steps: int, batch_size: int, seconds: float) -> dict:
     with torch.no_grad(), ctx:
         emb = module.clip_model.embed(batch["audio"][:2])["audio"].float()
     module.train()
-    _step(module, optimizer, batch, bf16)  # warm-up (oneDNN kernel selection)
+    for _ in range(2):  # warm-up: oneDNN creates its forward and backward primitives on first use
+        _step(module, optimizer, batch, bf16)
     start = time.perf_counter()
     for _ in range(steps):
         _step(module, optimizer, batch, bf16)
