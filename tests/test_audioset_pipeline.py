@@ -7,6 +7,8 @@ comes from, so the frame positions can be checked after JPEG compression and CLI
 
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -297,3 +299,10 @@ def test_audioset_phases_train_a_few_steps_on_the_shards(prepared: dict, tmp_pat
     assert 0.0 <= float(cli.trainer.callback_metrics[metric]) <= 1.0
     if config != "pretrain-audio.yaml":
         assert "val/map_image" in cli.trainer.callback_metrics and "val/map_both" in cli.trainer.callback_metrics
+        # the W&B run holds a table of evaluation clips with their audio and frame
+        wandb_run = next((run / "wandb").glob("offline-run-*"))
+        summary = subprocess.run(
+            [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(wandb_run)],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        assert "val/examples" in json.loads(summary)["summary"]

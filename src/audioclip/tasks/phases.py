@@ -55,6 +55,28 @@ def log_classification_to_wandb(loggers, classes: list[str], confusion: torch.Te
         logger.experiment.log({"test/confusion_matrix": plot, "test/predictions": predictions})
 
 
+_CLIP_MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)
+_CLIP_STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
+
+
+def log_audioset_examples(loggers, stage: str, classes: list[str], examples: list[dict]) -> None:
+    """A table of evaluation clips in every W&B run: audio, the frame, the labels and the top-3 audio classes."""
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger) or not examples:
+            continue
+        import wandb
+
+        rows = []
+        for e in examples:
+            frame = None
+            if e["image"] is not None:  # undo CLIP's normalisation to show the frame as the model saw it
+                frame = wandb.Image((e["image"] * _CLIP_STD + _CLIP_MEAN).clamp(0, 1).permute(1, 2, 0).numpy())
+            audio = wandb.Audio((e["audio"].mean(0) / 32768.0).numpy(), sample_rate=44100)
+            rows.append([e["id"], audio, frame, e["text"], ", ".join(classes[k] for k in e["top"])])
+        table = wandb.Table(columns=["id", "audio", "frame", "labels", "top-3 audio classes"], data=rows)
+        logger.experiment.log({f"{stage}/examples": table})
+
+
 class _FrozenCLIPMixin:
     """Keeps CLIP's frozen heads in eval mode whatever Lightning does with `train()`."""
 
@@ -182,6 +204,7 @@ class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
         self.val_map = AudioSetMAP(AUDIOSET_CLASSES)
         self.test_map = AudioSetMAP(AUDIOSET_CLASSES)
         self._class_text: torch.Tensor | None = None
+        self._examples: list[dict] = []
 
     def training_step(self, batch, batch_idx):
         emb = self.clip_model.embed(batch["audio"], batch.get("image"), self.tokens(batch["text"]))
@@ -200,13 +223,27 @@ class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
 
     def _eval_step(self, batch, metric: AudioSetMAP) -> None:
         emb = self.clip_model.embed(batch["audio"], batch.get("image"))
+        audio = class_scores(emb["audio"], self._class_text)
         image = None if emb["image"] is None else class_scores(emb["image"], self._class_text)
-        metric.update(batch["target"], audio=class_scores(emb["audio"], self._class_text), image=image)
+        metric.update(batch["target"], audio=audio, image=image)
+        for i in range(min(len(audio), EXAMPLES - len(self._examples))):
+            self._examples.append(
+                {
+                    "id": batch["id"][i],
+                    "text": batch["text"][i],
+                    "audio": batch["audio"][i].float().cpu(),
+                    "image": None if image is None else batch["image"][i].float().cpu(),
+                    "top": audio[i].topk(3).indices.tolist(),
+                }
+            )
 
     def _log_map(self, stage: str, metric: AudioSetMAP) -> None:
         for name, value in metric.compute().items():
             self.log(f"{stage}/map_{name}", value, prog_bar=name == "audio")
         metric.reset()
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            log_audioset_examples(self.loggers, stage, list(self.trainer.datamodule.class_names), self._examples)
+        self._examples = []
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, self.val_map)
