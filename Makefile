@@ -17,7 +17,7 @@ ARGS    ?=
 DATA    ?=
 RESUME  ?= 0
 
-.PHONY: help install test test-fast lint demo demo-data weights bench-data bench-train \
+.PHONY: help install test test-fast test-faults lint demo demo-data weights bench-data bench-train \
         finetune-esc50 finetune-us8k cv-esc50 cv-us8k data-audioset bench-audioset pretrain-audio train-partial train-full
 
 help:  ## list every target with its description
@@ -37,6 +37,9 @@ test: $(STAMP)  ## run the whole test suite (tiny models, one paper-size parity 
 
 test-fast: $(STAMP)  ## run the tests without the paper-size checks
 	$(PY) -m pytest tests -q -m "not slow"
+
+test-faults: $(STAMP)  ## fault injection: kill/resume, signals, bad data, unsafe weights, bad config (docs/reliability.md)
+	$(PY) -m pytest tests -q -m faults
 
 lint: $(STAMP)  ## ruff check of src and tests
 	$(VENV)/bin/ruff check src tests

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -25,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from audioclip.data.cache import CACHE_DIRNAME, CacheReader, CacheSpec, ClipCache, build_cache
 from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
+from audioclip.reliability import ResumableDataLoader, ResumableSampler
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,11 @@ OnBadFile = Literal["error", "skip"]
 class BadFileError(ValueError):
     """A dataset file that cannot be used; the message is ``"<path>: <problem>"``."""
 
-    def __init__(self, path: Path | str, problem: str) -> None:
+    def __init__(self, path: Path | str, problem: str | None = None) -> None:
+        if problem is None:
+            # Re-raised from a DataLoader worker: torch rebuilds the error from one string, its report ending in
+            # the line "audioclip.data.common.BadFileError: <path>: <problem>"; keep the file named, in one line.
+            path, _, problem = str(path).strip().splitlines()[-1].split(": ", 1)[-1].partition(": ")
         super().__init__(f"{path}: {problem}")
         self.path = Path(path)
         self.problem = problem
@@ -95,6 +102,10 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if "image" in batch[0]:
         out["image"] = torch.stack([item["image"] for item in batch])
+    skipped = [entry for item in batch for entry in item.get("skipped", ())]
+    if skipped:
+        # "<path>: <problem>" of clips replaced under on_bad_file="skip"; reliability.BadDataLog reports them
+        out["skipped"] = skipped
     return out
 
 
@@ -164,8 +175,24 @@ def split_folds(
     return np.setdiff1d(rest, val), val, test
 
 
+def clip_problem(audio: torch.Tensor, length: int, max_length: int) -> str | None:
+    """What is wrong with a decoded clip (channels, samples) of ``length`` valid samples, or None."""
+    if not 0 < length <= max_length:
+        return f"decoded to the wrong length ({length} samples; expected 1..{max_length})"
+    if not torch.isfinite(audio).all():
+        return "decoded to NaN/Inf samples"
+    if not audio.any():
+        return "decoded to digital silence (every sample 0)"
+    return None
+
+
 class ClipDataset(Dataset):
-    """Items of the batch contract read lazily from the decoded cache."""
+    """Items of the batch contract read lazily from the decoded cache.
+
+    A key is an index, or ``(index, seed)`` from ``ResumableSampler``: the seed drives the item's augmentation.
+    A clip that cannot be read, or reads as NaN/Inf, silence or the wrong length, raises ``BadFileError``
+    (``on_bad_file="error"``) or is replaced by the next good clip, its problem listed in the item's ``skipped``.
+    """
 
     def __init__(
         self,
@@ -175,26 +202,55 @@ class ClipDataset(Dataset):
         records: Sequence[ClipRecord],
         texts: Sequence[str],
         transform: AudioTransform,
+        on_bad_file: OnBadFile = "error",
     ) -> None:
         self.reader = reader
         self.rows = rows
         self.lengths = lengths
         self.targets = [record.target for record in records]
         self.ids = [record.id for record in records]
+        self.paths = [record.path for record in records]
         self.texts = list(texts)
         self.transform = transform
+        self.on_bad_file = on_bad_file
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        audio = torch.from_numpy(self.reader.read(int(self.rows[index]), int(self.lengths[index])).astype(np.float32))
-        return {
-            "audio": self.transform(audio),
-            "target": self.targets[index],
-            "text": self.texts[index],
-            "id": self.ids[index],
-        }
+    def _read(self, index: int) -> torch.Tensor:
+        length = int(self.lengths[index])
+        try:
+            audio = self.reader.read(int(self.rows[index]), length) if 0 < length <= self.reader.length else None
+        except OSError as error:
+            raise BadFileError(self.paths[index], f"could not be read from the decoded cache ({error})") from None
+        audio = torch.from_numpy(audio.astype(np.float32)) if audio is not None else torch.zeros(0)
+        if problem := clip_problem(audio, length, self.reader.length):
+            raise BadFileError(self.paths[index], problem)
+        return audio
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        skipped = []
+        for offset in range(len(self)):
+            candidate = (index + offset) % len(self)
+            try:
+                audio = self._read(candidate)
+            except BadFileError as error:
+                if self.on_bad_file == "error":
+                    raise
+                skipped.append(str(error))
+                continue
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            item = {
+                "audio": self.transform(audio, generator),
+                "target": self.targets[candidate],
+                "text": self.texts[candidate],
+                "id": self.ids[candidate],
+            }
+            if skipped:
+                item["skipped"] = skipped
+            return item
+        raise BadFileError(self.paths[index], f"no usable clip left in the split ({len(skipped)} bad)")
 
 
 class FoldedAudioDataModule(L.LightningDataModule):
@@ -338,30 +394,40 @@ class FoldedAudioDataModule(L.LightningDataModule):
         def dataset(rows: np.ndarray, transform: AudioTransform) -> ClipDataset:
             chosen = [records[row] for row in rows]
             texts = [self.class_names[record.target] for record in chosen]
-            return ClipDataset(reader, rows, cache.lengths[rows], chosen, texts, transform)
+            return ClipDataset(reader, rows, cache.lengths[rows], chosen, texts, transform, self.on_bad_file)
 
         self.train_set = dataset(train, train_transform)
         self.val_set = dataset(val, eval_audio_transform(length))
         self.test_set = dataset(test, eval_audio_transform(length))
 
-    def _loader(self, dataset: ClipDataset | None, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: ClipDataset | None, sampler: ResumableSampler | None = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before the dataloaders are requested")
-        return DataLoader(
+        loader = DataLoader if sampler is None else partial(ResumableDataLoader, sampler=sampler)
+        return loader(
             dataset,
             batch_size=self.device_batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=collate,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled, resumable mid-epoch; the order follows ``seed_everything`` (``PL_GLOBAL_SEED``) like Lightning's
+        own DistributedSampler, split over the DDP ranks here so that Lightning keeps the sampler."""
+        sampler = None
+        if self.train_set is not None:
+            sampler = ResumableSampler(
+                self.train_set,
+                num_replicas=getattr(self.trainer, "world_size", 1),
+                rank=getattr(self.trainer, "global_rank", 0),
+                seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            )
+        return self._loader(self.train_set, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return self._loader(self.test_set)

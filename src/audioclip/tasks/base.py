@@ -8,6 +8,7 @@ scales form a parameter group without weight decay.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +20,11 @@ from audioclip.models import AudioCLIP, create_model, load_pretrained
 from audioclip.models.pretrained import WeightsError
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """A NaN/Inf training loss or gradient; also a ValueError, so that the `audioclip` command reports it in one
+    line."""
 
 
 def _no_decay(name: str) -> bool:
@@ -105,10 +111,18 @@ class AudioCLIPTask(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self._batch_ids = (batch_idx, list(batch.get("id", []))[:8] if isinstance(batch, dict) else [])
+        if self.skip_nonfinite_loss:
+            # the forward pass updates BatchNorm statistics; a skipped step must not keep NaN ones
+            self._buffers_at_batch_start = [buffer.clone() for buffer in self.buffers()]
 
-    # `audioclip fit --skip_nonfinite_loss true`: a step with a NaN/Inf loss is skipped and counted, not fatal
+    # `audioclip fit --skip_nonfinite_loss true`: a step with a NaN/Inf loss or gradient is skipped and counted
     skip_nonfinite_loss: bool = False
     nonfinite_steps: int = 0
+
+    def _where(self) -> str:
+        batch_idx, ids = getattr(self, "_batch_ids", ("?", []))
+        return f"at global step {self.global_step} (batch {batch_idx}: {', '.join(map(str, ids))})"
 
     def check_finite(self, loss: torch.Tensor, batch: dict, batch_idx: int) -> torch.Tensor:
         """A NaN/Inf loss stops the run naming the step and the batch's samples, instead of training on garbage."""
@@ -118,25 +132,34 @@ class AudioCLIPTask(L.LightningModule):
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             return loss
-        ids = ", ".join(map(str, batch.get("id", [])[:8]))
-        where = f"at global step {self.global_step} (batch {batch_idx}: {ids})"
+        value = loss.item()
+        what = f"non-finite loss {value}" if not math.isfinite(value) else "non-finite loss on another rank"
+        self._batch_ids = (batch_idx, list(batch.get("id", []))[:8])
         if not self.skip_nonfinite_loss:
-            raise FloatingPointError(
-                f"non-finite loss {loss.item()} {where}; `--skip_nonfinite_loss true` skips such steps instead"
-            )
-        log.warning("non-finite loss %s %s: the step is skipped", loss.item(), where)
+            raise NonFiniteLossError(f"{what} {self._where()}; `--skip_nonfinite_loss true` skips such steps instead")
+        log.warning("%s %s: the step is skipped", what, self._where())
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if not self.skip_nonfinite_loss:
-            return
+        """Non-finite gradients stop the run (or skip the step): a NaN input can leave the loss finite (the fbsp
+        front end clamps the power spectrum) and still turn every weight into NaN."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # fp16's GradScaler skips steps with non-finite gradients itself, and lowers its scale
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        # gradients are all-reduced by now, so every DDP rank decides alike; a parameter without a gradient is
-        # left untouched by the optimiser (no momentum or weight-decay update either)
+        # gradients are all-reduced by now, so every DDP rank decides alike
         if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            if not self.skip_nonfinite_loss:
+                raise NonFiniteLossError(
+                    f"non-finite gradient {self._where()}; `--skip_nonfinite_loss true` skips such steps instead"
+                )
+            log.warning("non-finite gradient %s: the step is skipped", self._where())
+            # a parameter without a gradient is left untouched by the optimiser (no momentum or weight decay)
             optimizer.zero_grad(set_to_none=True)
+            for buffer, before in zip(self.buffers(), self._buffers_at_batch_start, strict=True):
+                buffer.copy_(before)
             self.nonfinite_steps += 1
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
+        if self.skip_nonfinite_loss:
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
 
     def tokens(self, texts: list[str]) -> torch.Tensor:
         return self.clip_model.tokenize(texts, self.hparams.template)

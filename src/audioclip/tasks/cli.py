@@ -3,22 +3,180 @@
 Every YAML key is a constructor argument of a LightningModule / DataModule / Trainer, type-checked at parse time,
 so a misspelled key or a wrong type fails before any data is read. The resolved configuration is written into
 the run directory (`config.yaml`) and into W&B's run config.
+
+Reliability (issue 7, `audioclip.reliability`): checkpoints are written atomically and read with
+`weights_only=True`; `last.ckpt` is written every `--last_checkpoint.every_n_train_steps` steps and on SIGTERM /
+SIGUSR1; `--ckpt_path last` resumes the run directory's `last.ckpt` (or starts afresh when there is none) and
+continues its W&B run. A bad setting is one line naming it, before any data is read.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
+from jsonargparse import Namespace
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
+
+from audioclip.data.common import per_device_batch_size
+from audioclip.reliability import (
+    RESUME_KEY,
+    AtomicCheckpointIO,
+    BadDataLog,
+    ResumeState,
+    SaveOnSignal,
+    StepCheckpoint,
+    read_checkpoint,
+)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def one_line_error(message: str) -> str:
+    """jsonargparse's nested report as one line: the setting's key path and the innermost problem.
+
+    E.g. `data.batch_size: Expected a <class 'int'>. Got value: abc (in audioclip.data.ESC50DataModule)`.
+    """
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return message.strip()
+    key = ".".join(re.findall(r'Parser key "([^"]+)"', message))
+    block = lines
+    starts = [i for i, line in enumerate(lines) if line.strip() == "Errors:"]
+    if starts:  # the first alternative of a Union is the class or type the setting was meant to be
+        first = starts[0] + 1
+        end = next((i for i in range(first + 1, len(lines)) if _indent(lines[i]) <= _indent(lines[first])), None)
+        block = lines[first:end]
+    details = [line for line in block if not line.strip().startswith(("Parser key", "- Problem with given"))]
+    problem = max(details or block, key=_indent).strip().removeprefix("- ")
+    given = re.search(r"^\s*Given value: (.*)$", message, re.MULTILINE)
+    if given and not given[1].startswith("NestedArg(") and given[1] not in problem:
+        problem += f", got {given[1]!r}"
+    class_path = re.search(r"class_path '([^']+)'", message)
+    if class_path and class_path[1] not in problem:
+        problem += f" (in {class_path[1]})"
+    return f"{key}: {problem}" if key else problem
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """A parse error is one line naming the setting, not the usage text and jsonargparse's nested report.
+
+    Abbreviated options are refused: `--trainer.max_epoch` is a misspelling, not `--trainer.max_epochs`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        # jsonargparse tries alternatives with exit_on_error off and catches their errors
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)
+        print(f"audioclip: error: {one_line_error(message)} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _instantiation_error(error: BaseException) -> BaseException:
+    """What a class's `__init__` raised (e.g. `fold must be in 1..5`), out of jsonargparse's report around it."""
+    while str(error).startswith(("Does not validate", "Problem with given class_path", "Parser key")):
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if inner is None:
+            return ValueError(one_line_error(str(error)))
+        error = inner
+    return error
+
+
+def _resolve_ckpt_path(ckpt_path: str, root: Path) -> str | None:
+    """`last` -> the run directory's `last.ckpt`, or None (start afresh) when the run has none yet."""
+    if ckpt_path == "last":
+        last = root / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    return ckpt_path
+
+
+def _resume_wandb(logger_config: Any, run_id: str) -> None:
+    """Point every configured WandbLogger at the checkpoint's W&B run, unless the config names another run."""
+    configs = logger_config if isinstance(logger_config, list) else [logger_config]
+    for config in configs:
+        if isinstance(config, Namespace) and str(config.get("class_path", "")).endswith("WandbLogger"):
+            init_args = config.get("init_args") or Namespace()
+            if not init_args.get("id"):
+                init_args["id"], init_args["resume"] = run_id, init_args.get("resume") or "allow"
+            config["init_args"] = init_args
 
 
 class AudioCLIPCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(StepCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(SaveOnSignal, "save_on_signal")
+        parser.add_argument(
+            "--skip_nonfinite_loss",
+            type=bool,
+            default=False,
+            help="skip (and count) a training step whose loss or gradient is NaN/Inf instead of stopping the run",
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Check `ckpt_path` before Lightning reads its hyper-parameters: `last` is resolved, a missing, truncated
+        or unsafe file is one line naming it."""
+        super().parse_arguments(parser, args)
+        self._resume_run_id: str | None = None
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        if not config.get("ckpt_path"):
+            return
+        root = Path(config.trainer.default_root_dir or ".")
+        config.ckpt_path = _resolve_ckpt_path(config.ckpt_path, root)
+        if config.ckpt_path is None:
+            print(f"audioclip: no {root}/checkpoints/last.ckpt yet: starting afresh", file=sys.stderr)
+        elif "://" not in config.ckpt_path and config.ckpt_path not in ("best", "hpc"):  # else Lightning's
+            self._resume_run_id = read_checkpoint(config.ckpt_path).get(RESUME_KEY, {}).get("wandb_run_id")
+
+    def before_instantiate_classes(self) -> None:
+        """A resumed run continues the checkpoint's W&B run."""
+        if self._resume_run_id and self.subcommand == "fit":
+            _resume_wandb(self.config.fit.trainer.get("logger"), self._resume_run_id)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            raise _instantiation_error(error) from None
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # a checkpoint IO the user chose (e.g. asynchronous) is kept; only Lightning's default is replaced
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        trainer.callbacks.extend([ResumeState(), BadDataLog()])
+        return trainer
+
+    def _preflight(self) -> None:
+        """Settings that only make sense together, checked before any data is read or process started."""
+        for name in ("batch_size", "eval_batch_size"):
+            value = getattr(self.datamodule, name, None)
+            if isinstance(value, int):
+                try:
+                    per_device_batch_size(value, self.trainer.world_size)
+                except ValueError as error:
+                    raise ValueError(f"data.{name}: {error}") from None
+        if hasattr(self.model, "skip_nonfinite_loss"):
+            self.model.skip_nonfinite_loss = self._get(self.config, "skip_nonfinite_loss")
+
     def before_fit(self) -> None:
+        self._preflight()
         root = Path(self.trainer.default_root_dir)
         for callback in self.trainer.callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
@@ -45,10 +203,13 @@ class AudioCLIPCLI(LightningCLI):
 
 
 def run_lightning_cli(argv: Sequence[str]) -> AudioCLIPCLI:
+    # argv is given on purpose (the `audioclip` command passes its own): Lightning's warning about it is noise
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
     # W&B stays offline unless the user chose a mode or logged in; `wandb sync` uploads later
     if "WANDB_MODE" not in os.environ and not os.environ.get("WANDB_API_KEY"):
         os.environ["WANDB_MODE"] = "offline"
     return AudioCLIPCLI(
+        parser_class=OneLineErrorParser,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
