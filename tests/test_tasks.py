@@ -159,3 +159,20 @@ def test_resumed_run_continues_from_the_saved_step(esc50_root, tmp_path):
     resumed = _fit(esc50_root, run, "--trainer.max_epochs", "2", "--ckpt_path", str(ckpt))
     assert resumed.trainer.global_step == 2 * steps_one_epoch
     assert resumed.trainer.current_epoch == 2
+
+
+def test_bf16_channels_last_fit_from_the_command_line(esc50_root, tmp_path):
+    run = tmp_path / "run"
+    cli = _fit(
+        esc50_root,
+        run,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.precision",
+        "bf16-mixed",
+        "--trainer.callbacks+=audioclip.tasks.ChannelsLast",
+    )
+    conv = cli.model.model.audio.layer1[0].conv2.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert cli.trainer.precision == "bf16-mixed" and cli.trainer.global_step > 0
+    assert all(torch.isfinite(p).all() for p in cli.model.parameters())
