@@ -1,7 +1,26 @@
-"""AudioCLIP in PyTorch Lightning: the tri-modal model, its training phases, and inference helpers."""
+"""AudioCLIP in PyTorch Lightning: the tri-modal model, its training phases, and inference helpers.
 
-from audioclip.inference import classify, embed_audio, embed_image, embed_text, load
-from audioclip.models import create_model, list_models
+The inference helpers are imported on first use, so that `import audioclip.data` (every DataLoader worker does it)
+does not pay for CLIP and the models.
+"""
+
+from importlib import import_module
 
 __all__ = ["classify", "create_model", "embed_audio", "embed_image", "embed_text", "list_models", "load"]
 __version__ = "0.1.0"
+
+_LAZY = {
+    "classify": "audioclip.inference",
+    "embed_audio": "audioclip.inference",
+    "embed_image": "audioclip.inference",
+    "embed_text": "audioclip.inference",
+    "load": "audioclip.inference",
+    "create_model": "audioclip.models",
+    "list_models": "audioclip.models",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'audioclip' has no attribute {name!r}")
