@@ -30,3 +30,16 @@ def test_collate_stacks_images_and_multi_hot_targets():
 def test_collate_names_the_clips_of_unequal_length():
     with pytest.raises(ValueError, match=r"one shape.*\['0.wav', '1.wav'\]"):
         collate([item(0), item(1, samples=99)])
+
+
+def test_training_drops_the_last_incomplete_batch_evaluation_keeps_every_clip(tmp_path):
+    from audioclip.data import ESC50DataModule
+    from audioclip.data.synthetic import write_esc50
+
+    write_esc50(tmp_path / "esc50", clips_per_class=5, classes=4, seed=0)
+    dm = ESC50DataModule(tmp_path / "esc50", fold=1, batch_size=5, num_workers=0, val_fraction=0.25, progress=False)
+    dm.setup("fit")
+    train = [len(b["id"]) for b in dm.train_dataloader()]
+    assert len(dm.train_set) % 5 != 0  # the split leaves an incomplete batch to drop
+    assert train and set(train) == {5} and sum(train) == len(dm.train_set) // 5 * 5
+    assert sum(len(b["id"]) for b in dm.val_dataloader()) == len(dm.val_set)

@@ -411,6 +411,9 @@ class FoldedAudioDataModule(L.LightningDataModule):
             collate_fn=collate,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
+            # training drops the last incomplete batch: a contrastive loss over a handful of rows is a poor
+            # signal, and every rank must gather batches of one size; evaluation sees every clip
+            drop_last=sampler is not None,
         )
 
     def train_dataloader(self) -> ResumableDataLoader:
