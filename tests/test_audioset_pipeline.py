@@ -5,6 +5,7 @@ eval YTIDs; clip 2 has no audio track and clip 3 is truncated. Each frame's colo
 comes from, so the frame positions can be checked after JPEG compression and CLIP preprocessing.
 """
 
+import io
 import json
 import os
 import subprocess
@@ -303,6 +304,43 @@ def test_audioset_phases_train_a_few_steps_on_the_shards(prepared: dict, tmp_pat
         wandb_run = next((run / "wandb").glob("offline-run-*"))
         summary = subprocess.run(
             [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(wandb_run)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         assert "val/examples" in json.loads(summary)["summary"]
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("fault", ["audio does not decode", "silence", "frame does not decode"])
+def test_bad_shard_sample_follows_on_bad_file(prepared: dict, monkeypatch, fault: str) -> None:
+    """A sample that decodes badly stops the loader naming its YTID, or is replaced and reported under skip."""
+    from audioclip.data.audioset.datamodule import AudioSetStreamingDataset
+    from audioclip.data.common import BadFileError
+
+    original = StreamingDataset.__getitem__
+
+    def corrupt_first(self, index):
+        sample = dict(original(self, index))
+        if (index if isinstance(index, int) else index.index) == 0:
+            if fault == "audio does not decode":
+                sample["audio"] = b"not flac at all"
+            elif fault == "silence":
+                buffer = io.BytesIO()
+                sf.write(buffer, np.zeros((44100, 1), dtype=np.int16), 44100, format="FLAC")
+                sample["audio"] = buffer.getvalue()
+            else:
+                sample = {**sample, **{f"frame_{k}": b"\xff\xd8 broken jpeg" for k in range(10)}}
+        return sample
+
+    monkeypatch.setattr(StreamingDataset, "__getitem__", corrupt_first)
+    shards, names = str(prepared["shards"]), ["x"] * 527
+    strict = AudioSetStreamingDataset(shards, train=False, channels=1, clip_seconds=1.0, names=names)
+    with pytest.raises(BadFileError, match=r"AudioSet shard sample \S+: "):
+        strict[0]
+    lenient = AudioSetStreamingDataset(
+        shards, train=False, channels=1, clip_seconds=1.0, names=names, on_bad_file="skip"
+    )
+    item = lenient[0]
+    assert item["audio"].shape == (1, 44100) and item["audio"].any()
+    assert len(item["skipped"]) == 1 and item["skipped"][0].startswith("AudioSet shard sample")

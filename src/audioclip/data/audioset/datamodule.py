@@ -26,15 +26,16 @@ import torch
 import torch.distributed as dist
 from clip.clip import _transform as clip_transform
 from litdata import StreamingDataLoader, StreamingDataset
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from audioclip.data.audioset.metadata import DEFAULT_LABELS, NUM_CLASSES, NUM_FRAMES, SAMPLE_RATE, read_class_labels
-from audioclip.data.common import collate, per_device_batch_size
+from audioclip.data.common import BadFileError, clip_problem, collate, per_device_batch_size
 from audioclip.data.transforms import eval_audio_transform, train_audio_transform
 
 # Ten frames sit at the centres of ten equal intervals (prepare.frame_times), so none is at the exact middle;
 # frame 5 (55 % of the clip) is the one Python's ``len // 2`` convention calls central.
 CENTRAL_FRAME = NUM_FRAMES // 2
+MAX_SAMPLES = 60 * SAMPLE_RATE  # AudioSet segments are 10 s; anything over a minute is not a segment
 
 
 def class_names(shard_dir: str | Path | None = None) -> list[str]:
@@ -58,7 +59,11 @@ class AudioSetStreamingDataset(StreamingDataset):
         seed: int = 42,
         cache_dir: str | None = None,
         max_cache_size: str = "100GB",
+        on_bad_file: str = "error",
     ) -> None:
+        if on_bad_file not in ("error", "skip"):
+            raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
+        self.on_bad_file = on_bad_file
         if channels not in (1, 2):
             raise ValueError(f"channels must be 1 (stereo averaged) or 2 (mono duplicated), got {channels}")
         super().__init__(
@@ -77,13 +82,36 @@ class AudioSetStreamingDataset(StreamingDataset):
         self.image_transform: Callable = clip_transform(224)
 
     def __getitem__(self, index: Any) -> dict[str, Any]:
-        sample = super().__getitem__(index)
+        """A bad sample (audio or frame that does not decode, NaN/Inf, silence, no samples) raises `BadFileError`
+        naming its YTID, or under `on_bad_file="skip"` is replaced by the next good sample and listed in the
+        item's `skipped` (reported by `reliability.BadDataLog`)."""
+        skipped = []
+        position = index if isinstance(index, int) else getattr(index, "index", 0)
+        for attempt in range(len(self)):
+            sample = super().__getitem__(index if attempt == 0 else (position + attempt) % len(self))
+            try:
+                item = self._decode(sample)
+            except BadFileError as error:
+                if self.on_bad_file == "error":
+                    raise
+                skipped.append(str(error))
+                continue
+            if skipped:
+                item["skipped"] = skipped
+            return item
+        raise BadFileError(self.input_dir.path or str(self.input_dir.url), "every sample is bad")
+
+    def _decode(self, sample: dict[str, Any]) -> dict[str, Any]:
         ytid = sample["ytid"]
+        where = f"AudioSet shard sample {ytid}"
         try:
             pcm, _ = sf.read(io.BytesIO(sample["audio"]), dtype="int16", always_2d=True)
         except sf.LibsndfileError as e:
-            raise ValueError(f"AudioSet shard sample {ytid}: audio does not decode ({e})") from None
+            raise BadFileError(where, f"audio does not decode ({e})") from None
         audio = torch.from_numpy(pcm.T.astype(np.float32))  # int16 value range, as the model expects
+        problem = clip_problem(audio, audio.shape[-1], MAX_SAMPLES)
+        if problem:
+            raise BadFileError(where, problem)
         if self.channels == 1 and audio.shape[0] > 1:
             audio = audio.mean(dim=0, keepdim=True)
         elif self.channels == 2 and audio.shape[0] == 1:
@@ -91,8 +119,11 @@ class AudioSetStreamingDataset(StreamingDataset):
         # DataLoader seeds torch's generator per worker, so the global generator gives each worker its own draws
         audio = self.audio_transform(audio)
         k = int(torch.randint(NUM_FRAMES, ())) if self.train else CENTRAL_FRAME
-        with Image.open(io.BytesIO(sample[f"frame_{k}"])) as jpeg:
-            image = self.image_transform(jpeg)
+        try:
+            with Image.open(io.BytesIO(sample[f"frame_{k}"])) as jpeg:
+                image = self.image_transform(jpeg)
+        except (OSError, UnidentifiedImageError) as e:
+            raise BadFileError(where, f"frame {k} does not decode ({e})") from None
         labels = sample["labels"].astype(np.int64)
         target = torch.zeros(NUM_CLASSES)
         target[torch.from_numpy(labels)] = 1.0
@@ -127,9 +158,13 @@ class AudioSetDataModule(L.LightningDataModule):
         seed: int = 42,
         cache_dir: str | None = None,
         max_cache_size: str = "100GB",
+        on_bad_file: str = "error",
     ) -> None:
         super().__init__()
+        if on_bad_file not in ("error", "skip"):
+            raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
         self.save_hyperparameters()
+        self.on_bad_file = on_bad_file
         self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -167,6 +202,7 @@ class AudioSetDataModule(L.LightningDataModule):
             seed=self.seed,
             cache_dir=self.cache_dir,
             max_cache_size=self.max_cache_size,
+            on_bad_file=self.on_bad_file,
         )
 
     def setup(self, stage: str | None = None) -> None:
