@@ -135,6 +135,7 @@ def test_tiny_fit_writes_config_checkpoints_test_metrics_and_wandb_summary(esc50
     assert any(p.name.startswith("best-") for p in (run / "checkpoints").iterdir())
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert Path(metrics["checkpoint"]).name.startswith("best-")  # tested: the checkpoint selected on validation
     assert cli.trainer.global_step > 0
 
     run_dir = next((run / "wandb").glob("offline-run-*"))

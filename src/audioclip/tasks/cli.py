@@ -192,7 +192,9 @@ class AudioCLIPCLI(LightningCLI):
         """Test the checkpoint selected on the validation split and keep the metrics in the run directory."""
         # a datamodule without a test split (AudioSet without test_dir) says so through `has_test_split`
         if not self.trainer.interrupted and getattr(self.datamodule, "has_test_split", True):
-            best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+            # the phase's checkpoint callback is the one that monitors a metric (StepCheckpoint only writes last)
+            selector = next((cb for cb in self.trainer.checkpoint_callbacks if cb.monitor), None)
+            best = selector.best_model_path if selector else ""
             results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
             if self.trainer.is_global_zero and results:
                 out = Path(self.trainer.default_root_dir) / "test_metrics.json"
