@@ -8,8 +8,6 @@ comes from, so the frame positions can be checked after JPEG compression and CLI
 import io
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from litdata import StreamingDataset
 from PIL import Image
+from wandb_offline import wandb_run
 
 from audioclip.data.audioset import AudioSetDataModule
 from audioclip.data.audioset.datamodule import CENTRAL_FRAME
@@ -301,14 +300,7 @@ def test_audioset_phases_train_a_few_steps_on_the_shards(prepared: dict, tmp_pat
     if config != "pretrain-audio.yaml":
         assert "val/map_image" in cli.trainer.callback_metrics and "val/map_both" in cli.trainer.callback_metrics
         # the W&B run holds a table of evaluation clips with their audio and frame
-        wandb_run = next((run / "wandb").glob("offline-run-*"))
-        summary = subprocess.run(
-            [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(wandb_run)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        assert "val/examples" in json.loads(summary)["summary"]
+        assert "val/examples" in wandb_run(run)["summary"]
 
 
 @pytest.mark.faults

@@ -7,8 +7,6 @@ into its reader (NaN samples, a failing read), and reach the training loop throu
 
 import json
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import wandb
+from wandb_offline import wandb_run
 
 from audioclip.cli import main
 from audioclip.data import BadFileError, ESC50DataModule
@@ -171,14 +170,7 @@ def test_skipped_clips_are_counted_and_named_in_wandb_and_the_run_directory(esc5
 
 
 def _wandb_summary(run: Path) -> dict:
-    run_dir = next((run / "wandb").glob("offline-run-*"))
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return json.loads(out)["summary"]
+    return wandb_run(run)["summary"]
 
 
 POISON = textwrap.dedent('''

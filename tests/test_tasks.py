@@ -1,13 +1,12 @@
 """Training phases end to end on the tiny model: configs parse, a fit logs to W&B offline, a run resumes."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from wandb_offline import wandb_run
 
 from audioclip.data.synthetic import write_esc50
 from audioclip.tasks import AudioPretrainModule, FinetuneModule, FullTrainingModule, PartialTrainingModule
@@ -138,15 +137,7 @@ def test_tiny_fit_writes_config_checkpoints_test_metrics_and_wandb_summary(esc50
     assert Path(metrics["checkpoint"]).name.startswith("best-")  # tested: the checkpoint selected on validation
     assert cli.trainer.global_step > 0
 
-    run_dir = next((run / "wandb").glob("offline-run-*"))
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    summary = json.loads(out)
-    keys = json.dumps(summary)
+    keys = json.dumps(wandb_run(run))
     for key in ("train/loss_step", "val/acc", "test/acc", "test/predictions", "test/confusion_matrix"):
         assert key in keys, key
     assert "FinetuneModule" in keys  # the resolved config reached wandb.config

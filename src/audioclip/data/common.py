@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -186,6 +186,26 @@ def clip_problem(audio: torch.Tensor, length: int, max_length: int) -> str | Non
     return None
 
 
+def first_usable(
+    load: Callable[[int], dict[str, Any]], count: int, on_bad_file: OnBadFile, where: Path | str
+) -> dict[str, Any]:
+    """`load(0)`; when it raises `BadFileError` under `on_bad_file="skip"`, `load(1)`, `load(2)`, ... (the next
+    samples) until one loads, its item listing the problems of those left out in `skipped`."""
+    skipped = []
+    for offset in range(count):
+        try:
+            item = load(offset)
+        except BadFileError as error:
+            if on_bad_file == "error":
+                raise
+            skipped.append(str(error))
+            continue
+        if skipped:
+            item["skipped"] = skipped
+        return item
+    raise BadFileError(where, f"no usable sample left ({len(skipped)} bad)")
+
+
 class ClipDataset(Dataset):
     """Items of the batch contract read lazily from the decoded cache.
 
@@ -230,27 +250,19 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        skipped = []
-        for offset in range(len(self)):
+
+        def load(offset: int) -> dict[str, Any]:
             candidate = (index + offset) % len(self)
-            try:
-                audio = self._read(candidate)
-            except BadFileError as error:
-                if self.on_bad_file == "error":
-                    raise
-                skipped.append(str(error))
-                continue
+            audio = self._read(candidate)
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
-            item = {
+            return {
                 "audio": self.transform(audio, generator),
                 "target": self.targets[candidate],
                 "text": self.texts[candidate],
                 "id": self.ids[candidate],
             }
-            if skipped:
-                item["skipped"] = skipped
-            return item
-        raise BadFileError(self.paths[index], f"no usable clip left in the split ({len(skipped)} bad)")
+
+        return first_usable(load, len(self), self.on_bad_file, self.paths[index])
 
 
 class FoldedAudioDataModule(L.LightningDataModule):

@@ -29,7 +29,7 @@ from litdata import StreamingDataLoader, StreamingDataset
 from PIL import Image, UnidentifiedImageError
 
 from audioclip.data.audioset.metadata import DEFAULT_LABELS, NUM_CLASSES, NUM_FRAMES, SAMPLE_RATE, read_class_labels
-from audioclip.data.common import BadFileError, clip_problem, collate, per_device_batch_size
+from audioclip.data.common import BadFileError, clip_problem, collate, first_usable, per_device_batch_size
 from audioclip.data.transforms import eval_audio_transform, train_audio_transform
 
 # Ten frames sit at the centres of ten equal intervals (prepare.frame_times), so none is at the exact middle;
@@ -85,21 +85,16 @@ class AudioSetStreamingDataset(StreamingDataset):
         """A bad sample (audio or frame that does not decode, NaN/Inf, silence, no samples) raises `BadFileError`
         naming its YTID, or under `on_bad_file="skip"` is replaced by the next good sample and listed in the
         item's `skipped` (reported by `reliability.BadDataLog`)."""
-        skipped = []
         position = index if isinstance(index, int) else getattr(index, "index", 0)
-        for attempt in range(len(self)):
-            sample = super().__getitem__(index if attempt == 0 else (position + attempt) % len(self))
-            try:
-                item = self._decode(sample)
-            except BadFileError as error:
-                if self.on_bad_file == "error":
-                    raise
-                skipped.append(str(error))
-                continue
-            if skipped:
-                item["skipped"] = skipped
-            return item
-        raise BadFileError(self.input_dir.path or str(self.input_dir.url), "every sample is bad")
+
+        def load(offset: int) -> dict[str, Any]:
+            return self._decode(
+                super(AudioSetStreamingDataset, self).__getitem__(
+                    index if offset == 0 else (position + offset) % len(self)
+                )
+            )
+
+        return first_usable(load, len(self), self.on_bad_file, self.input_dir.path or str(self.input_dir.url))
 
     def _decode(self, sample: dict[str, Any]) -> dict[str, Any]:
         ytid = sample["ytid"]
