@@ -62,6 +62,10 @@ def main() -> None:
         common = {"channels": 1, "clip_seconds": 10.0, "names": class_names(shards)}
         eval_rate = items_per_second(AudioSetStreamingDataset(shards, train=False, **common), args.items)
         train_rate = items_per_second(AudioSetStreamingDataset(shards, train=True, **common), args.items)
+        npy = pack(segments, base / "work", base / "work" / "shards-npy", workers=1, audio_format="npy")
+        npy_shards = str(base / "work" / "shards-npy")
+        npy_eval = items_per_second(AudioSetStreamingDataset(npy_shards, train=False, **common), args.items)
+        npy_train = items_per_second(AudioSetStreamingDataset(npy_shards, train=True, **common), args.items)
     print(
         json.dumps(
             {
@@ -70,6 +74,9 @@ def main() -> None:
                 "shard_bytes_per_clip": round(summary["bytes_per_clip"]),
                 "stream_items_per_s_per_worker_eval": round(eval_rate, 1),
                 "stream_items_per_s_per_worker_train": round(train_rate, 1),
+                "npy_shard_bytes_per_clip": round(npy["bytes_per_clip"]),
+                "npy_stream_items_per_s_per_worker_eval": round(npy_eval, 1),
+                "npy_stream_items_per_s_per_worker_train": round(npy_train, 1),
             }
         )
     )

@@ -336,3 +336,20 @@ def test_bad_shard_sample_follows_on_bad_file(prepared: dict, monkeypatch, fault
     item = lenient[0]
     assert item["audio"].shape == (1, 44100) and item["audio"].any()
     assert len(item["skipped"]) == 1 and item["skipped"][0].startswith("AudioSet shard sample")
+
+
+def test_npy_audio_shards_hold_the_same_samples_as_flac(prepared: dict, tmp_path: Path) -> None:
+    """`--audio-format npy` trades bytes for decoding speed; the audio is the same, sample for sample."""
+    from audioclip.data.audioset.datamodule import AudioSetStreamingDataset
+
+    summary = pack(prepared["segments"], prepared["root"], tmp_path / "npy", workers=1, audio_format="npy")
+    assert summary["clips"] == prepared["summary"]["clips"]
+    common = {"train": False, "channels": 2, "clip_seconds": 3.0, "names": ["x"] * 527}
+    flac = AudioSetStreamingDataset(str(prepared["shards"]), **common)
+    npy = AudioSetStreamingDataset(str(tmp_path / "npy"), **common)
+    by_id = {flac[i]["id"]: flac[i]["audio"] for i in range(len(flac))}
+    for i in range(len(npy)):
+        item = npy[i]
+        assert torch.equal(item["audio"], by_id[item["id"]])
+    with pytest.raises(ValueError, match="--audio-format must be one of flac, npy"):
+        pack(prepared["segments"], prepared["root"], tmp_path / "x", audio_format="wav")

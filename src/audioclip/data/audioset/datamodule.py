@@ -100,8 +100,11 @@ class AudioSetStreamingDataset(StreamingDataset):
         ytid = sample["ytid"]
         where = f"AudioSet shard sample {ytid}"
         try:
-            pcm, _ = sf.read(io.BytesIO(sample["audio"]), dtype="int16", always_2d=True)
-        except sf.LibsndfileError as e:
+            if sample["audio"][:6] == b"\x93NUMPY":  # packed with --audio-format npy: raw int16 (samples, channels)
+                pcm = np.load(io.BytesIO(sample["audio"]), allow_pickle=False)
+            else:
+                pcm, _ = sf.read(io.BytesIO(sample["audio"]), dtype="int16", always_2d=True)
+        except (sf.LibsndfileError, ValueError, OSError) as e:
             raise BadFileError(where, f"audio does not decode ({e})") from None
         audio = torch.from_numpy(pcm.T.astype(np.float32))  # int16 value range, as the model expects
         problem = clip_problem(audio, audio.shape[-1], MAX_SAMPLES)

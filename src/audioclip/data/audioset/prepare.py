@@ -396,11 +396,25 @@ def extract(
 
 
 # -------------------------------------------------------------------------------------------------------------- pack
-def _load_sample(job: tuple[str, str, list[int]]) -> dict:
+AUDIO_FORMATS = ("flac", "npy")
+
+
+def _audio_bytes(path: Path, audio_format: str) -> bytes:
+    """The clip's audio as stored in the shard: the FLAC file itself, or (``npy``) its int16 samples (samples,
+    channels) as a ``.npy`` file, ~20x faster to decode for ~1.2-2x the bytes; both lossless."""
+    if audio_format == "flac":
+        return path.read_bytes()
+    pcm, _ = sf.read(path, dtype="int16", always_2d=True)
+    buffer = io.BytesIO()
+    np.save(buffer, pcm)
+    return buffer.getvalue()
+
+
+def _load_sample(job: tuple[str, str, list[int], str]) -> dict:
     """One shard sample; LitData's writer serialises lists as JSON, so the ten frames are ten ``bytes`` keys."""
-    ytid, directory, labels = job
+    ytid, directory, labels, audio_format = job
     directory = Path(directory)
-    sample: dict = {"ytid": ytid, "audio": (directory / "audio.flac").read_bytes()}
+    sample: dict = {"ytid": ytid, "audio": _audio_bytes(directory / "audio.flac", audio_format)}
     for k in range(NUM_FRAMES):
         sample[f"frame_{k}"] = (directory / f"{k}.jpg").read_bytes()
     sample["labels"] = np.asarray(labels, dtype=np.int16)
@@ -421,8 +435,12 @@ def pack(
     val_fraction: float = 0.0,
     workers: int = 4,
     chunk_bytes: str = "64MB",
+    audio_format: str = "flac",
 ) -> dict:
     """Write the extracted clips of ``segments`` into LitData shards under ``out`` (default ``root/shards``).
+
+    ``audio_format`` ``flac`` keeps the shards small; ``npy`` (raw int16) makes streaming ~2x faster per loader
+    worker, where decoding FLAC is most of an item's cost.
 
     With ``val_fraction`` > 0 a stable share of the clips goes to ``out/val`` and the rest to ``out/train``, so
     checkpoints can be selected on clips the model never trained on. Returns a summary (clips, bytes per clip).
@@ -431,12 +449,14 @@ def pack(
     out = Path(out).resolve() if out is not None else root / "shards"
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if audio_format not in AUDIO_FORMATS:
+        raise ValueError(f"--audio-format must be one of {', '.join(AUDIO_FORMATS)}, got {audio_format!r}")
     classes = read_class_labels(labels_csv)
     if len(classes) != NUM_CLASSES:
         raise ValueError(f"{labels_csv}: {len(classes)} classes, expected {NUM_CLASSES}")
     extracted = read_manifest(root, "extract")
     jobs = [
-        (s.ytid, str(clip_dir(root, s.ytid)), label_indices(s, classes))
+        (s.ytid, str(clip_dir(root, s.ytid)), label_indices(s, classes), audio_format)
         for s in segments
         if extracted.get(s.ytid, {}).get("status") == "ok"
     ]
@@ -484,7 +504,7 @@ def _pack_split(jobs: list, out: Path, classes: Sequence, workers: int, chunk_by
     if written != len(jobs):
         raise RuntimeError(f"{out}: LitData wrote {written} of {len(jobs)} samples; see the errors above")
     counts = np.zeros(NUM_CLASSES, dtype=np.int64)
-    for _, _, labels in jobs:
+    for _, _, labels, _ in jobs:
         counts[labels] += 1
     (out / "label_counts.json").write_text(json.dumps({"clips": len(jobs), "counts": counts.tolist()}))
     (out / "class_names.json").write_text(json.dumps([c.display_name for c in classes]))
@@ -495,7 +515,9 @@ def _pack_split(jobs: list, out: Path, classes: Sequence, workers: int, chunk_by
 
 
 def _ytids_crc(jobs: Sequence[tuple]) -> int:
-    return zlib.crc32(",".join(j[0] for j in jobs).encode())
+    """Identifies a pack by its clips and (when not the default FLAC) its audio format."""
+    formats = {j[3] for j in jobs} - {"flac"}
+    return zlib.crc32(",".join([j[0] for j in jobs] + sorted(formats)).encode())
 
 
 # --------------------------------------------------------------------------------------------------------------- CLI
@@ -527,6 +549,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="shard directory (default ROOT/shards)")
         p.add_argument("--val-fraction", type=float, default=0.0, help="share of clips for OUT/val (default 0)")
         p.add_argument("--chunk-bytes", default="64MB", help="LitData chunk size")
+        p.add_argument(
+            "--audio-format",
+            choices=AUDIO_FORMATS,
+            default="flac",
+            help="audio in the shards: flac (small) or npy (raw int16: faster streaming, more bytes)",
+        )
 
     p = stage("download", "fetch each segment's time range with yt-dlp")
     parallel(p)
@@ -602,6 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             val_fraction=args.val_fraction,
             workers=args.workers,
             chunk_bytes=args.chunk_bytes,
+            audio_format=args.audio_format,
         )
         report("pack", summary)
     failures = sum(1 for r in read_manifest(root, "extract").values() if r["status"] != "ok")
