@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -11,4 +12,15 @@ def shared_dir() -> Path:
     path = Path(__file__).resolve().parents[1].parent / "shared"
     if not path.is_dir():
         pytest.fail(f"shared material not found at {path}: the tests need the 'shared' folder next to the repository")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A state dict of the tiny AudioCLIP with seeded random weights, as a user's checkpoint file."""
+    from audioclip.models import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(create_model("audioclip-tiny").state_dict(), path)
     return path

@@ -16,14 +16,6 @@ from audioclip.evaluation import class_text_embeddings
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(audioclip.create_model("audioclip-tiny").state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def esc50(tmp_path_factory):
     return write_esc50(tmp_path_factory.mktemp("esc50"), clips_per_class=5, classes=3, progress=False)
 
@@ -46,9 +38,9 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_zeroshot_on_every_fold_says_so_and_writes_per_fold_results(checkpoint, esc50, tmp_path, capsys):
+def test_zeroshot_on_every_fold_says_so_and_writes_per_fold_results(tiny_checkpoint, esc50, tmp_path, capsys):
     code, out, _ = run(capsys, "evaluate", "zeroshot", "--dataset", "esc50", "--root", esc50,
-                       "--checkpoint", checkpoint, "--out", tmp_path)  # fmt: skip
+                       "--checkpoint", tiny_checkpoint, "--out", tmp_path)  # fmt: skip
     assert code == 0
     assert "every fold (all 5 official folds = the whole dataset, 15 samples)" in out
     result = json.loads((tmp_path / "zeroshot-esc50" / "results.json").read_text())
@@ -56,18 +48,18 @@ def test_zeroshot_on_every_fold_says_so_and_writes_per_fold_results(checkpoint, 
     assert set(result["fold_accuracy"]) == {"1", "2", "3", "4", "5"}
     assert np.array(result["confusion"]).sum() == 15 and result["class_names"] == ["dog", "rooster", "pig"]
     assert result["accuracy"] == pytest.approx(np.trace(result["confusion"]) / 15)
-    assert result["templates"] == ["{}"] and result["checkpoint"] == str(checkpoint)
+    assert result["templates"] == ["{}"] and result["checkpoint"] == str(tiny_checkpoint)
 
 
-def test_zeroshot_on_one_fold_says_only_that_fold(checkpoint, esc50, tmp_path, capsys):
+def test_zeroshot_on_one_fold_says_only_that_fold(tiny_checkpoint, esc50, tmp_path, capsys):
     code, out, _ = run(capsys, "evaluate", "zeroshot", "--dataset", "esc50", "--root", esc50, "--fold", 2,
-                       "--checkpoint", checkpoint, "--out", tmp_path, "--name", "fold2")  # fmt: skip
+                       "--checkpoint", tiny_checkpoint, "--out", tmp_path, "--name", "fold2")  # fmt: skip
     assert code == 0 and "fold 2 of 5 only (3 samples)" in out
     assert json.loads((tmp_path / "fold2" / "results.json").read_text())["folds"] == [2]
 
 
-def test_templates_are_averaged_as_open_clip_does(checkpoint):
-    model = audioclip.load(checkpoint)
+def test_templates_are_averaged_as_open_clip_does(tiny_checkpoint):
+    model = audioclip.load(tiny_checkpoint)
     names = ["dog", "rain"]
     single = class_text_embeddings(model, names, ["{}"])
     assert torch.allclose(single, audioclip.embed_text(model, names), atol=1e-6)
@@ -77,17 +69,18 @@ def test_templates_are_averaged_as_open_clip_does(checkpoint):
     assert torch.allclose(class_text_embeddings(model, names, pair), mean / mean.norm(dim=-1, keepdim=True), atol=1e-6)
 
 
-def test_zeroshot_on_us8k_with_several_templates(checkpoint, tmp_path, capsys):
+def test_zeroshot_on_us8k_with_several_templates(tiny_checkpoint, tmp_path, capsys):
     root = write_us8k(tmp_path / "us8k", clips_per_class=10, classes=2, progress=False)
-    code, out, _ = run(capsys, "evaluate", "zeroshot", "--dataset", "us8k", "--root", root, "--checkpoint", checkpoint,
-                       "--template", "{}", "--template", "the sound of {}", "--out", tmp_path)  # fmt: skip
+    code, out, _ = run(capsys, "evaluate", "zeroshot", "--dataset", "us8k", "--root", root,
+                       "--checkpoint", tiny_checkpoint, "--template", "{}", "--template", "the sound of {}",
+                       "--out", tmp_path)  # fmt: skip
     assert code == 0 and "all 10 official folds" in out and "'the sound of {}'" in out
     assert len(json.loads((tmp_path / "zeroshot-us8k" / "results.json").read_text())["fold_accuracy"]) == 10
 
 
-def test_query_text_and_audio_both_ways(checkpoint, esc50, tmp_path, capsys):
-    code, out, _ = run(capsys, "evaluate", "query", "--dataset", "esc50", "--root", esc50, "--checkpoint", checkpoint,
-                       "--out", tmp_path)  # fmt: skip
+def test_query_text_and_audio_both_ways(tiny_checkpoint, esc50, tmp_path, capsys):
+    code, out, _ = run(capsys, "evaluate", "query", "--dataset", "esc50", "--root", esc50,
+                       "--checkpoint", tiny_checkpoint, "--out", tmp_path)  # fmt: skip
     assert code == 0 and "text -> audio" in out
     rows = json.loads((tmp_path / "query-esc50" / "results.json").read_text())["results"]
     assert [(r["query"], r["result"]) for r in rows] == [("text", "audio"), ("audio", "text")]
@@ -98,11 +91,11 @@ def test_query_text_and_audio_both_ways(checkpoint, esc50, tmp_path, capsys):
     assert len(text_audio["pr_curve"]["precision"]) == 11
 
 
-def test_imagefolder_zeroshot_with_a_class_name_file(checkpoint, images, tmp_path, capsys):
+def test_imagefolder_zeroshot_with_a_class_name_file(tiny_checkpoint, images, tmp_path, capsys):
     names = tmp_path / "names.txt"
     names.write_text("n002\tgoldfish\nn001\ttench\n")
     code, out, _ = run(capsys, "evaluate", "zeroshot", "--dataset", "imagefolder", "--root", images,
-                       "--class-names", names, "--checkpoint", checkpoint, "--out", tmp_path)  # fmt: skip
+                       "--class-names", names, "--checkpoint", tiny_checkpoint, "--out", tmp_path)  # fmt: skip
     assert code == 0 and "whole set (4 samples)" in out
     assert json.loads((tmp_path / "zeroshot-imagefolder" / "results.json").read_text())["class_names"] == [
         "tench",
@@ -119,24 +112,24 @@ def test_imagefolder_zeroshot_with_a_class_name_file(checkpoint, images, tmp_pat
         (["--dataset", "imagefolder"], "--root: give the imagefolder location"),
     ],
 )
-def test_bad_arguments_are_one_line_errors(checkpoint, args, message, capsys):
-    code, _, err = run(capsys, "evaluate", "zeroshot", "--checkpoint", checkpoint, *args)
+def test_bad_arguments_are_one_line_errors(tiny_checkpoint, args, message, capsys):
+    code, _, err = run(capsys, "evaluate", "zeroshot", "--checkpoint", tiny_checkpoint, *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_empty_folder_and_duplicate_class_names_are_one_line_errors(checkpoint, images, tmp_path, capsys):
+def test_empty_folder_and_duplicate_class_names_are_one_line_errors(tiny_checkpoint, images, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = run(capsys, "evaluate", "zeroshot", "--dataset", "imagefolder", "--root", tmp_path / "empty",
-                       "--checkpoint", checkpoint)  # fmt: skip
+                       "--checkpoint", tiny_checkpoint)  # fmt: skip
     assert code == 2 and "empty" in err and len(err.strip().splitlines()) == 1
     names = tmp_path / "names.txt"
     names.write_text("crane\ncrane\n")
     code, _, err = run(capsys, "evaluate", "zeroshot", "--dataset", "imagefolder", "--root", images,
-                       "--class-names", names, "--checkpoint", checkpoint)  # fmt: skip
+                       "--class-names", names, "--checkpoint", tiny_checkpoint)  # fmt: skip
     assert code == 2 and "duplicate class name(s) crane" in err and len(err.strip().splitlines()) == 1
 
 
-def test_checkpoint_that_does_not_match_the_model_is_a_one_line_error(checkpoint, esc50, capsys):
+def test_checkpoint_that_does_not_match_the_model_is_a_one_line_error(tiny_checkpoint, esc50, capsys):
     code, _, err = run(capsys, "evaluate", "zeroshot", "--dataset", "esc50", "--root", esc50,
-                       "--checkpoint", checkpoint, "--model", "audioclip")  # fmt: skip
+                       "--checkpoint", tiny_checkpoint, "--model", "audioclip")  # fmt: skip
     assert code == 2 and "does not fit AudioCLIP" in err and len(err.strip().splitlines()) == 1

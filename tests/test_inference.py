@@ -12,16 +12,8 @@ from audioclip.inference import InputError, prepare_audio
 CLIP = "cat_3-95694-A-5.wav"
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(audioclip.create_model("audioclip-tiny").state_dict(), path)
-    return path
-
-
-def test_load_reads_the_model_size_off_the_file_and_returns_eval_mode(checkpoint):
-    model = audioclip.load(checkpoint)
+def test_load_reads_the_model_size_off_the_file_and_returns_eval_mode(tiny_checkpoint):
+    model = audioclip.load(tiny_checkpoint)
     assert model.config.embed_dim == 64 and not model.training
 
 
@@ -40,16 +32,16 @@ def test_waveform_at_another_rate_is_resampled_and_scaled():
     assert 0.45 * 32768 < audio.abs().max() < 0.55 * 32768
 
 
-def test_classify_returns_probabilities_of_every_label_most_probable_first(checkpoint, shared_dir):
-    model = audioclip.load(checkpoint)
+def test_classify_returns_probabilities_of_every_label_most_probable_first(tiny_checkpoint, shared_dir):
+    model = audioclip.load(tiny_checkpoint)
     probs = audioclip.classify(model, shared_dir / "fixtures/audio" / CLIP, ["cat", "dog", "rain"])
     assert set(probs) == {"cat", "dog", "rain"}
     assert abs(sum(probs.values()) - 1) < 1e-5
     assert list(probs.values()) == sorted(probs.values(), reverse=True)
 
 
-def test_embeddings_are_normalised_and_shared_space(checkpoint, shared_dir):
-    model = audioclip.load(checkpoint)
+def test_embeddings_are_normalised_and_shared_space(tiny_checkpoint, shared_dir):
+    model = audioclip.load(tiny_checkpoint)
     a = audioclip.embed_audio(model, shared_dir / "fixtures/audio" / CLIP)
     i = audioclip.embed_image(model, shared_dir / "fixtures/images/cat_1.jpg")
     t = audioclip.embed_text(model, ["cat", "dog"])
@@ -57,7 +49,7 @@ def test_embeddings_are_normalised_and_shared_space(checkpoint, shared_dir):
     assert torch.allclose(torch.stack([a.norm(), i.norm()]), torch.ones(2), atol=1e-5)
 
 
-def test_classify_cli_prints_a_ranked_table(checkpoint, shared_dir, capsys):
+def test_classify_cli_prints_a_ranked_table(tiny_checkpoint, shared_dir, capsys):
     assert (
         main(
             [
@@ -66,7 +58,7 @@ def test_classify_cli_prints_a_ranked_table(checkpoint, shared_dir, capsys):
                 "--labels",
                 "cat,dog,rain",
                 "--checkpoint",
-                str(checkpoint),
+                str(tiny_checkpoint),
             ]
         )
         == 0
@@ -87,8 +79,8 @@ def test_classify_cli_prints_a_ranked_table(checkpoint, shared_dir, capsys):
         ("bad_checkpoint", "no such file, and not a known tag"),
     ],
 )
-def test_bad_input_is_one_line_and_nonzero_exit(case, message, checkpoint, tmp_path, capsys):
-    audio, labels, ckpt = tmp_path / "x.wav", "cat,dog", str(checkpoint)
+def test_bad_input_is_one_line_and_nonzero_exit(case, message, tiny_checkpoint, tmp_path, capsys):
+    audio, labels, ckpt = tmp_path / "x.wav", "cat,dog", str(tiny_checkpoint)
     if case == "empty":
         sf.write(audio, np.zeros((0,), dtype=np.int16), 44100)
     elif case == "not_audio":
@@ -104,7 +96,7 @@ def test_bad_input_is_one_line_and_nonzero_exit(case, message, checkpoint, tmp_p
     assert len(err.splitlines()) == 1 and message in err
 
 
-def test_duplicate_labels_are_an_error(checkpoint, shared_dir):
-    model = audioclip.load(checkpoint)
+def test_duplicate_labels_are_an_error(tiny_checkpoint, shared_dir):
+    model = audioclip.load(tiny_checkpoint)
     with pytest.raises(InputError, match="duplicate labels: cat"):
         audioclip.classify(model, shared_dir / "fixtures/audio" / CLIP, ["cat", "cat"])

@@ -186,6 +186,12 @@ def clip_problem(audio: torch.Tensor, length: int, max_length: int) -> str | Non
     return None
 
 
+def check_on_bad_file(on_bad_file: str) -> None:
+    """The `on_bad_file` setting of every dataset: "error" or "skip"."""
+    if on_bad_file not in ("error", "skip"):
+        raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
+
+
 def first_usable(
     load: Callable[[int], dict[str, Any]], count: int, on_bad_file: OnBadFile, where: Path | str
 ) -> dict[str, Any]:
@@ -310,8 +316,7 @@ class FoldedAudioDataModule(L.LightningDataModule):
             )
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        if on_bad_file not in ("error", "skip"):
-            raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
+        check_on_bad_file(on_bad_file)
         per_device_batch_size(batch_size, 1)
         self.save_hyperparameters()
         self.root = Path(root)

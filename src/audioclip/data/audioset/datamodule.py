@@ -29,7 +29,14 @@ from litdata import StreamingDataLoader, StreamingDataset
 from PIL import Image, UnidentifiedImageError
 
 from audioclip.data.audioset.metadata import DEFAULT_LABELS, NUM_CLASSES, NUM_FRAMES, SAMPLE_RATE, read_class_labels
-from audioclip.data.common import BadFileError, clip_problem, collate, first_usable, per_device_batch_size
+from audioclip.data.common import (
+    BadFileError,
+    check_on_bad_file,
+    clip_problem,
+    collate,
+    first_usable,
+    per_device_batch_size,
+)
 from audioclip.data.transforms import eval_audio_transform, train_audio_transform
 
 # Ten frames sit at the centres of ten equal intervals (prepare.frame_times), so none is at the exact middle;
@@ -61,8 +68,7 @@ class AudioSetStreamingDataset(StreamingDataset):
         max_cache_size: str = "100GB",
         on_bad_file: str = "error",
     ) -> None:
-        if on_bad_file not in ("error", "skip"):
-            raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
+        check_on_bad_file(on_bad_file)
         self.on_bad_file = on_bad_file
         if channels not in (1, 2):
             raise ValueError(f"channels must be 1 (stereo averaged) or 2 (mono duplicated), got {channels}")
@@ -159,8 +165,7 @@ class AudioSetDataModule(L.LightningDataModule):
         on_bad_file: str = "error",
     ) -> None:
         super().__init__()
-        if on_bad_file not in ("error", "skip"):
-            raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
+        check_on_bad_file(on_bad_file)
         self.save_hyperparameters()
         self.on_bad_file = on_bad_file
         self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir
