@@ -143,11 +143,18 @@ def _signal_number(name: str) -> signal.Signals:
 
 
 class SaveOnSignal(Callback):
-    """On SIGTERM or SIGUSR1, write `last.ckpt` at the end of the current batch and exit with 128 + the signal.
+    """On SIGTERM or SIGUSR1, write `last.ckpt` at the end of a batch and exit with 128 + the signal.
 
-    Lightning notes SIGTERM (`trainer.received_sigterm`) and stops, but saves nothing; it handles SIGUSR1 only
-    under SLURM with auto-requeue (its handler then saves and requeues, and this callback leaves SIGUSR1 alone).
-    Under DDP every rank saves and stops at the same batch: the decision is all-reduced once per batch.
+    The handler only notes the signal; the decision is taken between batches. In one process that is the end of
+    the batch the signal arrived in. Under DDP every rank must stop at the same batch, so the decision is
+    all-reduced: the training phases (`AudioCLIPTask.run_step_checks`) do it in the same small all-reduce as
+    their NaN/Inf check, every `check_every_n_steps` steps (at 1 s a step and N = 10, within 10 s: inside
+    SLURM's `--signal=USR1@90` notice or Kubernetes' default 30 s grace period); any other LightningModule gets one
+    all-reduce per batch here.
+
+    SIGTERM is taken over from Lightning, whose handler runs a collective inside the signal handler and, under
+    DDP, stops every rank at the next batch without a checkpoint. SIGUSR1 is left to Lightning when its SLURM
+    plugin already handles it (auto-requeue: it saves and requeues).
 
     Args:
         signals: signal names to act on.
@@ -161,23 +168,35 @@ class SaveOnSignal(Callback):
     def _note(self, signum: int, frame: Any) -> None:
         self._received = signal.Signals(signum)
 
+    @property
+    def pending(self) -> signal.Signals | None:
+        """The signal this process received and has not acted on yet."""
+        return self._received
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning registered its own handlers just before; SIGTERM is left to it (read off the trainer)
+        # Lightning registered its own handlers just before
         for signum in self.signals:
-            if signum != signal.SIGTERM and signal.getsignal(signum) is signal.SIG_DFL:
+            if signum == signal.SIGTERM or signal.getsignal(signum) is signal.SIG_DFL:
                 self._previous[signum] = signal.signal(signum, self._note)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        signum = self._received
-        if signum is None and signal.SIGTERM in self.signals and trainer.received_sigterm:
-            signum = signal.SIGTERM
-        if not trainer.strategy.reduce_boolean_decision(signum is not None, all=False):
-            return
-        signum = signum or signal.SIGTERM  # a rank that did not get the signal itself
+    def save_and_stop(self, trainer: L.Trainer, signum: int) -> None:
+        """Write `last.ckpt` (every rank takes part) and stop with exit code 128 + signum."""
+        signum = signal.Signals(signum)
         path = last_checkpoint(trainer)
         trainer.save_checkpoint(path)
         rank_zero_info(f"{signum.name}: saved {path} at global step {trainer.global_step}; resume: --ckpt_path last")
+        self._received = None
         raise SIGTERMException(128 + signum)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if getattr(pl_module, "runs_step_checks", False):
+            return  # the LightningModule decides, in its own per-step check
+        signum = self._received
+        if trainer.world_size > 1:
+            code = torch.tensor([0 if signum is None else int(signum)], device=pl_module.device)
+            signum = int(trainer.strategy.reduce(code, reduce_op="max").item()) or None
+        if signum is not None:
+            self.save_and_stop(trainer, signum)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for signum, handler in self._previous.items():
@@ -258,6 +277,20 @@ class ResumableSampler(DistributedSampler):
         for index in indices:
             seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)[0]
             yield index, int(seed)
+
+
+class EvalShardSampler(DistributedSampler):
+    """Rank r of R evaluates samples r, r + R, ...: every sample exactly once, unlike `DistributedSampler`, which
+    pads the last round with repeats (a test accuracy under DDP would count them). Ranks may get one batch more
+    or less; the metrics synchronise once, at the end of the epoch. A `DistributedSampler`, so Lightning keeps it.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class ResumableDataLoader(DataLoader):

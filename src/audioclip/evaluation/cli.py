@@ -40,9 +40,16 @@ def _device(name: str) -> torch.device:
 
 
 def _start_distributed() -> None:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1)."""
+    """Join the process group when started by torchrun (WORLD_SIZE > 1).
+
+    On GPUs each rank first takes its own device (LOCAL_RANK), as NCCL's collectives need, and the group carries
+    both CPU tensors (gloo: the gathered embeddings, pickled objects) and CUDA tensors (nccl)."""
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            dist.init_process_group("cpu:gloo,cuda:nccl")
+        else:
+            dist.init_process_group("gloo")
 
 
 def _templates(args: argparse.Namespace) -> list[str]:

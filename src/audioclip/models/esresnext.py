@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audioclip.models.fbsp import LinearFBSP, blackman_harris_window, frame_signal
+from audioclip.models.fbsp import LinearFBSP, blackman_harris_window, frame_signal, ieee_fp32_matmul
 
 
 @dataclass(frozen=True)
@@ -142,18 +142,23 @@ class ESResNeXtFBSP(nn.Module):
         Low-power bins come out of a large cancellation in the filter-bank projection, so their dB values (and
         through them the embedding) are sensitive to float rounding: the operations keep the reference's order
         (window, central zero padding to n_fft, one projection per real/imaginary part) to reproduce its fp32
-        results, and the front end runs in fp32 even under autocast.
+        results, and the front end runs in IEEE fp32 (or float64) even under autocast, in a module cast to half
+        precision, and with TF32 matmuls enabled elsewhere (TF32 loses up to 5 dB on low-power bins).
         """
         cfg = self.config
         batch, channels, _ = audio.shape
-        with torch.autocast(audio.device.type, enabled=False):
-            x = audio.to(self.window.dtype)
+        # fp32 at least, whatever the module was cast to: in fp16 `(x + 32768) * 2` overflows and a bf16 filter
+        # bank is off by up to 100 dB on low-power bins; float64 stays float64 (the strict parity check)
+        dtype = torch.float64 if self.window.dtype == torch.float64 else torch.float32
+        with torch.autocast(audio.device.type, enabled=False), ieee_fp32_matmul(audio.device):
+            x = audio.to(dtype)
             x = (((x + 32768.0) * 2.0) / 65535.0) - 1.0  # the reference's int16 -> [-1, 1] scaling
             with torch.no_grad():
-                frames = frame_signal(x.reshape(batch * channels, -1), cfg.win_length, cfg.hop_length) * self.window
+                window = self.window.to(dtype)
+                frames = frame_signal(x.reshape(batch * channels, -1), cfg.win_length, cfg.hop_length) * window
                 left = (cfg.n_fft - cfg.win_length) // 2
                 frames = F.pad(frames, [left, cfg.n_fft - cfg.win_length - left])
-            weights = self.fbsp.weights(cfg.n_fft, frames.dtype)
+            weights = self.fbsp.weights(cfg.n_fft, dtype)
             real, imag = F.linear(frames, weights[..., 0]), F.linear(frames, weights[..., 1])
             power = (real**2 + imag**2).transpose(-1, -2)  # (B*C, freq, frames)
 

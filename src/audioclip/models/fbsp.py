@@ -12,11 +12,12 @@ periodic Blackman-Harris window, zero-padded centrally to `n_fft`, and projected
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -36,6 +37,22 @@ def blackman_harris_window(length: int, periodic: bool = True) -> torch.Tensor:
     a0, a1, a2, a3 = _BLACKMAN_HARRIS
     window = a0 - a1 * np.cos(phase) + a2 * np.cos(2 * phase) - a3 * np.cos(3 * phase)
     return torch.from_numpy(window[:length].copy())
+
+
+@contextlib.contextmanager
+def ieee_fp32_matmul(device: torch.device) -> Iterator[None]:
+    """fp32 matmuls in full IEEE precision inside the block on CUDA, whatever `set_float32_matmul_precision` chose
+    for the rest of the model: the filter-bank projection cancels large terms and TF32's 10-bit mantissa shows."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.fp32_precision
+    matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = previous
 
 
 def num_frames(num_samples: int, frame_length: int, hop_length: int) -> int:
@@ -64,7 +81,8 @@ class LinearFBSP(nn.Module):
 
     (`sinc(x) ** m` taken as a complex power, so negative lobes keep their phase). With `normalized=True` the
     weights are divided by sqrt(in_features). Gradients of m, fb and fc are divided by their infinity norm, as the
-    reference does, which keeps the filter bank's learning rate independent of the body's.
+    reference does, which keeps the filter bank's learning rate independent of the body's (`normalize_grad_`,
+    called before each optimizer step; `normalize_fbsp_grads_` applies it to every filter bank of a model).
     """
 
     eps = 1e-8
@@ -79,27 +97,19 @@ class LinearFBSP(nn.Module):
         # The reference model has an (unused, empty) bias parameter; it is kept so its checkpoints load strictly,
         # without gradient so that DDP does not wait for a gradient that never comes.
         self.bias = nn.Parameter(torch.empty(0), requires_grad=False)
-        self._register_grad_hooks()
 
-    def _register_grad_hooks(self) -> None:
+    @torch.no_grad()
+    def normalize_grad_(self) -> None:
+        """Divide the gradients of m, fb and fc by their infinity norm, in place (the reference's rule).
+
+        Call it once per optimizer step, after the gradient is final: after DDP has averaged it over the ranks and
+        after a GradScaler has unscaled it (Lightning: `on_before_optimizer_step`; the training phases do). The
+        reference applies the rule in a backward hook, which in one fp32 process gives the same result; a hook
+        would see each rank's local (and loss-scaled) gradient instead, and need a collective inside backward.
+        """
         for param in (self.m, self.fb, self.fc):
-            param.register_hook(self._normalize_grad)
-
-    def __setstate__(self, state: dict) -> None:
-        # tensor hooks are not pickled: re-register them after deepcopy, or when ddp_spawn sends the model to a rank
-        super().__setstate__(state)
-        self._register_grad_hooks()
-
-    @classmethod
-    def _normalize_grad(cls, grad: torch.Tensor) -> torch.Tensor:
-        """Divide the gradient by its infinity norm. Under DDP the hook sees this rank's gradient before DDP
-        averages it, so it averages first: every rank then normalises the gradient of the whole global batch,
-        exactly as one process would (and DDP's own averaging of identical tensors changes nothing)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            grad = grad.clone()
-            dist.all_reduce(grad)
-            grad /= dist.get_world_size()
-        return grad / (grad.abs().max() + cls.eps)
+            if param.grad is not None:
+                param.grad.div_(param.grad.abs().max() + self.eps)
 
     def weights(self, in_features: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Materialise the filter bank as (out_features, in_features, 2) real/imaginary weights."""
@@ -135,3 +145,10 @@ class LinearFBSP(nn.Module):
 
     def extra_repr(self) -> str:
         return f"out_features={self.out_features}, normalized={self.normalized}"
+
+
+def normalize_fbsp_grads_(model: nn.Module) -> None:
+    """`LinearFBSP.normalize_grad_` for every filter bank in `model`: call it between backward and optimizer step."""
+    for module in model.modules():
+        if isinstance(module, LinearFBSP):
+            module.normalize_grad_()

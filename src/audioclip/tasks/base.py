@@ -17,7 +17,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from audioclip.models import AudioCLIP, create_model, load_pretrained
+from audioclip.models.fbsp import normalize_fbsp_grads_
 from audioclip.models.pretrained import WeightsError
+from audioclip.reliability import SaveOnSignal
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +121,100 @@ class AudioCLIPTask(L.LightningModule):
     # `audioclip fit --skip_nonfinite_loss true`: a step with a NaN/Inf loss or gradient is skipped and counted
     skip_nonfinite_loss: bool = False
     nonfinite_steps: int = 0
+    # `audioclip fit --check_every_n_steps N`: how often the NaN/Inf flags (and, under DDP, the signals) are read
+    check_every_n_steps: int = 10
+    # the per-step checks here decide for `SaveOnSignal` too (one collective for both)
+    runs_step_checks = True
 
-    def _where(self) -> str:
-        batch_idx, ids = getattr(self, "_batch_ids", ("?", []))
-        return f"at global step {self.global_step} (batch {batch_idx}: {', '.join(map(str, ids))})"
+    def _where(self, step: int | None = None, batch: tuple | None = None) -> str:
+        batch_idx, ids = batch or getattr(self, "_batch_ids", ("?", []))
+        step = self.global_step if step is None else step
+        return f"at global step {step} (batch {batch_idx}: {', '.join(map(str, ids))})"
+
+    # ---- NaN/Inf checks without a host sync per step ----------------------------------------------------------
+    # Each step ORs "loss or gradient non-finite" into a flag tensor on the device (no sync), and notes on the host
+    # which batch it was. The flags are read every `check_every_n_steps` steps, at the end of an epoch and before
+    # every checkpoint is written; under DDP that read is one all-reduce that also carries the signal decision.
+    # A NaN therefore stops the run at most N - 1 steps late (those steps are lost, no checkpoint holds them).
+
+    def _note_nonfinite(self, value: torch.Tensor, kind: str) -> None:
+        """Note on the device (no host sync) whether `value` (the loss or the gradient norm) is non-finite."""
+        n = self.check_every_n_steps
+        if getattr(self, "_flags", None) is None or self._flags.device != value.device or self._flags.shape[1] != n:
+            # row 0: the loss, row 1: the gradient norm; a NaN row keeps the value to report it
+            self._flags = torch.zeros(2, n, device=value.device)
+            self._window: dict[int, tuple[int, tuple]] = {}
+        if self.global_step not in self._window:
+            self._window[self.global_step] = (len(self._window) % n, getattr(self, "_batch_ids", ("?", [])))
+        row, slot = (0 if kind == "loss" else 1), self._window[self.global_step][0]
+        value = value.detach().float()
+        self._flags[row, slot] = torch.where(torch.isfinite(value), self._flags[row, slot], value)
+
+    def _first_nonfinite(self) -> str | None:
+        """The first noted step with a non-finite loss or gradient, described (reads the flags: one host sync); the
+        flags are cleared."""
+        if getattr(self, "_flags", None) is None or not self._window:
+            return None
+        loss, grad = self._flags.tolist()
+        found = None
+        for step, (slot, batch) in sorted(self._window.items()):
+            if not math.isfinite(loss[slot]):
+                found = f"non-finite loss {loss[slot]} {self._where(step, batch)}"
+            elif not math.isfinite(grad[slot]):
+                found = f"non-finite gradient {self._where(step, batch)}"
+            if found:
+                break
+        self._flags.zero_()
+        self._window.clear()
+        return found
+
+    def _raise_nonfinite(self, what: str) -> None:
+        raise NonFiniteLossError(f"{what}; `--skip_nonfinite_loss true` skips such steps instead")
+
+    def run_step_checks(self, force: bool = False) -> None:
+        """Read the NaN/Inf flags every `check_every_n_steps` steps (or now, with `force`) and act on a pending
+        signal (`SaveOnSignal`): every step in one process (a host flag, free), with the flags under DDP."""
+        savers = [cb for cb in self.trainer.callbacks if isinstance(cb, SaveOnSignal)]
+        signum = next((cb.pending for cb in savers if cb.pending is not None), None)
+        world = self.trainer.world_size
+        due = force or (self.global_step % self.check_every_n_steps == 0) or self.trainer.is_last_batch
+        if world > 1 and not due:
+            return
+        where = self._first_nonfinite() if due else None
+        if world > 1:
+            code = torch.tensor(
+                [0 if where is None else 1, 0 if signum is None else int(signum)], device=self.device
+            )
+            self.trainer.strategy.reduce(code, reduce_op="max")
+            bad, code_signal = code.tolist()
+            if bad and where is None:
+                where = f"non-finite loss or gradient on another rank {self._where()}"
+            signum = signum or (code_signal or None)
+        if where is not None:
+            self._raise_nonfinite(where)
+        if signum is not None and savers:
+            savers[0].save_and_stop(self.trainer, signum)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.run_step_checks()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # never write weights a NaN has reached: this rank's flags are read now (the gradient flag is the same on
+        # every rank, as DDP averaged the gradients; no collective here, since Lightning's SLURM handler saves
+        # from inside a signal handler)
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            where = self._first_nonfinite()
+            if where is not None:
+                self._raise_nonfinite(where)
 
     def check_finite(self, loss: torch.Tensor, batch: dict, batch_idx: int) -> torch.Tensor:
-        """A NaN/Inf loss stops the run naming the step and the batch's samples, instead of training on garbage."""
+        """A NaN/Inf loss stops the run naming the step and the batch's samples, instead of training on garbage.
+
+        With `skip_nonfinite_loss` the decision is taken at once (a host sync and, under DDP, an all-reduce per
+        step), since the step itself is to be skipped; otherwise the loss is only noted (see `run_step_checks`)."""
+        if not self.skip_nonfinite_loss and self._trainer is not None:
+            self._note_nonfinite(loss, "loss")
+            return loss
         finite = bool(torch.isfinite(loss))
         if self._trainer is not None and self.trainer.world_size > 1:
             # every rank stops at once, rather than the others waiting for it in the next all-reduce
@@ -141,25 +230,31 @@ class AudioCLIPTask(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Non-finite gradients stop the run (or skip the step): a NaN input can leave the loss finite (the fbsp
+        """The fbsp gradient rule, then the NaN/Inf gradient check.
+
+        Lightning calls this after DDP has averaged the gradients and after a GradScaler has unscaled them, which
+        is where the reference's per-filter-bank normalisation (divide by the infinity norm) belongs.
+        Non-finite gradients stop the run (or skip the step): a NaN input can leave the loss finite (the fbsp
         front end clamps the power spectrum) and still turn every weight into NaN."""
+        normalize_fbsp_grads_(self.model)
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             return  # fp16's GradScaler skips steps with non-finite gradients itself, and lowers its scale
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        total = torch.nn.utils.get_total_norm(grads)
+        if not self.skip_nonfinite_loss:
+            self._note_nonfinite(total, "gradient")
+            return
         # gradients are all-reduced by now, so every DDP rank decides alike
-        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
-            if not self.skip_nonfinite_loss:
-                raise NonFiniteLossError(
-                    f"non-finite gradient {self._where()}; `--skip_nonfinite_loss true` skips such steps instead"
-                )
+        if not torch.isfinite(total):
             log.warning("non-finite gradient %s: the step is skipped", self._where())
             # a parameter without a gradient is left untouched by the optimiser (no momentum or weight decay)
             optimizer.zero_grad(set_to_none=True)
             for buffer, before in zip(self.buffers(), self._buffers_at_batch_start, strict=True):
                 buffer.copy_(before)
             self.nonfinite_steps += 1
-        if self.skip_nonfinite_loss:
-            self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
 
     def tokens(self, texts: list[str]) -> torch.Tensor:
         return self.clip_model.tokenize(texts, self.hparams.template)
@@ -179,5 +274,7 @@ class ChannelsLast(L.Callback):
         audioclip fit ... --trainer.precision bf16-mixed --trainer.callbacks+=audioclip.tasks.ChannelsLast
     """
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # before the strategy wraps the model: DDP's gradient buckets then take the channels-last strides (converted
+        # after wrapping, every step copies each bucket: "grad strides do not match bucket view strides")
         pl_module.to(memory_format=torch.channels_last)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Trainer
@@ -37,6 +38,12 @@ from audioclip.reliability import (
     SaveOnSignal,
     StepCheckpoint,
     read_checkpoint,
+)
+from audioclip.tasks.distributed import (
+    SyncBatchNormPlugin,
+    check_shared_run_dir,
+    decide_resume,
+    smallest_batch_for_batchnorm,
 )
 
 
@@ -127,6 +134,27 @@ class AudioCLIPCLI(LightningCLI):
             default=False,
             help="skip (and count) a training step whose loss or gradient is NaN/Inf instead of stopping the run",
         )
+        parser.add_argument(
+            "--check_every_n_steps",
+            type=int,
+            default=10,
+            help="read the NaN/Inf flags (and under DDP the signal decision, one all-reduce) every N steps: a NaN "
+            "stops the run at most N - 1 steps late (without --skip_nonfinite_loss, which decides every step)",
+        )
+        parser.add_argument(
+            "--sync_batchnorm",
+            type=bool,
+            default=True,
+            help="with more than one rank, BatchNorm normalises with the statistics of the global batch, so N ranks "
+            "with batch B/N train like one with batch B (two small all-reduces per BatchNorm call)",
+        )
+        parser.add_argument(
+            "--float32_matmul_precision",
+            type=str,
+            default="high",
+            help="torch.set_float32_matmul_precision for fp32 runs on GPUs: 'high' lets matmuls and convolutions "
+            "use TF32 (the fbsp front end always computes in IEEE fp32); 'highest' for bit-parity work",
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Check `ckpt_path` before Lightning reads its hyper-parameters: `last` is resolved, a missing, truncated
@@ -156,24 +184,59 @@ class AudioCLIPCLI(LightningCLI):
             raise _instantiation_error(error) from None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        precision = self._get(self.config, "float32_matmul_precision")
+        if precision not in ("highest", "high", "medium"):
+            raise ValueError(f"float32_matmul_precision: one of highest, high, medium, got {precision!r}")
+        torch.set_float32_matmul_precision(precision)
         trainer = super().instantiate_trainer(**kwargs)
+        if trainer.world_size > 1 and self._get(self.config, "sync_batchnorm"):
+            trainer.strategy._layer_sync = SyncBatchNormPlugin(trainer.strategy.root_device.type)
+        self._defer_resume_to_rank_zero(trainer)
         # a checkpoint IO the user chose (e.g. asynchronous) is kept; only Lightning's default is replaced
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         trainer.callbacks.extend([ResumeState(), BadDataLog()])
         return trainer
 
+    def _defer_resume_to_rank_zero(self, trainer: Trainer) -> None:
+        """Under DDP, which checkpoint to resume from (if any) is rank 0's decision, taken once the process group is
+        up (Lightning restores right after it), and the run directory must be one every rank sees."""
+        connector = trainer._checkpoint_connector
+        restore = connector._restore_modules_and_callbacks
+
+        def restore_decided_by_rank_zero(checkpoint_path: Any = None, *args: Any, **kwargs: Any) -> None:
+            if trainer.state.fn == "fit":
+                check_shared_run_dir(trainer)
+                checkpoint_path = decide_resume(trainer, checkpoint_path)
+            restore(checkpoint_path, *args, **kwargs)
+
+        connector._restore_modules_and_callbacks = restore_decided_by_rank_zero
+
     def _preflight(self) -> None:
         """Settings that only make sense together, checked before any data is read or process started."""
+        if str(self.trainer.precision) in ("16-true", "bf16-true"):
+            raise ValueError(
+                f"trainer.precision: {self.trainer.precision} casts the fbsp filter bank to half precision (its "
+                "centre frequencies round off and the spectrogram is off by up to 100 dB): use "
+                f"{str(self.trainer.precision).replace('true', 'mixed')}"
+            )
         for name in ("batch_size", "eval_batch_size"):
             value = getattr(self.datamodule, name, None)
             if isinstance(value, int):
                 try:
-                    per_device_batch_size(value, self.trainer.world_size)
+                    per_device = per_device_batch_size(value, self.trainer.world_size)
                 except ValueError as error:
                     raise ValueError(f"data.{name}: {error}") from None
+                if name == "batch_size" and self.subcommand == "fit":
+                    sync = bool(self._get(self.config, "sync_batchnorm"))
+                    smallest_batch_for_batchnorm(per_device, self.trainer.world_size, sync)
         if hasattr(self.model, "skip_nonfinite_loss"):
             self.model.skip_nonfinite_loss = self._get(self.config, "skip_nonfinite_loss")
+        if hasattr(self.model, "check_every_n_steps"):
+            every = self._get(self.config, "check_every_n_steps")
+            if every < 1:
+                raise ValueError(f"check_every_n_steps: must be >= 1, got {every}")
+            self.model.check_every_n_steps = every
 
     def before_fit(self) -> None:
         self._preflight()
@@ -182,7 +245,8 @@ class AudioCLIPCLI(LightningCLI):
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(root / "checkpoints")
         for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger):
+            # W&B runs on rank 0 only: elsewhere Lightning's experiment is a placeholder
+            if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
                 # the resolved config, so the W&B dashboard shows every setting of the run
                 logger.experiment.config.update({"config": self.config.as_dict()}, allow_val_change=True)
 

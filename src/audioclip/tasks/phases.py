@@ -300,6 +300,9 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
         super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template, overrides)
         if not standalone:
             self._freeze_clip(self.clip_model, include_image=True)
+            # only the audio-text pair is trained here: a trainable scale without gradient would stop DDP (it
+            # refuses unused parameters) and takes no step in one process either (SGD skips a missing gradient)
+            self.clip_model.logit_scale_ai.requires_grad_(False)
         self.num_classes = num_classes
         if num_classes is not None:
             self._make_metrics(num_classes)
