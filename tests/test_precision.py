@@ -37,7 +37,6 @@ def test_front_end_of_a_half_precision_module_stays_finite_and_close_to_fp32() -
 def _one_step(precision: str) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     module = FinetuneModule(model="audioclip-tiny", lr=0.1)
-    module.model.eval()  # BatchNorm statistics aside: only the step under each precision is compared
     initial = {n: p.detach().clone() for n, p in module.model.named_parameters()}
 
     class Names(L.LightningDataModule):
@@ -84,3 +83,28 @@ def test_true_half_precisions_are_refused_in_one_line(precision: str, tmp_path, 
     err = capsys.readouterr().err
     assert f"audioclip: error: trainer.precision: {precision} casts the fbsp filter bank to half" in err
     assert "Traceback" not in err
+
+
+def test_one_process_fp32_step_equals_the_reference_rule_in_a_backward_hook() -> None:
+    """Moving the fbsp rule out of the backward hook changes nothing in one fp32 process: the step through the
+    Trainer equals, bit for bit, a plain step with the reference's hook (divide by max-abs + 1e-8 in backward)."""
+    lightning_step = _one_step("32-true")
+
+    torch.manual_seed(0)
+    module = FinetuneModule(model="audioclip-tiny", lr=0.1)
+    module.train()
+    initial = {n: p.detach().clone() for n, p in module.model.named_parameters() if n in FBSP}
+    fbsp = module.model.audio.fbsp
+    for param in (fbsp.m, fbsp.fb, fbsp.fc):
+        param.register_hook(lambda grad: grad / (grad.abs().max() + 1e-8))
+    with torch.no_grad():
+        text = module.clip_model.encode_text(module.tokens(["dog", "rain"]))
+    text = text / text.norm(dim=-1, keepdim=True)
+    audio = module.clip_model.embed(_clips(4))["audio"]
+    loss = module.clip_model.loss({"audio": audio, "text": text[torch.tensor([0, 1, 0, 1])]})
+    optimizer = module.configure_optimizers()["optimizer"]
+    loss.backward()
+    optimizer.step()
+    for name in FBSP:
+        param = dict(module.model.named_parameters())[name]
+        assert torch.equal(lightning_step[name], param.detach() - initial[name]), name
