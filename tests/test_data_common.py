@@ -43,3 +43,18 @@ def test_training_drops_the_last_incomplete_batch_evaluation_keeps_every_clip(tm
     assert len(dm.train_set) % 5 != 0  # the split leaves an incomplete batch to drop
     assert train and set(train) == {5} and sum(train) == len(dm.train_set) // 5 * 5
     assert sum(len(b["id"]) for b in dm.val_dataloader()) == len(dm.val_set)
+
+
+def test_eval_shards_cover_every_sample_once() -> None:
+    """DDP evaluation: rank r of R takes samples r, r + R, ...; DistributedSampler would pad 7 samples to 8 with a
+    repeat, and a test accuracy would count it."""
+    from torch.utils.data import DistributedSampler
+
+    from audioclip.reliability import EvalShardSampler
+
+    data = list(range(7))
+    shards = [list(EvalShardSampler(data, num_replicas=2, rank=r)) for r in range(2)]
+    assert shards == [[0, 2, 4, 6], [1, 3, 5]]
+    assert [len(EvalShardSampler(data, num_replicas=2, rank=r)) for r in range(2)] == [4, 3]
+    padded = [list(DistributedSampler(data, num_replicas=2, rank=r, shuffle=False)) for r in range(2)]
+    assert sum(map(len, padded)) == 8  # what it replaces

@@ -206,3 +206,33 @@ def test_multi_node_run_dir_not_shared_is_refused(esc50: Path, tmp_path: Path) -
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode != 0
         assert "is not shared by every node" in err or "cannot read: the run directory must be" in err, err[-3000:]
+
+
+SIGNAL_ONE_RANK = '''
+import os
+import signal
+
+from lightning.pytorch.callbacks import Callback
+
+
+class SignalRankOne(Callback):
+    """SIGUSR1 to rank 1's own process only, during the batch that makes global step 2."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == 1 and trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+'''
+
+
+def test_a_signal_to_one_rank_saves_and_stops_every_rank(esc50: Path, tmp_path: Path) -> None:
+    """The signal and NaN/Inf decision is one all-reduce every --check_every_n_steps steps: rank 0, which got no
+    signal, learns of rank 1's and both write last.ckpt at the same step and stop with 128 + SIGUSR1."""
+    (tmp_path / "signal_one_rank.py").write_text(SIGNAL_ONE_RANK)
+    runs = tmp_path / "runs"
+    extra = '--check_every_n_steps 2 --trainer.max_epochs 20 --trainer.callbacks+=signal_one_rank.SignalRankOne'
+    done = _make("finetune-esc50", "FOLD=1", f"DATA={esc50}", "INIT=", f"RUNS={runs}", "GPUS=2",
+                 f"ARGS={_finetune_args(extra=extra)}", env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    assert done.returncode != 0
+    assert "SIGUSR1: saved" in done.stdout + done.stderr, done.stderr[-3000:]
+    state = torch.load(runs / "finetune-esc50" / "fold1" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 2  # noted during step 2, decided at its end (2 is a multiple of N = 2)
