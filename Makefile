@@ -111,23 +111,23 @@ SHARDS ?= $(AUDIOSET_ROOT)/shards
 AUDIOSET_DATA = --data.init_args.train_dir $(SHARDS)/train --data.init_args.val_dir $(SHARDS)/val
 
 pretrain-audio: $(STAMP)  ## phase 1: standalone ESResNeXt-fbsp on AudioSet audio, BCE over 527 classes (SHARDS=, GPUS=, NODES=, ARGS=)
-	$(FIT) --config conf/pretrain-audio.yaml $(AUDIOSET_DATA) --trainer.default_root_dir runs/pretrain-audio/main \
-	  --trainer.logger.init_args.save_dir runs/pretrain-audio/main --trainer.logger.init_args.name pretrain-audio \
-	  $(call resume,runs/pretrain-audio/main) $(ARGS)
+	$(FIT) --config conf/pretrain-audio.yaml $(AUDIOSET_DATA) --trainer.default_root_dir $(RUNS)/pretrain-audio/main \
+	  --trainer.logger.init_args.save_dir $(RUNS)/pretrain-audio/main --trainer.logger.init_args.name pretrain-audio \
+	  $(call resume,$(RUNS)/pretrain-audio/main) $(ARGS)
 
 # the previous phase's checkpoint when it exists, else the official weight tag
-PARTIAL_INIT = $(or $(INIT_PARTIAL),$(if $(wildcard runs/pretrain-audio/main/checkpoints/last.ckpt),runs/pretrain-audio/main/checkpoints/last.ckpt,esrnxfbsp))
-FULL_INIT    = $(or $(INIT_FULL),$(if $(wildcard runs/train-partial/main/checkpoints/last.ckpt),runs/train-partial/main/checkpoints/last.ckpt,partial))
+PARTIAL_INIT = $(or $(INIT_PARTIAL),$(if $(wildcard $(RUNS)/pretrain-audio/main/checkpoints/last.ckpt),$(RUNS)/pretrain-audio/main/checkpoints/last.ckpt,esrnxfbsp))
+FULL_INIT    = $(or $(INIT_FULL),$(if $(wildcard $(RUNS)/train-partial/main/checkpoints/last.ckpt),$(RUNS)/train-partial/main/checkpoints/last.ckpt,partial))
 
 train-partial: $(STAMP)  ## phase 2: audio head learns from frozen CLIP teachers on AudioSet audio + frames + text
 	$(FIT) --config conf/train-partial.yaml $(AUDIOSET_DATA) --model.init_args.audio_init_from $(PARTIAL_INIT) \
-	  --trainer.default_root_dir runs/train-partial/main --trainer.logger.init_args.save_dir runs/train-partial/main \
-	  --trainer.logger.init_args.name train-partial $(call resume,runs/train-partial/main) $(ARGS)
+	  --trainer.default_root_dir $(RUNS)/train-partial/main --trainer.logger.init_args.save_dir $(RUNS)/train-partial/main \
+	  --trainer.logger.init_args.name train-partial $(call resume,$(RUNS)/train-partial/main) $(ARGS)
 
 train-full: $(STAMP)  ## phase 3: all three heads trained jointly on AudioSet audio + frames + text
 	$(FIT) --config conf/train-full.yaml $(AUDIOSET_DATA) --model.init_args.init_from $(FULL_INIT) \
-	  --trainer.default_root_dir runs/train-full/main --trainer.logger.init_args.save_dir runs/train-full/main \
-	  --trainer.logger.init_args.name train-full $(call resume,runs/train-full/main) $(ARGS)
+	  --trainer.default_root_dir $(RUNS)/train-full/main --trainer.logger.init_args.save_dir $(RUNS)/train-full/main \
+	  --trainer.logger.init_args.name train-full $(call resume,$(RUNS)/train-full/main) $(ARGS)
 
 .PHONY: report
 report: $(STAMP)  ## gather the latest results under runs/ (RUNS=) into runs/REPORT.md: paper tables 2-4, PNG plots, W&B
