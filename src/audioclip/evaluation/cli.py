@@ -25,8 +25,9 @@ import torch.distributed as dist
 from audioclip.evaluation.datasets import DATASETS, check_dataset, embed_dataset
 from audioclip.evaluation.index import build_index, fingerprint, load_index, search
 from audioclip.evaluation.query import default_pairs, query
-from audioclip.evaluation.zeroshot import check_templates, protocol, zeroshot
+from audioclip.evaluation.zeroshot import check_templates, evaluated_on, zeroshot
 from audioclip.inference import InputError, load
+from audioclip.lineage import data_kind, result_fields, weights_lineage
 
 NUM_FOLDS = {"esc50": 5, "us8k": 10}
 
@@ -93,11 +94,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         progress=is_main,
     )
+    folds = data.folds_used if args.dataset in NUM_FOLDS else []
+    described = {"dataset": args.dataset, "data": data_kind(root), "test_fold": folds[0] if len(folds) == 1 else None,
+                 "train_folds": []}  # fmt: skip
     meta = {
         "checkpoint": str(args.checkpoint),
         "fingerprint": fingerprint(model),
-        "model": model.model_name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        # which variant, whether it was trained on this dataset, real or synthetic data (audioclip.lineage)
+        **result_fields(weights_lineage(str(args.checkpoint)), model.model_name, described),
     }
     if args.task == "zeroshot":
         result = {**zeroshot(model, data, templates, NUM_FOLDS.get(args.dataset)), **meta}
@@ -109,8 +114,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             "root": str(root),
             "templates": templates,
             "num_samples": len(data),
-            "protocol": protocol(data, NUM_FOLDS.get(args.dataset)),
-            "folds": data.folds_used if args.dataset in NUM_FOLDS else [],
+            "evaluated_on": evaluated_on(data, NUM_FOLDS.get(args.dataset)),
+            "folds": folds,
             "results": rows,
             **meta,
         }
@@ -129,7 +134,7 @@ def _print_result(result: dict) -> None:
     templates = ", ".join(repr(t) for t in result["templates"])
     if result["task"] == "zeroshot":
         print(f"Zero-shot {result['dataset']} ({len(result['class_names'])} classes, templates {templates}), "
-              f"evaluated on {result['protocol']}")  # fmt: skip
+              f"evaluated on {result['evaluated_on']}")  # fmt: skip
         if "map" in result:
             print("  mAP " + "  ".join(f"{k}: {_percent(v)}" for k, v in result["map"].items()))
             return
@@ -139,7 +144,7 @@ def _print_result(result: dict) -> None:
             print(f"  per fold: {folds}")
             print(f"  mean ± std over folds: {_percent(result['fold_mean'])} ± {_percent(result['fold_std'])}")
         return
-    print(f"Querying {result['dataset']} (templates {templates}), evaluated on {result['protocol']}")
+    print(f"Querying {result['dataset']} (templates {templates}), evaluated on {result['evaluated_on']}")
     print(f"  {'query -> result':<18} {'queries':>8} {'P@1':>7} {'R@1':>7} {'mAP':>7}")
     for row in result["results"]:
         pair = f"{row['query']} -> {row['result']}"
