@@ -63,12 +63,13 @@ def test_new_classifier_still_refuses_a_checkpoint_missing_a_body_key(audioset_h
 
 
 def test_finetune_us8k_audio_head_target_runs_through_audioclip_fit(audioset_head, tmp_path):
-    # 4 clips per class: folds 1-4 hold one clip of each of the 10 classes
-    data = write_us8k(tmp_path / "us8k", clips_per_class=4, classes=10, seed=0, progress=False)
+    # 5 clips per class in folds 1-5: fold 2 tests, a quarter of the other 4 validates (one clip per class)
+    data = write_us8k(tmp_path / "us8k", clips_per_class=5, classes=10, seed=0, progress=False)
     runs = tmp_path / "runs"
     args = (
         "--model.init_args.model esresnext-fbsp-tiny --model.init_args.lr 0.01 --trainer.max_epochs 1 "
         "--trainer.accelerator cpu --trainer.devices 1 --data.init_args.batch_size 8 --data.init_args.num_workers 0 "
+        "--data.init_args.val_fraction 0.25 "
         "--trainer.enable_progress_bar false"
     )
     venv = str(Path(sys.executable).parent.parent)
@@ -86,3 +87,6 @@ def test_finetune_us8k_audio_head_target_runs_through_audioclip_fit(audioset_hea
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["state_dict"]["model.fc.weight"].shape[0] == 10
     assert ckpt["hyper_parameters"]["init_from"] == str(audioset_head)
+    # a user's own state dict is variant `other`; the run records its data, folds and protocol
+    assert (metrics["variant"], metrics["dataset"], metrics["data"]) == ("other", "us8k", "synthetic")
+    assert (metrics["test_fold"], metrics["protocol"], metrics["result"]) == (2, "honest", "labels")
