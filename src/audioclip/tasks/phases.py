@@ -351,7 +351,7 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
     """Fine-tuning on ESC-50 / US8K: audio head only (text and image frozen), audio-text contrastive loss with
     class names as text; evaluation is zero-shot-style classification against the dataset's class names.
 
-    `standalone=True` trains the ESResNeXt-fbsp classifier head instead (CE over `num_classes`, accuracy).
+    The standalone ESResNeXt-fbsp classifier is fine-tuned by `AudioPretrainModule(multilabel=False)`.
     """
 
     monitor = ("val/acc", "max")
@@ -365,18 +365,15 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         template: str = "{}",
-        standalone: bool = False,
         num_classes: int | None = None,
     ) -> None:
-        if standalone == isinstance(get_config(model), AudioCLIPConfig):
-            kind = "a standalone esresnext-fbsp model" if standalone else "an AudioCLIP model"
-            raise ValueError(f"model: standalone={standalone} needs {kind}, got {model!r}")
-        if standalone and num_classes is None:
-            raise ValueError("num_classes: standalone mode builds a classifier head and needs the number of classes")
-        overrides = {"num_classes": num_classes} if standalone else None
-        super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template, overrides)
-        if not standalone:
-            self._freeze_clip(self.clip_model, include_image=True)
+        if not isinstance(get_config(model), AudioCLIPConfig):
+            raise ValueError(
+                f"model: FinetuneModule needs an AudioCLIP model, got {model!r} (the standalone audio head is "
+                "fine-tuned by AudioPretrainModule, e.g. conf/finetune-esc50-audio-head.yaml)"
+            )
+        super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template)
+        self._freeze_clip(self.clip_model, include_image=True)
         self.num_classes = num_classes
         if num_classes is not None:
             self._make_metrics(num_classes)
@@ -406,8 +403,6 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
         return names
 
     def _refresh_class_text(self) -> None:
-        if self.hparams.standalone:
-            return
         with torch.no_grad():
             text = self.clip_model.encode_text(self.tokens(self._classes()))
         self._class_text = text / text.norm(dim=-1, keepdim=True)
@@ -418,18 +413,13 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
     on_validation_epoch_start = _refresh_class_text
 
     def _logits(self, audio: torch.Tensor) -> torch.Tensor:
-        if self.hparams.standalone:
-            return self.model(audio)
         emb = self.clip_model.embed(audio)["audio"]
         return self.clip_model.logit_scale_at.exp().clamp(1, 100) * emb @ self._class_text.T
 
     def training_step(self, batch, batch_idx):
-        if self.hparams.standalone:
-            loss = F.cross_entropy(self.model(batch["audio"]), batch["target"]) + self.model.ttf_loss()
-        else:
-            # text is frozen: each sample's text embedding is its class's (the reference pairs them row by row)
-            audio = self.clip_model.embed(batch["audio"])["audio"]
-            loss = self.clip_model.loss({"audio": audio, "text": self._class_text[batch["target"]]})
+        # text is frozen: each sample's text embedding is its class's (the reference pairs them row by row)
+        audio = self.clip_model.embed(batch["audio"])["audio"]
+        loss = self.clip_model.loss({"audio": audio, "text": self._class_text[batch["target"]]})
         loss = self.check_finite(loss, batch, batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["audio"]))
         return loss
@@ -445,17 +435,7 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
         self.test_acc.update(logits, batch["target"])
         self.log("test/acc", self.test_acc, on_epoch=True, prog_bar=True)
         self.test_confusion.update(logits, batch["target"])
-        probs = logits.softmax(-1)
-        for i in range(min(len(logits), EXAMPLES - len(self._examples))):
-            self._examples.append(
-                {
-                    "id": batch["id"][i],
-                    "audio": batch["audio"][i].float().cpu(),
-                    "target": int(batch["target"][i]),
-                    "pred": int(probs[i].argmax()),
-                    "prob": float(probs[i].max()),
-                }
-            )
+        self._examples += single_label_examples(batch, logits, EXAMPLES - len(self._examples))
 
     def on_test_epoch_start(self) -> None:
         self._refresh_class_text()
