@@ -48,6 +48,12 @@ def real_runs(tmp_path_factory):
                 "created": "2026-11-26T00:00:00+00:00"}  # fmt: skip
     (runs / "eval" / "zeroshot-us8k").mkdir(parents=True)
     (runs / "eval" / "zeroshot-us8k" / "results.json").write_text(json.dumps(zeroshot))
+    scores = {"query": "text", "result": "audio", "p@1": 0.5, "r@1": 0.02, "map": 0.78, "recall@5": 0.9,
+              "pr_curve": {"recall": [0.0, 1.0], "precision": [1.0, 0.5]}}
+    querying = {**zeroshot, "task": "query", "dataset": "esc50", "checkpoint": "full", "variant": "full",
+                "results": [scores]}  # fmt: skip
+    (runs / "eval" / "query-esc50").mkdir(parents=True)
+    (runs / "eval" / "query-esc50" / "results.json").write_text(json.dumps(querying))
     assert main(["report", "--runs", str(runs), "--no-wandb"]) == 0
     return runs, json.loads((runs / "REPORT.json").read_text())["rows"]
 
@@ -84,12 +90,18 @@ def test_real_partial_and_full_figures_stand_beside_their_own_paper_figures(real
                          (3, "Audio-Head (ESResNeXt-fbsp, AudioCLIP paper's training)")):  # fmt: skip
         (head,) = _find(rows, table=table, dataset="ESC-50", model=model)
         assert head["ours"] == 95.6 and head["comparable"] and head["result"] == "labels"
+    (query_map,) = _find(rows, table=4, dataset="ESC-50", model="AudioCLIP full", metric="mAP")
+    assert (query_map["paper"], query_map["ours"], query_map["comparable"]) == (76.97, 78.0, True)
+    (query_p1,) = _find(rows, table=4, dataset="ESC-50", model="AudioCLIP full", metric="P@1")
+    assert query_p1["ours"] == 50.0 and not query_p1["comparable"]  # the paper's P@1 is not defined: no gap
+    (recall5,) = _find(rows, table=None, metric="Recall@5")
+    assert recall5["note"] == "no such figure in the paper"
     (human,) = _find(rows, table=3, model="Human (2015)")
     assert human["ours"] is None and human["note"] == "other system"
 
     report = (runs / "REPORT.md").read_text()
-    assert "| ESC-50 | audio → text | AudioCLIP full | fine-tuned / trained | accuracy | 97.15 | 97.40 | +0.25 | " \
-           "reference |" in report  # fmt: skip
+    assert "| ESC-50 | audio → text | AudioCLIP full | fine-tuned | accuracy | 97.15 | 97.40 | +0.25 | reference |" \
+        in report  # fmt: skip
     assert "| UrbanSound8K | audio → text | AudioCLIP full | zero-shot | accuracy | 68.78 | not run | — |" in report
     for title in ("## Table 1: the standalone audio head", "## Table 2: AudioCLIP after partial vs full training",
                   "## Table 3: comparison with other systems", "## Table 4: querying", "## Other runs"):  # fmt: skip
