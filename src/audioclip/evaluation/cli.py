@@ -145,11 +145,13 @@ def _print_result(result: dict) -> None:
             print(f"  mean ± std over folds: {_percent(result['fold_mean'])} ± {_percent(result['fold_std'])}")
         return
     print(f"Querying {result['dataset']} (templates {templates}), evaluated on {result['evaluated_on']}")
-    print(f"  {'query -> result':<18} {'queries':>8} {'P@1':>7} {'R@1':>7} {'mAP':>7}")
+    labels = {"p@1": "P@1", "r@1": "R@1", "map": "mAP", "recall@1": "Recall@1", "recall@5": "Recall@5",
+              "recall@10": "Recall@10", "map@10": "mAP@10"}  # fmt: skip
+    names = list(labels)
+    print(f"  {'query -> result':<18} {'queries':>8} " + " ".join(f"{labels[n]:>9}" for n in names))
     for row in result["results"]:
         pair = f"{row['query']} -> {row['result']}"
-        print(f"  {pair:<18} {row['num_queries']:>8} {_percent(row['p@1']):>7} {_percent(row['r@1']):>7} "
-              f"{_percent(row['map']):>7}")  # fmt: skip
+        print(f"  {pair:<18} {row['num_queries']:>8} " + " ".join(f"{_percent(row[n]):>9}" for n in names))
 
 
 def _model_args(p: argparse.ArgumentParser, checkpoint_default: str | None = "full") -> None:
