@@ -150,5 +150,5 @@ train-full: $(STAMP)  ## phase 3: all three heads trained jointly on AudioSet au
 	  --trainer.logger.init_args.name train-full $(call resume,runs/train-full/main) $(ARGS)
 
 .PHONY: report
-report: $(STAMP)  ## gather the latest results under runs/ (RUNS=) into runs/REPORT.md: paper tables 2-4, PNG plots, W&B
+report: $(STAMP)  ## gather the latest results under runs/ (RUNS=) into runs/REPORT.md + REPORT.json: paper Tables 1-4 beside comparable runs, plots, W&B
 	$(AC) report --runs $(RUNS)
