@@ -19,7 +19,8 @@ DATA    ?=
 RESUME  ?= 0
 
 .PHONY: help install test test-fast test-gpu test-faults lint demo demo-data weights bench-data bench-train \
-        finetune-esc50 finetune-us8k cv-esc50 cv-us8k data-audioset bench-audioset pretrain-audio train-partial train-full
+        finetune-esc50 finetune-us8k cv-esc50 cv-us8k finetune-esc50-audio-head finetune-us8k-audio-head \
+        cv-esc50-audio-head cv-us8k-audio-head data-audioset bench-audioset pretrain-audio train-partial train-full
 
 help:  ## list every target with its description
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -90,6 +91,29 @@ cv-us8k: $(STAMP)  ## all 10 UrbanSound8K folds, then the per-fold and mean ± s
 	for k in $(or $(FOLDS),1 2 3 4 5 6 7 8 9 10); do $(MAKE) --no-print-directory finetune-us8k FOLD=$$k || exit 1; done
 	$(PY) -m audioclip.tasks.crossval $(RUNS)/finetune-us8k
 
+# the standalone audio head starts from the pretrain-audio phase's checkpoint when it exists, else the official tag
+AUDIO_HEAD_INIT = $(or $(INIT_AUDIO_HEAD),$(if $(wildcard $(RUNS)/pretrain-audio/main/checkpoints/last.ckpt),$(RUNS)/pretrain-audio/main/checkpoints/last.ckpt,esrnxfbsp))
+
+finetune-esc50-audio-head: $(STAMP)  ## paper Tables 1/3 audio head: ESResNeXt-fbsp, new 50-class classifier, fold FOLD as test (DATA=, INIT_AUDIO_HEAD=, ARGS=)
+	$(FIT) --config conf/finetune-esc50-audio-head.yaml --data.init_args.root $(or $(DATA),$(ESC50)) --data.init_args.fold $(FOLD) \
+	  --model.init_args.init_from $(AUDIO_HEAD_INIT) --trainer.default_root_dir $(RUNS)/finetune-esc50-audio-head/fold$(FOLD) \
+	  --trainer.logger.init_args.save_dir $(RUNS)/finetune-esc50-audio-head/fold$(FOLD) \
+	  --trainer.logger.init_args.name finetune-esc50-audio-head-fold$(FOLD) $(call resume,$(RUNS)/finetune-esc50-audio-head/fold$(FOLD)) $(ARGS)
+
+finetune-us8k-audio-head: $(STAMP)  ## paper Tables 1/3 audio head: ESResNeXt-fbsp, new 10-class classifier, fold FOLD as test (DATA=, INIT_AUDIO_HEAD=, ARGS=)
+	$(FIT) --config conf/finetune-us8k-audio-head.yaml --data.init_args.root $(or $(DATA),$(US8K)) --data.init_args.fold $(FOLD) \
+	  --model.init_args.init_from $(AUDIO_HEAD_INIT) --trainer.default_root_dir $(RUNS)/finetune-us8k-audio-head/fold$(FOLD) \
+	  --trainer.logger.init_args.save_dir $(RUNS)/finetune-us8k-audio-head/fold$(FOLD) \
+	  --trainer.logger.init_args.name finetune-us8k-audio-head-fold$(FOLD) $(call resume,$(RUNS)/finetune-us8k-audio-head/fold$(FOLD)) $(ARGS)
+
+cv-esc50-audio-head: $(STAMP)  ## the audio head on all 5 ESC-50 folds, then per-fold and mean ± std (runs/finetune-esc50-audio-head/cv.*)
+	for k in $(or $(FOLDS),1 2 3 4 5); do $(MAKE) --no-print-directory finetune-esc50-audio-head FOLD=$$k || exit 1; done
+	$(PY) -m audioclip.tasks.crossval $(RUNS)/finetune-esc50-audio-head
+
+cv-us8k-audio-head: $(STAMP)  ## the audio head on all 10 UrbanSound8K folds, then per-fold and mean ± std (runs/finetune-us8k-audio-head/cv.*)
+	for k in $(or $(FOLDS),1 2 3 4 5 6 7 8 9 10); do $(MAKE) --no-print-directory finetune-us8k-audio-head FOLD=$$k || exit 1; done
+	$(PY) -m audioclip.tasks.crossval $(RUNS)/finetune-us8k-audio-head
+
 bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU, fp32 vs bf16-mixed + channels_last; one JSON line
 	@$(PY) benchmarks/bench_train.py
 
@@ -130,5 +154,5 @@ train-full: $(STAMP)  ## phase 3: all three heads trained jointly on AudioSet au
 	  --trainer.logger.init_args.name train-full $(call resume,$(RUNS)/train-full/main) $(ARGS)
 
 .PHONY: report
-report: $(STAMP)  ## gather the latest results under runs/ (RUNS=) into runs/REPORT.md: paper tables 2-4, PNG plots, W&B
+report: $(STAMP)  ## gather the latest results under runs/ (RUNS=) into runs/REPORT.md + REPORT.json: paper Tables 1-4 beside comparable runs, plots, W&B
 	$(AC) report --runs $(RUNS)

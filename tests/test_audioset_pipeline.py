@@ -295,6 +295,11 @@ def test_audioset_phases_train_a_few_steps_on_the_shards(prepared: dict, tmp_pat
     )
     assert cli.trainer.global_step == 2
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    # the checkpoint says which variant the phase made, and that the test videos' shards are synthetic
+    lineage = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["audioclip_lineage"]
+    variant = {"pretrain-audio.yaml": "audio-head", "train-partial.yaml": "partial", "train-full.yaml": "full"}[config]
+    assert lineage["variant"] == variant
+    assert (lineage["steps"][-1]["dataset"], lineage["steps"][-1]["data"]) == ("audioset", "synthetic")
     metric = "val/map" if config == "pretrain-audio.yaml" else "val/map_audio"
     assert 0.0 <= float(cli.trainer.callback_metrics[metric]) <= 1.0
     if config != "pretrain-audio.yaml":

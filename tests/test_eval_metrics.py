@@ -18,7 +18,8 @@ from audioclip.evaluation.query import precision_recall_curve, query, retrieval_
 
 def numpy_retrieval(scores: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
     """The definitions of the README, one query at a time; queries without a relevant result are left out."""
-    p1, r1, ap = [], [], []
+    p1, r1, ap, ap10 = [], [], [], []
+    recall_at = {1: [], 5: [], 10: []}
     for s, rel in zip(scores, relevant, strict=True):
         if not rel.any():
             continue
@@ -27,7 +28,12 @@ def numpy_retrieval(scores: np.ndarray, relevant: np.ndarray) -> dict[str, float
         r1.append(ranked[0] / rel.sum())
         hits = np.flatnonzero(ranked)
         ap.append(np.mean([(k + 1) / (pos + 1) for k, pos in enumerate(hits)]))
-    return {"p@1": np.mean(p1), "r@1": np.mean(r1), "map": np.mean(ap)}
+        for k in (1, 5, 10):
+            recall_at[k].append(float(ranked[:k].any()))
+        top = hits[hits < 10]  # AP@10: precision at each relevant rank in the top 10, over min(10, relevant)
+        ap10.append(sum((n + 1) / (pos + 1) for n, pos in enumerate(top)) / min(10, rel.sum()))
+    return {"p@1": np.mean(p1), "r@1": np.mean(r1), "map": np.mean(ap), "map@10": np.mean(ap10),
+            **{f"recall@{k}": np.mean(v) for k, v in recall_at.items()}}  # fmt: skip
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -39,8 +45,9 @@ def test_torchmetrics_retrieval_matches_numpy_on_random_scores(seed):
     relevant[5] = True  # every result relevant: P@1 = AP = 1
     ours = retrieval_metrics(torch.from_numpy(scores), torch.from_numpy(relevant), torch.arange(40))
     expected = numpy_retrieval(scores, relevant)
-    for name in ("p@1", "r@1", "map"):
+    for name in ("p@1", "r@1", "map", "recall@1", "recall@5", "recall@10", "map@10"):
         assert ours[name] == pytest.approx(expected[name], abs=1e-6), name
+    assert 0 < ours["recall@1"] < ours["recall@5"] < ours["recall@10"] < 1  # the random scores tell k apart
 
 
 def test_precision_recall_curve_is_one_for_a_perfect_ranking_and_starts_at_the_best_precision():

@@ -88,8 +88,8 @@ def test_partial_training_freezes_clip_heads_and_keeps_them_in_eval_mode(tmp_pat
 def test_modules_refuse_the_wrong_kind_of_model():
     with pytest.raises(ValueError, match="model: AudioPretrainModule trains a standalone audio head"):
         AudioPretrainModule(model="audioclip-tiny")
-    with pytest.raises(ValueError, match="model: standalone=True needs a standalone esresnext-fbsp model"):
-        FinetuneModule(model="audioclip-tiny", standalone=True)
+    with pytest.raises(ValueError, match="model: FinetuneModule needs an AudioCLIP model.*AudioPretrainModule"):
+        FinetuneModule(model="esresnext-fbsp-tiny")
 
 
 @pytest.fixture(scope="module")

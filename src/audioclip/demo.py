@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from audioclip.lineage import data_kind, mark_synthetic
 from audioclip.tasks.cli import run_lightning_cli
 
 DATA = Path("data/synthetic/esc50")
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         from audioclip.data.synthetic import main as write_synthetic
 
         write_synthetic(["--esc50", str(DATA), "--clips-per-class", "30"])
+    if data_kind(DATA) != "synthetic":  # a tree written before the generators marked their trees
+        mark_synthetic(DATA, "audioclip.data.synthetic (marked by the demo)")
     extra = list(sys.argv[1:] if argv is None else argv)
     cli = run_lightning_cli(
         [

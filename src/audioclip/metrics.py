@@ -1,6 +1,6 @@
 """AudioSet evaluation: macro mean average precision over the 527 classes, for audio, image and both.
 
-Reference: AudioCLIP (Guzhov et al. 2021, sec. 4.4, table 3) and its trainer's ``eval_step``: a clip's score for a
+Reference: AudioCLIP (Guzhov et al. 2021, sec. 4.4, Table 2) and its trainer's ``eval_step``: a clip's score for a
 class is ``sigmoid(logits / scale - 0.5)`` where ``logits = scale * e @ t.T`` for the unit-norm clip embedding ``e``
 and the unit-norm text embedding ``t`` of the class name, so the score is ``sigmoid(cos(e, t) - 0.5)`` whatever the
 logit scale. "Both" averages the audio and image class scores. The metric keeps the scores of every sample and

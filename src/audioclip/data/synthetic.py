@@ -7,6 +7,8 @@ its own phase, a +-1.5% frequency jitter, its loudness and its noise, so no two 
 The metadata files have the real column layouts (karolpiczak/ESC-50 ``meta/esc50.csv``,
 UrbanSound8K ``metadata/UrbanSound8K.csv``) and the real class names. The US8K copy mixes sample
 rates (16, 22.05, 44.1, 48 kHz), mono and stereo files and durations up to 4 s, like the original.
+Each tree gets a ``SYNTHETIC`` marker file at its root (``audioclip.lineage``), so that results on it are
+reported as synthetic and never set beside the paper's figures.
 
     python -m audioclip.data.synthetic --esc50 data/synthetic/esc50 --us8k data/synthetic/us8k
 """
@@ -23,6 +25,7 @@ from tqdm import tqdm
 
 from audioclip.data.esc50 import ESC10_CLASSES, ESC50_CLASSES, ESC50_COLUMNS, ESC50_METADATA, ESC50_NUM_FOLDS
 from audioclip.data.us8k import US8K_CLASSES, US8K_COLUMNS, US8K_METADATA, US8K_NUM_FOLDS
+from audioclip.lineage import mark_synthetic
 
 US8K_SAMPLE_RATES = (16000, 22050, 44100, 48000)
 
@@ -87,6 +90,7 @@ def write_esc50(
             rows.append({"filename": filename, "fold": fold, "target": target, "category": category,
                          "esc10": category in ESC10_CLASSES, "src_file": src_file, "take": "A"})  # fmt: skip
     _write_csv(root / ESC50_METADATA, ESC50_COLUMNS, sorted(rows, key=lambda row: row["filename"]))
+    mark_synthetic(root, "audioclip.data.synthetic")
     return root
 
 
@@ -118,6 +122,7 @@ def write_us8k(
                          "salience": 1 + clip % 2, "fold": fold, "classID": class_id,
                          "class": US8K_CLASSES[class_id]})  # fmt: skip
     _write_csv(root / US8K_METADATA, US8K_COLUMNS, sorted(rows, key=lambda row: row["slice_file_name"]))
+    mark_synthetic(root, "audioclip.data.synthetic")
     return root
 
 

@@ -1,4 +1,4 @@
-"""Evaluation and querying (Guzhov et al. 2021, sec. 4.4, tables 2-4): zero-shot classification, cross-modal
+"""Evaluation and querying (Guzhov et al. 2021, sec. 4.4, Tables 2 and 4): zero-shot classification, cross-modal
 querying P@1 / R@1 / mAP, a paper-style report, and an embedding index with exact cosine search for users."""
 
 from audioclip.evaluation.datasets import DATASETS, EmbeddedSet, embed_dataset

@@ -25,8 +25,9 @@ import torch.distributed as dist
 from audioclip.evaluation.datasets import DATASETS, check_dataset, embed_dataset
 from audioclip.evaluation.index import build_index, fingerprint, load_index, search
 from audioclip.evaluation.query import default_pairs, query
-from audioclip.evaluation.zeroshot import check_templates, protocol, zeroshot
+from audioclip.evaluation.zeroshot import check_templates, evaluated_on, zeroshot
 from audioclip.inference import InputError, load
+from audioclip.lineage import data_kind, result_fields, weights_lineage
 
 NUM_FOLDS = {"esc50": 5, "us8k": 10}
 
@@ -100,11 +101,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         progress=is_main,
     )
+    folds = data.folds_used if args.dataset in NUM_FOLDS else []
+    described = {"dataset": args.dataset, "data": data_kind(root), "test_fold": folds[0] if len(folds) == 1 else None,
+                 "train_folds": []}  # fmt: skip
     meta = {
         "checkpoint": str(args.checkpoint),
         "fingerprint": fingerprint(model),
-        "model": model.model_name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        # which variant, whether it was trained on this dataset, real or synthetic data (audioclip.lineage)
+        **result_fields(weights_lineage(str(args.checkpoint)), model.model_name, described),
     }
     if args.task == "zeroshot":
         result = {**zeroshot(model, data, templates, NUM_FOLDS.get(args.dataset)), **meta}
@@ -116,8 +121,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             "root": str(root),
             "templates": templates,
             "num_samples": len(data),
-            "protocol": protocol(data, NUM_FOLDS.get(args.dataset)),
-            "folds": data.folds_used if args.dataset in NUM_FOLDS else [],
+            "evaluated_on": evaluated_on(data, NUM_FOLDS.get(args.dataset)),
+            "folds": folds,
             "results": rows,
             **meta,
         }
@@ -136,7 +141,7 @@ def _print_result(result: dict) -> None:
     templates = ", ".join(repr(t) for t in result["templates"])
     if result["task"] == "zeroshot":
         print(f"Zero-shot {result['dataset']} ({len(result['class_names'])} classes, templates {templates}), "
-              f"evaluated on {result['protocol']}")  # fmt: skip
+              f"evaluated on {result['evaluated_on']}")  # fmt: skip
         if "map" in result:
             print("  mAP " + "  ".join(f"{k}: {_percent(v)}" for k, v in result["map"].items()))
             return
@@ -146,12 +151,14 @@ def _print_result(result: dict) -> None:
             print(f"  per fold: {folds}")
             print(f"  mean ± std over folds: {_percent(result['fold_mean'])} ± {_percent(result['fold_std'])}")
         return
-    print(f"Querying {result['dataset']} (templates {templates}), evaluated on {result['protocol']}")
-    print(f"  {'query -> result':<18} {'queries':>8} {'P@1':>7} {'R@1':>7} {'mAP':>7}")
+    print(f"Querying {result['dataset']} (templates {templates}), evaluated on {result['evaluated_on']}")
+    labels = {"p@1": "P@1", "r@1": "R@1", "map": "mAP", "recall@1": "Recall@1", "recall@5": "Recall@5",
+              "recall@10": "Recall@10", "map@10": "mAP@10"}  # fmt: skip
+    names = list(labels)
+    print(f"  {'query -> result':<18} {'queries':>8} " + " ".join(f"{labels[n]:>9}" for n in names))
     for row in result["results"]:
         pair = f"{row['query']} -> {row['result']}"
-        print(f"  {pair:<18} {row['num_queries']:>8} {_percent(row['p@1']):>7} {_percent(row['r@1']):>7} "
-              f"{_percent(row['map']):>7}")  # fmt: skip
+        print(f"  {pair:<18} {row['num_queries']:>8} " + " ".join(f"{_percent(row[n]):>9}" for n in names))
 
 
 def _model_args(p: argparse.ArgumentParser, checkpoint_default: str | None = "full") -> None:

@@ -1,4 +1,4 @@
-"""Cross-modal querying: P@1, R@1 and mAP (Guzhov et al. 2021, sec. 4.4, table 4).
+"""Cross-modal querying: P@1, R@1 and mAP (Guzhov et al. 2021, sec. 4.4, Table 4), Recall@1/5/10 and mAP@10.
 
 Queries are either the unique label sets of the dataset, as text ("dog", or "Speech, Music" for a multi-label
 AudioSet clip, formatted into the template), or the samples of one modality; results are the samples of another
@@ -9,10 +9,17 @@ query's. Every query is scored against every result by cosine similarity; per qu
 - R@1 = (relevant results in the top 1) / (relevant results), so at most 1 / (number of relevant results);
 - AP = the mean, over the relevant results, of the precision at the rank of each;
 
-and each score is averaged over the queries that have at least one relevant result. The averages are computed by
+and, as the audio-text retrieval literature reports them (CLAP, WavCaps; CLIP's Recall@k),
+
+- Recall@k = 1 if at least one relevant result is in the top k, else 0 (k = 1, 5, 10);
+- AP@10 = (1 / min(10, relevant results)) * sum over the ranks i <= 10 of P@i * rel(i), which is 1 / rank of
+  the relevant result when there is one (the DCASE audio retrieval mAP@10);
+
+and each score is averaged over the queries that have at least one relevant result. P@1, R@1 and mAP are computed by
 torchmetrics' ``RetrievalPrecision(top_k=1)``, ``RetrievalRecall(top_k=1)`` and ``RetrievalMAP`` with the query
 number as ``indexes``; their states are concatenated across DDP ranks before ``compute``, so a rank that scores only
-its share of the queries still gets the average over all of them.
+its share of the queries still gets the average over all of them. Recall@k and mAP@10 are summed per rank and the
+sums all-reduced.
 """
 
 from __future__ import annotations
@@ -50,7 +57,28 @@ def retrieval_metrics(scores: torch.Tensor, relevant: torch.Tensor, query_index:
     for name, metric in metrics.items():
         metric.update(scores.reshape(-1), relevant.reshape(-1).bool(), indexes=indexes.long())
         out[name] = float(metric.compute())
-    return out
+    return {**out, **top_k_metrics(scores, relevant)}
+
+
+RECALL_AT = (1, 5, 10)
+MAP_AT = 10
+
+
+def top_k_metrics(scores: torch.Tensor, relevant: torch.Tensor) -> dict[str, float]:
+    """Mean Recall@1/5/10 and mAP@10 over the queries (rows) with a relevant result, summed over DDP ranks."""
+    relevant = relevant.bool()
+    order = scores.argsort(dim=-1, descending=True, stable=True)[:, : max(*RECALL_AT, MAP_AT)]
+    hits = torch.gather(relevant, 1, order).double()
+    keep = relevant.any(1)
+    precision = hits.cumsum(1) / torch.arange(1, hits.shape[1] + 1, dtype=torch.float64)
+    per_query = {f"recall@{k}": (hits[:, :k].sum(1) > 0).double() for k in RECALL_AT}
+    denominator = relevant.sum(1).clamp(min=1, max=MAP_AT).double()
+    per_query[f"map@{MAP_AT}"] = (precision[:, :MAP_AT] * hits[:, :MAP_AT]).sum(1) / denominator
+    sums = torch.stack([v[keep].sum() for v in per_query.values()] + [keep.sum().double()])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(sums)
+    count = max(float(sums[-1]), 1.0)
+    return {name: float(total) / count for name, total in zip(per_query, sums[:-1], strict=True)}
 
 
 def precision_recall_curve(scores: torch.Tensor, relevant: torch.Tensor) -> dict[str, list[float]]:

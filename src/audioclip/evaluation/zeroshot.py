@@ -1,7 +1,7 @@
 """Zero-shot classification: every sample against the text embeddings of the class names.
 
-References: AudioCLIP (Guzhov et al. 2021, sec. 4.4, table 2: ESC-50, UrbanSound8K and ImageNet zero-shot accuracy;
-table 3: AudioSet mAP) and CLIP (Radford et al. 2021, sec. 3.1.4). The reference formats the class names into the
+References: AudioCLIP (Guzhov et al. 2021, sec. 4.4, Table 2: ESC-50, UrbanSound8K and ImageNet zero-shot accuracy
+and AudioSet mAP) and CLIP (Radford et al. 2021, sec. 3.1.4). The reference formats the class names into the
 template "{}"; with several templates, each template's text embeddings are L2-normalised, averaged over the
 templates and normalised again, as open_clip's ``build_zero_shot_classifier`` does (CLIP's prompt ensembling).
 Single-label sets report accuracy over all samples, per fold, per class and a confusion matrix; AudioSet reports
@@ -48,7 +48,7 @@ def class_text_embeddings(model: AudioCLIP, class_names: Sequence[str], template
     return (mean / mean.norm(dim=-1, keepdim=True)).cpu()
 
 
-def protocol(data: EmbeddedSet, num_folds: int | None) -> str:
+def evaluated_on(data: EmbeddedSet, num_folds: int | None) -> str:
     """Which part of the dataset was evaluated, in words; published zero-shot numbers differ on this."""
     folds = data.folds_used
     if num_folds is None:
@@ -69,7 +69,7 @@ def zeroshot(
         "dataset": data.dataset,
         "root": data.root,
         "templates": templates,
-        "protocol": protocol(data, num_folds),
+        "evaluated_on": evaluated_on(data, num_folds),
         "folds": data.folds_used if num_folds else [],
         "num_samples": len(data),
         "class_names": data.class_names,

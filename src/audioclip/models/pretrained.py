@@ -189,13 +189,17 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str,
     module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
 
 
-def load_pretrained(model: nn.Module, tag_or_path: str | Path, strict: bool = True) -> nn.Module:
+def load_pretrained(
+    model: nn.Module, tag_or_path: str | Path, strict: bool = True, fresh: tuple[str, ...] = ()
+) -> nn.Module:
     """Load official weights or a file into `model` (an AudioCLIP or an ESResNeXtFBSP).
 
     What a file holds is read off its keys: a whole AudioCLIP, CLIP's image+text heads (into AudioCLIP, the
     audio head and its logit scales untouched), or an ESResNeXt-fbsp (into the standalone model, or into
     AudioCLIP's audio head without its classifier `fc`, which AudioCLIP replaces by the embedding projection).
-    With `strict=False` keys that do not fit are skipped instead of raising.
+    With `strict=False` keys that do not fit are skipped instead of raising. Keys starting with a `fresh` prefix
+    (e.g. `fc.` for a standalone classifier of another size) keep the model's initialisation; every other key
+    still loads strictly.
     """
     from audioclip.models.audioclip import AudioCLIP
 
@@ -217,5 +221,5 @@ def load_pretrained(model: nn.Module, tag_or_path: str | Path, strict: bool = Tr
     elif is_clip_model and not has_clip and "fbsp.m" in state:
         load_into(model.audio, state, source, ignore=("fc.",))
     else:
-        load_into(model, state, source)
+        load_into(model, state, source, ignore=fresh)
     return model

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
+from audioclip.lineage import LINEAGE_KEY, describe_data, weights_lineage
 from audioclip.models import AudioCLIP, create_model, load_pretrained
 from audioclip.models.fbsp import normalize_fbsp_grads_
 from audioclip.models.pretrained import WeightsError
@@ -63,13 +64,29 @@ class AudioCLIPTask(L.LightningModule):
         self.model = create_model(model, **(model_overrides or {}))
         if init_from:
             self._init_weights(init_from)
+        self.init_lineage = weights_lineage(init_from)
 
-    def _init_weights(self, init_from: str) -> None:
+    # the model variant this phase makes (`audioclip.lineage`); None: the variant of `init_from` is kept
+    produces: str | None = None
+    # what the test scores are against: the class names as `text` (zero-shot style), or a classifier's `labels`
+    scores_against: str = "text"
+
+    def lineage(self) -> dict:
+        """The lineage of the weights this run trains: its start, plus this run's step (phase, data, protocol)."""
+        steps = list(self.init_lineage["steps"])
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:
+            steps.append({"phase": type(self).__name__, **describe_data(datamodule)})
+        variant = self.produces or self.init_lineage["variant"]
+        return {"variant": variant, "model": self.hparams.model, "origin": self.init_lineage["origin"], "steps": steps}
+
+    def _init_weights(self, init_from: str, fresh: tuple[str, ...] = ()) -> None:
+        """Load `init_from` strictly; keys starting with a `fresh` prefix keep their new initialisation."""
         path = Path(init_from)
         if not path.exists() and "/" in init_from:
             raise WeightsError(f"init_from: {init_from}: no such file")
         try:
-            load_pretrained(self.model, init_from)
+            load_pretrained(self.model, init_from, fresh=fresh)
         except WeightsError as error:
             raise WeightsError(f"init_from: {error} (model: {self.hparams.model})") from error
         log.info("initialised %s from %s", self.hparams.model, init_from)
@@ -206,6 +223,8 @@ class AudioCLIPTask(L.LightningModule):
             where = self._first_nonfinite()
             if where is not None:
                 self._raise_nonfinite(where)
+        # read back by `audioclip.lineage.weights_lineage` when a later phase or an evaluation starts from it
+        checkpoint[LINEAGE_KEY] = self.lineage()
 
     def check_finite(self, loss: torch.Tensor, batch: dict, batch_idx: int) -> torch.Tensor:
         """A NaN/Inf loss stops the run naming the step and the batch's samples, instead of training on garbage.

@@ -30,6 +30,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 from audioclip.data.common import per_device_batch_size
+from audioclip.lineage import result_fields
 from audioclip.reliability import (
     RESUME_KEY,
     AtomicCheckpointIO,
@@ -262,7 +263,12 @@ class AudioCLIPCLI(LightningCLI):
             results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
             if self.trainer.is_global_zero and results:
                 out = Path(self.trainer.default_root_dir) / "test_metrics.json"
-                out.write_text(json.dumps({"checkpoint": best, **results[0]}, indent=2) + "\n")
+                record = {"checkpoint": best, **results[0]}
+                if hasattr(self.model, "lineage"):  # which variant, data, folds and protocol (audioclip.lineage)
+                    lineage = self.model.lineage()
+                    record.update(result_fields(lineage, lineage["model"], lineage["steps"][-1]))
+                    record["result"] = self.model.scores_against
+                out.write_text(json.dumps(record, indent=2) + "\n")
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
                 logger.experiment.finish()  # flush the run now, also when the CLI is used from Python

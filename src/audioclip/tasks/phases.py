@@ -1,11 +1,12 @@
 """The four training phases of AudioCLIP (Guzhov et al., 2021, section 4.3), one LightningModule each.
 
-| phase          | module                   | trains                          | loss / metric                        |
-|----------------|--------------------------|---------------------------------|--------------------------------------|
-| pretrain-audio | `AudioPretrainModule`    | ESResNeXt-fbsp (ImageNet init)  | BCE over 527 (mAP) or CE (accuracy)  |
-| train-partial  | `PartialTrainingModule`  | audio head; CLIP frozen         | contrastive / mAP                    |
-| train-full     | `FullTrainingModule`     | all three heads                 | contrastive / mAP                    |
-| finetune-*     | `FinetuneModule`         | audio head; text/image frozen   | audio-text contrastive / accuracy    |
+| phase                 | module                  | trains                               | loss / metric               |
+|-----------------------|-------------------------|--------------------------------------|-----------------------------|
+| pretrain-audio        | `AudioPretrainModule`   | ESResNeXt-fbsp (ImageNet init)       | BCE over 527 / mAP          |
+| train-partial         | `PartialTrainingModule` | audio head; CLIP frozen              | contrastive / mAP           |
+| train-full            | `FullTrainingModule`    | all three heads                      | contrastive / mAP           |
+| finetune-*            | `FinetuneModule`        | audio head; text/image frozen        | contrastive / accuracy      |
+| finetune-*-audio-head | `AudioPretrainModule`   | ESResNeXt-fbsp with a new classifier | CE / accuracy               |
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import logging
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MultilabelAveragePrecision
 
+from audioclip.lineage import weights_lineage
 from audioclip.metrics import AudioSetMAP, class_scores
 from audioclip.models import AudioCLIP, AudioCLIPConfig, get_config
 from audioclip.models.pretrained import load_into
@@ -53,6 +56,21 @@ def log_classification_to_wandb(loggers, classes: list[str], confusion: torch.Te
         ]
         predictions = wandb.Table(columns=["id", "audio", "target", "prediction", "probability"], data=rows)
         logger.experiment.log({"test/confusion_matrix": plot, "test/predictions": predictions})
+
+
+def single_label_examples(batch: dict, logits: torch.Tensor, room: int) -> list[dict]:
+    """Up to `room` test predictions of a single-label batch, with their audio, for the W&B table."""
+    probs = logits.softmax(-1)
+    return [
+        {
+            "id": batch["id"][i],
+            "audio": batch["audio"][i].float().cpu(),
+            "target": int(batch["target"][i]),
+            "pred": int(probs[i].argmax()),
+            "prob": float(probs[i].max()),
+        }
+        for i in range(min(len(logits), max(room, 0)))
+    ]
 
 
 _CLIP_MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)
@@ -99,10 +117,13 @@ class _FrozenCLIPMixin:
 
 class AudioPretrainModule(AudioCLIPTask):
     """Standalone ESResNeXt-fbsp classifier: multi-label BCE over AudioSet's 527 classes (mAP) plus the TTF loss,
-    or single-label CE (accuracy) for a standalone ESC-50/US8K baseline (`multilabel=False`, `num_classes`).
+    or single-label CE (accuracy) for the audio head fine-tuned on ESC-50/US8K (`multilabel=False`,
+    `num_classes`; paper section 4.3, Tables 1 and 3 "Audio-Head").
 
     `imagenet_init` loads torchvision's ImageNet `resnext50_32x4d` weights into the body (paper size only);
-    offline it says so and keeps the random initialisation.
+    offline it says so and keeps the random initialisation. `new_classifier` starts from an `init_from` classifier
+    of another size (e.g. the 527-class `esrnxfbsp`): its `fc` is left freshly initialised for `num_classes`,
+    every other key loads strictly.
     """
 
     def __init__(
@@ -112,6 +133,7 @@ class AudioPretrainModule(AudioCLIPTask):
         multilabel: bool = True,
         imagenet_init: bool = True,
         init_from: str | None = None,
+        new_classifier: bool = False,
         lr: float = 1e-4,
         gamma: float = 0.95,
         momentum: float = 0.9,
@@ -119,6 +141,8 @@ class AudioPretrainModule(AudioCLIPTask):
     ) -> None:
         if isinstance(get_config(model), AudioCLIPConfig):
             raise ValueError(f"model: AudioPretrainModule trains a standalone audio head, not {model!r}")
+        if new_classifier and not init_from:
+            raise ValueError("new_classifier: replaces the classifier of init_from weights, but init_from is not set")
         super().__init__(
             model, init_from, lr, gamma, momentum, weight_decay, model_overrides={"num_classes": num_classes}
         )
@@ -130,8 +154,35 @@ class AudioPretrainModule(AudioCLIPTask):
         else:
             self.val_metric = MulticlassAccuracy(num_classes=num_classes, average="micro")
             self.test_metric = MulticlassAccuracy(num_classes=num_classes, average="micro")
+            self.test_confusion = MulticlassConfusionMatrix(num_classes=num_classes)
         self.metric_name = "map" if multilabel else "acc"
         self.monitor = (f"val/{self.metric_name}", "max")
+        self._examples: list[dict] = []
+
+    scores_against = "labels"
+
+    @property
+    def produces(self) -> str | None:
+        # trained on AudioSet's 527 classes it is the paper's audio head; a single-label fine-tune keeps its start's
+        return "audio-head" if self.hparams.multilabel else None
+
+    def _init_weights(self, init_from: str) -> None:
+        if not self.hparams.new_classifier:
+            super()._init_weights(init_from)
+            return
+        super()._init_weights(init_from, fresh=("fc.",))
+        rank_zero_info(
+            f"init_from {init_from}: classifier fc replaced by a freshly initialised {self.hparams.num_classes}-class "
+            "layer; every other key loaded strictly"
+        )
+
+    def setup(self, stage: str) -> None:
+        names = getattr(self.trainer.datamodule, "class_names", None) if self._trainer is not None else None
+        if names and len(names) != self.hparams.num_classes:
+            raise ValueError(
+                f"num_classes: the classifier has {self.hparams.num_classes} outputs but the dataset has "
+                f"{len(names)} classes"
+            )
 
     def _imagenet_init(self) -> None:
         if self.model.config.base_planes != 64:
@@ -160,18 +211,34 @@ class AudioPretrainModule(AudioCLIPTask):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["audio"]))
         return loss
 
-    def _eval_step(self, batch, stage: str, metric) -> None:
+    def _eval_step(self, batch, stage: str, metric) -> torch.Tensor:
         logits = self.model(batch["audio"])
         target = batch["target"]
         self.log(f"{stage}/loss", self._loss(logits, target), sync_dist=True, batch_size=len(logits))
         metric.update(torch.sigmoid(logits) if self.hparams.multilabel else logits, target.long())
         self.log(f"{stage}/{self.metric_name}", metric, on_epoch=True, prog_bar=True)
+        return logits
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val", self.val_metric)
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test", self.test_metric)
+        logits = self._eval_step(batch, "test", self.test_metric)
+        if not self.hparams.multilabel:
+            self.test_confusion.update(logits, batch["target"])
+            self._examples += single_label_examples(batch, logits, EXAMPLES - len(self._examples))
+
+    def on_test_epoch_start(self) -> None:
+        self._examples = []
+
+    def on_test_epoch_end(self) -> None:
+        if self.hparams.multilabel:
+            return
+        confusion = self.test_confusion.compute().cpu()  # synced across ranks
+        self.test_confusion.reset()
+        names = list(getattr(self.trainer.datamodule, "class_names", []))
+        if self.trainer.is_global_zero and names:
+            log_classification_to_wandb(self.loggers, names, confusion, self._examples)
 
 
 class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
@@ -201,6 +268,12 @@ class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
         super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template)
         if audio_init_from:
             self._init_weights(audio_init_from)
+            audio = weights_lineage(audio_init_from)
+            self.init_lineage = {
+                "variant": self.init_lineage["variant"],
+                "origin": f"{self.init_lineage['origin']}, audio head from {audio['origin']}",
+                "steps": audio["steps"] + self.init_lineage["steps"],
+            }
         self.val_map = AudioSetMAP(AUDIOSET_CLASSES)
         self.test_map = AudioSetMAP(AUDIOSET_CLASSES)
         self._class_text: torch.Tensor | None = None
@@ -261,6 +334,8 @@ class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
 class PartialTrainingModule(_ContrastiveAudioSetModule):
     """Cooperative phase: CLIP's text and image heads are frozen teachers, only the audio head learns."""
 
+    produces = "partial"
+
     def __init__(self, model: str = "audioclip", init_from: str | None = "clip-rn50", **kwargs) -> None:
         super().__init__(model, init_from, **kwargs)
         self._freeze_clip(self.clip_model, include_image=True)
@@ -269,12 +344,14 @@ class PartialTrainingModule(_ContrastiveAudioSetModule):
 class FullTrainingModule(_ContrastiveAudioSetModule):
     """All three heads trained jointly on audio + frame + text."""
 
+    produces = "full"
+
 
 class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
     """Fine-tuning on ESC-50 / US8K: audio head only (text and image frozen), audio-text contrastive loss with
     class names as text; evaluation is zero-shot-style classification against the dataset's class names.
 
-    `standalone=True` trains the ESResNeXt-fbsp classifier head instead (CE over `num_classes`, accuracy).
+    The standalone ESResNeXt-fbsp classifier is fine-tuned by `AudioPretrainModule(multilabel=False)`.
     """
 
     monitor = ("val/acc", "max")
@@ -288,21 +365,18 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         template: str = "{}",
-        standalone: bool = False,
         num_classes: int | None = None,
     ) -> None:
-        if standalone == isinstance(get_config(model), AudioCLIPConfig):
-            kind = "a standalone esresnext-fbsp model" if standalone else "an AudioCLIP model"
-            raise ValueError(f"model: standalone={standalone} needs {kind}, got {model!r}")
-        if standalone and num_classes is None:
-            raise ValueError("num_classes: standalone mode builds a classifier head and needs the number of classes")
-        overrides = {"num_classes": num_classes} if standalone else None
-        super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template, overrides)
-        if not standalone:
-            self._freeze_clip(self.clip_model, include_image=True)
-            # only the audio-text pair is trained here: a trainable scale without gradient would stop DDP (it
-            # refuses unused parameters) and takes no step in one process either (SGD skips a missing gradient)
-            self.clip_model.logit_scale_ai.requires_grad_(False)
+        if not isinstance(get_config(model), AudioCLIPConfig):
+            raise ValueError(
+                f"model: FinetuneModule needs an AudioCLIP model, got {model!r} (the standalone audio head is "
+                "fine-tuned by AudioPretrainModule, e.g. conf/finetune-esc50-audio-head.yaml)"
+            )
+        super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template)
+        self._freeze_clip(self.clip_model, include_image=True)
+        # only the audio-text pair is trained here: a trainable scale without gradient would stop DDP (it refuses
+        # unused parameters) and takes no step in one process either (SGD skips a missing gradient)
+        self.clip_model.logit_scale_ai.requires_grad_(False)
         self.num_classes = num_classes
         if num_classes is not None:
             self._make_metrics(num_classes)
@@ -332,8 +406,6 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
         return names
 
     def _refresh_class_text(self) -> None:
-        if self.hparams.standalone:
-            return
         with torch.no_grad():
             text = self.clip_model.encode_text(self.tokens(self._classes()))
         self._class_text = text / text.norm(dim=-1, keepdim=True)
@@ -344,18 +416,13 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
     on_validation_epoch_start = _refresh_class_text
 
     def _logits(self, audio: torch.Tensor) -> torch.Tensor:
-        if self.hparams.standalone:
-            return self.model(audio)
         emb = self.clip_model.embed(audio)["audio"]
         return self.clip_model.logit_scale_at.exp().clamp(1, 100) * emb @ self._class_text.T
 
     def training_step(self, batch, batch_idx):
-        if self.hparams.standalone:
-            loss = F.cross_entropy(self.model(batch["audio"]), batch["target"]) + self.model.ttf_loss()
-        else:
-            # text is frozen: each sample's text embedding is its class's (the reference pairs them row by row)
-            audio = self.clip_model.embed(batch["audio"])["audio"]
-            loss = self.clip_model.loss({"audio": audio, "text": self._class_text[batch["target"]]})
+        # text is frozen: each sample's text embedding is its class's (the reference pairs them row by row)
+        audio = self.clip_model.embed(batch["audio"])["audio"]
+        loss = self.clip_model.loss({"audio": audio, "text": self._class_text[batch["target"]]})
         loss = self.check_finite(loss, batch, batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["audio"]))
         return loss
@@ -371,17 +438,7 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
         self.test_acc.update(logits, batch["target"])
         self.log("test/acc", self.test_acc, on_epoch=True, prog_bar=True)
         self.test_confusion.update(logits, batch["target"])
-        probs = logits.softmax(-1)
-        for i in range(min(len(logits), EXAMPLES - len(self._examples))):
-            self._examples.append(
-                {
-                    "id": batch["id"][i],
-                    "audio": batch["audio"][i].float().cpu(),
-                    "target": int(batch["target"][i]),
-                    "pred": int(probs[i].argmax()),
-                    "prob": float(probs[i].max()),
-                }
-            )
+        self._examples += single_label_examples(batch, logits, EXAMPLES - len(self._examples))
 
     def on_test_epoch_start(self) -> None:
         self._refresh_class_text()

@@ -55,6 +55,7 @@ from audioclip.data.audioset.metadata import (
     read_segments,
     select_shard,
 )
+from audioclip.lineage import data_kind, mark_synthetic
 
 FRAME_SHORT_SIDE = 256  # CLIP's preprocessing resizes to 224 next, so 256 leaves room for its centre crop
 JPEG_QUALITY = 90
@@ -240,6 +241,8 @@ def ingest(
     root, clips = Path(root), Path(clips)
     if not clips.is_dir():
         raise FileNotFoundError(f"--clips {clips}: not a directory")
+    if data_kind(clips) == "synthetic":  # the shards made from generated clips are synthetic too
+        mark_synthetic(root, f"audioclip prepare audioset ingest, from the synthetic clips in {clips}")
     candidates: dict[str, list[tuple[float | None, Path]]] = {}
     for path in clips.rglob("*"):
         match = CLIP_NAME.match(path.stem)

@@ -19,6 +19,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from audioclip.lineage import mark_synthetic
+
 # The first rows of the official eval_segments.csv (AudioSet, CC BY 4.0): real YTIDs, times and labels.
 EVAL_ROWS = (
     '--4gqARaEJE, 0.000, 10.000, "/m/068hy,/m/07q6cd_,/m/0bt9lr,/m/0jbk"',
@@ -140,6 +142,7 @@ def write_test_set(out_dir: str | Path, n: int = 8) -> tuple[Path, Path]:
             truncate(written)
     segments = out_dir / "segments.csv"
     segments.write_text(SEGMENTS_HEADER + "\n".join(rows) + "\n")
+    mark_synthetic(out_dir, "audioclip.data.audioset.testmedia")
     return videos, segments
 
 
