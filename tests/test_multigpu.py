@@ -20,6 +20,7 @@ import torch
 from wandb_offline import wandb_run
 
 from audioclip.data.synthetic import write_esc50, write_us8k
+from audioclip.models import create_model
 
 pytestmark = pytest.mark.ddp
 
@@ -90,6 +91,18 @@ def test_finetune_us8k_on_two_ranks(tmp_path: Path) -> None:
                  f"ARGS={_finetune_args()}")  # fmt: skip
     _ok(done)
     assert (tmp_path / "runs" / "finetune-us8k" / "fold1" / "test_metrics.json").is_file()
+
+
+def test_audio_head_finetune_on_two_ranks(esc50: Path, tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    head = tmp_path / "esrnxfbsp-tiny.pt"  # a 527-class tiny audio head, the layout of ESRNXFBSP.pt
+    torch.save(create_model("esresnext-fbsp-tiny").state_dict(), head)
+    args = _finetune_args().replace("audioclip-tiny", "esresnext-fbsp-tiny")
+    done = _make("finetune-esc50-audio-head", "FOLD=1", f"DATA={esc50}", f"INIT_AUDIO_HEAD={head}",
+                 f"RUNS={tmp_path / 'runs'}", "GPUS=2", f"ARGS={args}")  # fmt: skip
+    _ok(done)
+    metrics = json.loads((tmp_path / "runs" / "finetune-esc50-audio-head" / "fold1" / "test_metrics.json").read_text())
+    assert metrics["dataset"] == "esc50" and "test/acc" in metrics
 
 
 def test_cross_validation_on_two_ranks_runs_each_fold_and_tabulates(esc50: Path, tmp_path: Path) -> None:
