@@ -97,7 +97,7 @@ def test_audio_head_finetune_on_two_ranks(esc50: Path, tmp_path: Path) -> None:
     torch.manual_seed(3)
     head = tmp_path / "esrnxfbsp-tiny.pt"  # a 527-class tiny audio head, the layout of ESRNXFBSP.pt
     torch.save(create_model("esresnext-fbsp-tiny").state_dict(), head)
-    args = _finetune_args().replace("audioclip-tiny", "esresnext-fbsp-tiny")
+    args = _finetune_args(extra="--model.init_args.num_classes 4").replace("audioclip-tiny", "esresnext-fbsp-tiny")
     done = _make("finetune-esc50-audio-head", "FOLD=1", f"DATA={esc50}", f"INIT_AUDIO_HEAD={head}",
                  f"RUNS={tmp_path / 'runs'}", "GPUS=2", f"ARGS={args}")  # fmt: skip
     _ok(done)
