@@ -93,12 +93,15 @@ bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU, fp32 vs bf16-mixed
 AUDIOSET_SEGMENTS ?= data/audioset-demo/segments.csv
 AUDIOSET_CLIPS    ?= data/audioset-demo/videos
 AUDIOSET_ROOT     ?= data/audioset/demo
+# share of the training segments held out for validation (checkpoint selection); the official eval list is the test
+# set. 1 % by default; the 12-clip demo holds out a quarter so that its validation split is not empty.
+AUDIOSET_VAL_FRACTION ?= $(if $(filter data/audioset-demo/%,$(AUDIOSET_SEGMENTS)),0.25,0.01)
 
 data/audioset-demo/segments.csv: | $(STAMP)
 	$(PY) -m audioclip.data.audioset.testmedia data/audioset-demo --n 12
 
-data-audioset: $(STAMP) $(if $(filter data/audioset-demo/%,$(AUDIOSET_SEGMENTS)),$(AUDIOSET_SEGMENTS))  ## AudioSet shards: ingest AUDIOSET_CLIPS (empty: download with yt-dlp) -> extract -> pack into AUDIOSET_ROOT/shards/{train,val}
-	$(AC) prepare audioset all --segments $(AUDIOSET_SEGMENTS) --root $(AUDIOSET_ROOT) $(if $(AUDIOSET_CLIPS),--clips $(AUDIOSET_CLIPS)) --val-fraction 0.25 $(ARGS)
+data-audioset: $(STAMP) $(if $(filter data/audioset-demo/%,$(AUDIOSET_SEGMENTS)),$(AUDIOSET_SEGMENTS))  ## AudioSet shards: ingest AUDIOSET_CLIPS (empty: download with yt-dlp) -> extract -> pack into AUDIOSET_ROOT/shards/{train,val} (AUDIOSET_VAL_FRACTION=0.01)
+	$(AC) prepare audioset all --segments $(AUDIOSET_SEGMENTS) --root $(AUDIOSET_ROOT) $(if $(AUDIOSET_CLIPS),--clips $(AUDIOSET_CLIPS)) --val-fraction $(AUDIOSET_VAL_FRACTION) $(ARGS)
 
 bench-audioset: $(STAMP)  ## AudioSet pipeline throughput: one JSON line (extract clips/s/core, bytes/clip, items/s/worker)
 	@$(PY) benchmarks/bench_audioset.py

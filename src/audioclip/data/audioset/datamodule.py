@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from clip.clip import _transform as clip_transform
 from litdata import StreamingDataLoader, StreamingDataset
+from litdata.streaming.sampler import ChunkedIndex
+from litdata.utilities.env import _WorkerEnv
 from PIL import Image, UnidentifiedImageError
 
 from audioclip.data.audioset.metadata import DEFAULT_LABELS, NUM_CLASSES, NUM_FRAMES, SAMPLE_RATE, read_class_labels
@@ -91,16 +93,40 @@ class AudioSetStreamingDataset(StreamingDataset):
         """A bad sample (audio or frame that does not decode, NaN/Inf, silence, no samples) raises `BadFileError`
         naming its YTID, or under `on_bad_file="skip"` is replaced by the next good sample and listed in the
         item's `skipped` (reported by `reliability.BadDataLog`)."""
-        position = index if isinstance(index, int) else getattr(index, "index", 0)
+        own = self._own_indices(index)
+        position = own.index(index if isinstance(index, int) else index.index)
 
         def load(offset: int) -> dict[str, Any]:
-            return self._decode(
-                super(AudioSetStreamingDataset, self).__getitem__(
-                    index if offset == 0 else (position + offset) % len(self)
-                )
-            )
+            if offset == 0:
+                key = index
+            elif isinstance(index, int):
+                key = own[(position + offset) % len(own)]
+            else:
+                key = ChunkedIndex(index=own[(position + offset) % len(own)], chunk_index=index.chunk_index)
+            return self._decode(super(AudioSetStreamingDataset, self).__getitem__(key))
 
-        return first_usable(load, len(self), self.on_bad_file, self.input_dir.path or str(self.input_dir.url))
+        return first_usable(load, len(own), self.on_bad_file, self.input_dir.path or str(self.input_dir.url))
+
+    def _own_indices(self, index: Any) -> list[int] | range:
+        """The samples a replacement for ``index`` may come from: while iterating, those of the chunk interval this
+        rank's loader worker is reading now, so that a rank never takes another rank's samples (and no chunk
+        is fetched for a replacement); on random access (an ``int``), every sample."""
+        if not isinstance(index, int):
+            current = self.worker_next_chunk_index - 1
+            if self._elastic_item_lists is not None and 0 <= current < len(self._elastic_item_lists):
+                own: list[int] | range = [int(i) for i in self._elastic_item_lists[current]]  # resumed elastically
+            elif 0 <= current < len(self.worker_intervals):
+                _, start, end, _ = self.worker_intervals[current]
+                own = range(start, end)
+            else:
+                own = range(0)
+            if index.index in own:
+                return own
+        if self.cache is None:  # random access before any iteration: open the chunk index as LitData does
+            self.worker_env = _WorkerEnv.detect()
+            self.cache = self._create_cache(worker_env=self.worker_env)
+            self.shuffler = self._create_shuffler(self.cache)
+        return range(len(self.cache))
 
     def _decode(self, sample: dict[str, Any]) -> dict[str, Any]:
         ytid = sample["ytid"]
