@@ -6,11 +6,8 @@ merging and streaming are tested without decoding videos; ``test_shard_task_runs
 
 import io
 import json
-import os
-import zlib
 from pathlib import Path
 
-import fsspec
 import numpy as np
 import pytest
 import soundfile as sf
