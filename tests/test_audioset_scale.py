@@ -6,19 +6,24 @@ merging and streaming are tested without decoding videos; ``test_shard_task_runs
 
 import io
 import json
+import shutil
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import soundfile as sf
+from fsspec.implementations.memory import MemoryFileSystem
 from litdata import StreamingDataset
 from litdata.utilities.env import _DistributedEnv
 from PIL import Image
 
 from audioclip.data.audioset import AudioSetDataModule
 from audioclip.data.audioset.datamodule import AudioSetStreamingDataset
-from audioclip.data.audioset.metadata import DEFAULT_LABELS, NUM_FRAMES, Segment, read_class_labels
-from audioclip.data.audioset.prepare import clip_dir, pack
+from audioclip.data.audioset.metadata import DEFAULT_LABELS, NUM_FRAMES, Segment, read_class_labels, select_shard
+from audioclip.data.audioset.parts import merge
+from audioclip.data.audioset.prepare import clip_dir, main, pack, part_name, val_fraction_of
+from audioclip.data.audioset.testmedia import write_test_set
 
 MIDS = [c.mid for c in read_class_labels(DEFAULT_LABELS)]
 
@@ -121,3 +126,105 @@ def test_data_audioset_holds_out_one_percent_unless_told_otherwise() -> None:
     assert "--val-fraction 0.01" in command("AUDIOSET_SEGMENTS=meta/balanced_train_segments.csv")
     assert "--val-fraction 0.05" in command("AUDIOSET_SEGMENTS=meta/x.csv", "AUDIOSET_VAL_FRACTION=0.05")
     assert "--val-fraction 0.25" in command()
+
+
+def samples(directory: str | Path) -> dict[str, tuple]:
+    """Every sample of a LitData directory by YTID: its audio, frames and labels as stored."""
+    dataset = StreamingDataset(str(directory))
+    out = {}
+    for i in range(len(dataset)):
+        s = dataset[i]
+        out[s["ytid"]] = (bytes(s["audio"]), tuple(bytes(s[f"frame_{k}"]) for k in range(10)), s["labels"].tolist())
+    return out
+
+
+@pytest.fixture(scope="module")
+def parts(packed: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The 24 clips packed as two shard tasks would, into the parts of one output, then merged."""
+    out = tmp_path_factory.mktemp("parts") / "out"
+    for shard in ((0, 2), (1, 2)):
+        mine = select_shard(packed["segments"], shard)
+        pack(mine, packed["root"], out, workers=1, chunk_bytes="60kB", val_fraction=0.2, part=part_name(shard))
+    return {"out": out, "merged": merge(out)}
+
+
+def test_two_shard_parts_merged_hold_the_same_samples_as_one_pack(packed: dict, parts: dict, tmp_path: Path) -> None:
+    one = pack(packed["segments"], packed["root"], tmp_path / "one", workers=1, val_fraction=0.2)
+    assert parts["merged"]["train"]["parts"] == 2 and parts["merged"]["val"]["parts"] == 2
+    for split in ("train", "val"):
+        merged = samples(parts["out"] / split)
+        assert len(merged) == one["splits"][split]["clips"] == parts["merged"][split]["clips"]
+        assert merged == samples(tmp_path / "one" / split), split
+        counts = json.loads((parts["out"] / split / "label_counts.json").read_text())
+        assert counts == json.loads((tmp_path / "one" / split / "label_counts.json").read_text())
+
+
+def test_rerun_shard_replaces_only_its_part(packed: dict, parts: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(parts["out"], out)
+    untouched = {p: p.stat().st_mtime_ns for p in (out / "train" / "parts" / "0-of-2").iterdir()}
+    more = fake_clips(packed["root"], 10, first=100)  # shard 1 re-runs with clips that arrived late
+    shard1 = select_shard(packed["segments"] + more, (1, 2))
+    pack(shard1, packed["root"], out, workers=1, chunk_bytes="60kB", val_fraction=0.2, part="1-of-2")
+    merged = merge(out)
+    assert {p: p.stat().st_mtime_ns for p in (out / "train" / "parts" / "0-of-2").iterdir()} == untouched
+    after = samples(out / "train")
+    late = select_shard(more, (1, 2))
+    assert 0 < len(late) < len(more)
+    expected = {s.ytid for s in packed["segments"] + late if val_fraction_of(s.ytid) >= 0.2}
+    assert set(after) == expected and merged["train"]["clips"] == len(expected)
+
+
+def test_merge_names_missing_parts(parts: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(parts["out"], out)
+    shutil.rmtree(out / "train" / "parts" / "1-of-2")
+    with pytest.raises(FileNotFoundError, match=r"train: parts 1-of-2 are missing"):
+        merge(out)
+    assert merge(out, allow_missing=True)["train"]["missing"] == [1]
+
+
+class FakeS3(MemoryFileSystem):
+    """An in-memory object store answering for s3:// (fsspec's memory filesystem under another scheme)."""
+
+    protocol = ("s3",)
+    root_marker = ""
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return path.removeprefix("s3://").rstrip("/")
+
+
+def test_s3_output_goes_through_fsspec_and_never_makes_a_local_folder(packed: dict, tmp_path: Path, monkeypatch):
+    """`--out s3://...` uploads the part and the merged index; no local folder named `s3:` appears."""
+    fsspec.register_implementation("s3", FakeS3, clobber=True)
+    FakeS3.store.clear()
+    monkeypatch.chdir(tmp_path)
+    for shard in ((0, 2), (1, 2)):
+        mine = select_shard(packed["segments"], shard)
+        pack(mine, packed["root"], "s3://bucket/as", workers=1, chunk_bytes="60kB", part=part_name(shard))
+    assert main(["merge", "--out", "s3://bucket/as"]) == 0
+    fs = fsspec.filesystem("s3")
+    assert fs.exists("bucket/as/index.json") and fs.exists("bucket/as/parts/1-of-2/index.json")
+    assert not any(p.name.startswith("s3") for d in (tmp_path, packed["root"], Path.cwd()) for p in d.rglob("*"))
+    local = tmp_path / "downloaded"
+    fs.get("bucket/as/", str(local), recursive=True)
+    assert samples(local) == samples(packed["shards"])
+
+
+def test_shard_task_runs_every_stage_and_leaves_stats(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`prepare audioset shard` ingests, extracts and packs one shard on its own; its media are gone afterwards."""
+    videos, segments = write_test_set(tmp_path / "media", 4)  # clip 2 has no audio track, clip 3 is truncated
+    work, out = tmp_path / "local-disk", tmp_path / "out"
+    common = ["--segments", str(segments), "--root", str(work), "--out", str(out), "--workers", "1"]
+    assert main(["shard", *common, "--clips", str(videos), "--shard", "0/1"]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert stats["ingest"] == {"ok": 4} and stats["extract"] == {"ok": 2, "failed": 2} and stats["packed"] == {"all": 2}
+    assert json.loads((out / "stats" / "0-of-1.json").read_text()) == {k: v for k, v in stats.items() if k != "stage"}
+    assert {p.name for p in (out / "manifests").iterdir()} == {"sources.0-of-1.jsonl", "extract.0-of-1.jsonl"}
+    assert not (work / "0-of-1" / "extracted").exists()
+    assert main(["merge", "--out", str(out)]) == 0
+    assert len(StreamingDataset(str(out))) == 2
+    with pytest.raises(SystemExit) as stop:
+        main(["shard", "--segments", str(segments), "--root", str(work), "--shard", "0/1"])
+    assert stop.value.code == 2 and "shard needs --out" in capsys.readouterr().err
