@@ -14,7 +14,6 @@ mid-epoch resume state come from LitData's ``StreamingDataset`` / ``StreamingDat
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,13 @@ import soundfile as sf
 import torch
 import torch.distributed as dist
 from clip.clip import _transform as clip_transform
-from litdata import StreamingDataLoader, StreamingDataset
+from litdata import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 from litdata.utilities.env import _WorkerEnv
 from PIL import Image, UnidentifiedImageError
 
 from audioclip.data.audioset.metadata import DEFAULT_LABELS, NUM_CLASSES, NUM_FRAMES, SAMPLE_RATE, read_class_labels
+from audioclip.data.audioset.parts import TIERS, join, read_json
 from audioclip.data.common import (
     BadFileError,
     check_on_bad_file,
@@ -49,9 +49,8 @@ MAX_SAMPLES = 60 * SAMPLE_RATE  # AudioSet segments are 10 s; anything over a mi
 
 def class_names(shard_dir: str | Path | None = None) -> list[str]:
     """The 527 display names in index order: the shard directory's copy when it has one, else the bundled CSV."""
-    if shard_dir is not None and (Path(shard_dir) / "class_names.json").is_file():
-        return json.loads((Path(shard_dir) / "class_names.json").read_text())
-    return [c.display_name for c in read_class_labels(DEFAULT_LABELS)]
+    names = read_json(join(shard_dir, "class_names.json")) if shard_dir is not None else None
+    return names if names is not None else [c.display_name for c in read_class_labels(DEFAULT_LABELS)]
 
 
 class AudioSetStreamingDataset(StreamingDataset):
@@ -166,6 +165,25 @@ class AudioSetStreamingDataset(StreamingDataset):
         }
 
 
+class TierMix(CombinedStreamingDataset):
+    """LitData's weighted mix of datasets, with a fresh draw of datasets each epoch, rank and loader worker.
+
+    ``CombinedStreamingDataset`` seeds its dataset choices with the same seed every time it is iterated, so every
+    epoch (and every rank and worker) would draw the tiers in one and the same order, and a tier's share of an epoch
+    would be one fixed realisation instead of its weight. The streaming, DDP split and resume state are LitData's.
+    """
+
+    def __iter__(self):  # noqa: ANN204 - LitData's iterator type is private
+        worker = _WorkerEnv.detect()
+        rank = self._datasets[0].distributed_env.global_rank
+        base = self._seed
+        self._seed = hash((base, self._current_epoch, rank, worker.rank)) % 2**32
+        try:
+            return super().__iter__()
+        finally:
+            self._seed = base
+
+
 class AudioSetDataModule(L.LightningDataModule):
     """AudioSet shards (``audioclip prepare audioset pack``) as a LightningDataModule.
 
@@ -173,6 +191,9 @@ class AudioSetDataModule(L.LightningDataModule):
     LitData directories: local paths or object-store URLs (``s3://...``; remote chunks are cached in ``cache_dir``).
     The training loader's position is part of ``state_dict()``, which Lightning stores in checkpoints, so a run
     resumed with ``ckpt_path`` continues mid-epoch instead of replaying the epoch's first batches.
+
+    ``balanced=True`` (shards packed with ``--balance-tiers``) draws each training clip in proportion to its repeat
+    factor (``prepare.repeat_factors``); a resumed balanced run needs the same devices, ``num_workers`` and batch size.
     """
 
     def __init__(
@@ -189,10 +210,12 @@ class AudioSetDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         max_cache_size: str = "100GB",
         on_bad_file: str = "error",
+        balanced: bool = False,
     ) -> None:
         super().__init__()
         check_on_bad_file(on_bad_file)
         self.save_hyperparameters()
+        self.balanced = balanced
         self.on_bad_file = on_bad_file
         self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir
         self.batch_size = batch_size
@@ -204,7 +227,7 @@ class AudioSetDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.max_cache_size = max_cache_size
         self.class_names = class_names(next((d for d in (train_dir, val_dir, test_dir) if d), None))
-        self.datasets: dict[str, AudioSetStreamingDataset] = {}
+        self.datasets: dict[str, StreamingDataset | CombinedStreamingDataset] = {}
         self._train_loader: StreamingDataLoader | None = None
         self._train_state: dict | None = None
 
@@ -234,13 +257,33 @@ class AudioSetDataModule(L.LightningDataModule):
             on_bad_file=self.on_bad_file,
         )
 
+    def _train_dataset(self) -> StreamingDataset | CombinedStreamingDataset:
+        """The training split; packed in repeat tiers (``pack --balance-tiers``), one dataset per tier, combined:
+        each clip once per epoch, or with ``balanced`` drawn in proportion to its tier's repeat factor."""
+        tiers = read_json(join(self.train_dir, TIERS)) if self.train_dir is not None else None
+        if tiers is None:
+            if self.balanced:
+                raise ValueError(
+                    f"train_dir={self.train_dir}: balanced=True needs shards packed with --balance-tiers (no {TIERS})"
+                )
+            return self._dataset("train", self.train_dir, train=True)
+        repeats = {int(r): n for r, n in tiers["tiers"].items()}
+        datasets = [self._dataset("train", str(join(self.train_dir, f"tier-{r}")), train=True) for r in repeats]
+        if not self.balanced:
+            return CombinedStreamingDataset(datasets, seed=self.seed, iterate_over_all=True)
+        # a draw picks tier r with probability n_r * r / sum(n * r): each of its clips is drawn r times as often as a
+        # tier-1 clip. The epoch ends when a tier runs out (LitData's rule for weighted mixes): the rarest first.
+        total = sum(n * r for r, n in repeats.items())
+        weights = [n * r / total for r, n in repeats.items()]
+        return TierMix(datasets, seed=self.seed, weights=weights, iterate_over_all=False)
+
     def setup(self, stage: str | None = None) -> None:
         # built here, after DDP started, because LitData reads the rank and world size when a dataset is made
         world_size = self._world_size()
         self.per_device_batch_size = per_device_batch_size(self.batch_size, world_size)
         self.per_device_eval_batch_size = per_device_batch_size(self.eval_batch_size, world_size)
         if stage in (None, "fit"):
-            self.datasets["train"] = self._dataset("train", self.train_dir, train=True)
+            self.datasets["train"] = self._train_dataset()
         if stage in (None, "fit", "validate") and self.val_dir is not None:
             self.datasets["val"] = self._dataset("val", self.val_dir, train=False)
         if stage in (None, "test"):
@@ -289,12 +332,13 @@ class AudioSetDataModule(L.LightningDataModule):
         Classes without a training clip get 0. For balancing as the reference's ``class_weights`` did, weight a
         sample by the sum over its labels: ``sample_weights(target)``.
         """
-        if self.train_dir is None or "://" in self.train_dir:
-            raise ValueError("class_weights needs a local train_dir holding label_counts.json (written by pack)")
-        path = Path(self.train_dir) / "label_counts.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; re-run `audioclip prepare audioset pack`")
-        counts = torch.tensor(json.loads(path.read_text())["counts"], dtype=torch.float64)
+        if self.train_dir is None:
+            raise ValueError("class_weights needs train_dir holding label_counts.json (written by pack / merge)")
+        path = join(self.train_dir, "label_counts.json")
+        label_counts = read_json(path)
+        if label_counts is None:
+            raise FileNotFoundError(f"{path}: missing; re-run `audioclip prepare audioset pack` (or `merge`)")
+        counts = torch.tensor(label_counts["counts"], dtype=torch.float64)
         weights = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
         return (weights / weights[counts > 0].mean()).float()
 

@@ -155,9 +155,53 @@ def merge_split(split_dir: str | Path, *, allow_missing: bool = False) -> dict:
     return {"parts": len(names), "of": total, "missing": missing, "clips": clips}
 
 
+TIERS = "tiers.json"
+
+
+def list_tiers(split_dir: str | Path) -> list[int]:
+    """Repeat tiers (``tier-{r}/`` folders with parts or an index) of a split packed with balance tiers."""
+    if not is_url(split_dir):
+        names = [p.name for p in Path(split_dir).glob("tier-*") if p.is_dir()]
+    else:
+        fs, path = _fs(str(split_dir))
+        names = [p.rstrip("/").split("/")[-1] for p in fs.glob(f"{path}/tier-*")] if fs.exists(path) else []
+    return sorted(int(n.removeprefix("tier-")) for n in names)
+
+
+def write_tiers(split_dir: str | Path) -> dict:
+    """``split_dir/tiers.json`` (clips per repeat tier) and the split's summed ``label_counts.json`` and class names,
+    from the tiers' own files."""
+    tiers, label_counts = {}, None
+    for tier in list_tiers(split_dir):
+        counts = read_json(join(split_dir, f"tier-{tier}", "label_counts.json"))
+        tiers[str(tier)] = counts["clips"]
+        label_counts = (
+            counts["counts"]
+            if label_counts is None
+            else [a + b for a, b in zip(label_counts, counts["counts"], strict=True)]
+        )
+    if not tiers:
+        raise FileNotFoundError(f"{split_dir}: no tier-*/ dataset with label_counts.json")
+    write_json(join(split_dir, "label_counts.json"), {"clips": sum(tiers.values()), "counts": label_counts})
+    names = read_json(join(split_dir, f"tier-{min(int(t) for t in tiers)}", "class_names.json"))
+    if names is not None:
+        write_json(join(split_dir, "class_names.json"), names)
+    write_json(join(split_dir, TIERS), {"tiers": tiers})
+    return tiers
+
+
 def merge(out: str | Path, *, allow_missing: bool = False) -> dict:
-    """Merge every split of ``out`` (``train`` + ``val`` when the shards carved one, else ``out`` itself)."""
-    splits = [s for s in ("train", "val") if list_parts(join(out, s))]
-    if not splits:
-        return {"all": merge_split(out, allow_missing=allow_missing)}
-    return {s: merge_split(join(out, s), allow_missing=allow_missing) for s in splits}
+    """Merge every split of ``out`` (``train`` + ``val`` when the shards carved one, else ``out`` itself); a split
+    packed in repeat tiers has each ``tier-{r}`` merged and a ``tiers.json`` written."""
+    splits = [s for s in ("train", "val") if list_parts(join(out, s)) or list_tiers(join(out, s))] or [""]
+    summary = {}
+    for name in splits:
+        split_dir = join(out, name) if name else out
+        tiers = list_tiers(split_dir)
+        if not tiers:
+            summary[name or "all"] = merge_split(split_dir, allow_missing=allow_missing)
+            continue
+        for tier in tiers:
+            summary[f"{name or 'all'}/tier-{tier}"] = merge_split(join(split_dir, f"tier-{tier}"), allow_missing=True)
+        summary[name or "all"] = {"tiers": write_tiers(split_dir)}
+    return summary

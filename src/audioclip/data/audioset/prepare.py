@@ -56,7 +56,18 @@ from audioclip.data.audioset.metadata import (
     read_segments,
     select_shard,
 )
-from audioclip.data.audioset.parts import INDEX, PARTS, is_url, join, merge, publish, read_json, upload_file, write_json
+from audioclip.data.audioset.parts import (
+    INDEX,
+    PARTS,
+    is_url,
+    join,
+    merge,
+    publish,
+    read_json,
+    upload_file,
+    write_json,
+    write_tiers,
+)
 from audioclip.data.audioset.youtube import FINAL, TEMPORARY, Throttle, ThrottledError, classify, ytdlp_options
 
 FRAME_SHORT_SIDE = 256  # CLIP's preprocessing resizes to 224 next, so 256 leaves room for its centre crop
@@ -444,6 +455,8 @@ def extract(
 
 # -------------------------------------------------------------------------------------------------------------- pack
 AUDIO_FORMATS = ("flac", "npy")
+REPEAT_THRESHOLD = 0.01  # classes on fewer than 1 % of the clips are repeated (LVIS's t, here over AudioSet's 527)
+MAX_REPEAT_TIER = 64
 
 
 def _audio_bytes(path: Path, audio_format: str) -> bytes:
@@ -484,6 +497,9 @@ def pack(
     chunk_bytes: str = "64MB",
     audio_format: str = "flac",
     part: str | None = None,
+    balance_tiers: bool = False,
+    frequency_segments: Sequence[Segment] | None = None,
+    repeat_threshold: float = REPEAT_THRESHOLD,
 ) -> dict:
     """Write the extracted clips of ``segments`` into LitData shards under ``out`` (default ``root/shards``).
 
@@ -495,7 +511,10 @@ def pack(
     worker, where decoding FLAC is most of an item's cost.
 
     With ``val_fraction`` > 0 a stable share of the clips goes to ``out/val`` and the rest to ``out/train``, so
-    checkpoints can be selected on clips the model never trained on. Returns a summary (clips, bytes per clip).
+    checkpoints can be selected on clips the model never trained on. With ``balance_tiers`` the training clips are
+    packed by repeat tier (``repeat_factors``, with class frequencies over ``frequency_segments``, default
+    ``segments``) into ``tier-{r}/`` datasets that ``AudioSetDataModule(balanced=True)`` samples in proportion to
+    ``r``. Returns a summary (clips, bytes per clip).
     """
     root = Path(root).resolve()
     out = out if out is not None and is_url(out) else Path(out).resolve() if out is not None else root / "shards"
@@ -521,20 +540,48 @@ def pack(
             "val": [j for j in jobs if val_fraction_of(j[0]) < val_fraction],
         }
     summary: dict = {"clips": 0, "bytes": 0, "splits": {}}
+    repeats = repeat_factors(frequency_segments or segments, classes, repeat_threshold) if balance_tiers else {}
     for name, split_jobs in splits.items():
-        split_dir = join(out, name) if name else out
-        if part is not None:
-            split_dir = join(split_dir, PARTS, part)
-        elif not split_jobs:
-            raise RuntimeError(f"{split_dir}: no clip falls in this split; lower --val-fraction or add clips")
-        if not split_jobs:  # a small shard may have no validation clip: its part is simply absent
-            continue
-        staging = root / ".staging" / (f"{name}-{part}" if part else name or "all")
-        summary["splits"][name or "all"] = _pack_split(split_jobs, split_dir, staging, classes, workers, chunk_bytes)
-        summary["clips"] += summary["splits"][name or "all"]["clips"]
-        summary["bytes"] += summary["splits"][name or "all"]["bytes"]
+        groups: dict[int, list] = {0: split_jobs}
+        if balance_tiers and name != "val":  # validation measures the data as it is
+            groups = {}
+            for job in split_jobs:
+                groups.setdefault(repeat_tier(repeats[job[0]]), []).append(job)
+        for tier, tier_jobs in sorted(groups.items()):
+            key = "/".join(x for x in (name, f"tier-{tier}" if tier else "") if x) or "all"
+            split_dir = join(out, *key.split("/")) if key != "all" else out
+            if part is not None:
+                split_dir = join(split_dir, PARTS, part)
+            elif not tier_jobs:
+                raise RuntimeError(f"{split_dir}: no clip falls in this split; lower --val-fraction or add clips")
+            if not tier_jobs:  # a small shard may have no validation clip: its part is simply absent
+                continue
+            staging = root / ".staging" / (f"{key.replace('/', '-')}-{part}" if part else key.replace("/", "-"))
+            summary["splits"][key] = _pack_split(tier_jobs, split_dir, staging, classes, workers, chunk_bytes)
+            summary["clips"] += summary["splits"][key]["clips"]
+            summary["bytes"] += summary["splits"][key]["bytes"]
+        if balance_tiers and name != "val" and part is None:
+            write_tiers(join(out, name) if name else out)
     summary["bytes_per_clip"] = summary["bytes"] / max(summary["clips"], 1)
     return summary
+
+
+def repeat_factors(segments: Sequence[Segment], classes: Sequence, threshold: float = REPEAT_THRESHOLD) -> dict:
+    """Repeat factor per YTID: ``max(1, sqrt(t / f(c)))`` of its rarest class ``c`` (``f`` the share of clips with
+    ``c``): repeat-factor sampling (Gupta et al., LVIS, CVPR 2019, sec. 3), the per-clip analogue of the balanced
+    samplers of PANNs (Kong et al. 2020) and AST, which draw rare classes as often as common ones."""
+    label_lists = {s.ytid: label_indices(s, classes) for s in segments}
+    counts = np.zeros(len(classes))
+    for labels in label_lists.values():
+        counts[labels] += 1
+    share = counts / max(len(label_lists), 1)
+    factor = np.sqrt(threshold / np.maximum(share, 1e-12)).clip(min=1.0)
+    return {ytid: float(factor[labels].max()) if labels else 1.0 for ytid, labels in label_lists.items()}
+
+
+def repeat_tier(factor: float) -> int:
+    """The power of two nearest a repeat factor (1, 2, 4, ... 64): few tiers, each one LitData dataset."""
+    return int(min(2 ** round(np.log2(max(factor, 1.0))), MAX_REPEAT_TIER))
 
 
 def _pack_split(jobs: list, out: str | Path, staging: Path, classes: Sequence, workers: int, chunk_bytes: str) -> dict:
@@ -597,6 +644,7 @@ def run_shard(
     val_fraction: float = 0.0,
     chunk_bytes: str = "64MB",
     audio_format: str = "flac",
+    balance_tiers: bool = False,
     keep_work: bool = False,
 ) -> dict:
     """One standalone shard task: ingest (``clips``) or download -> extract -> pack this shard's segments.
@@ -642,6 +690,8 @@ def run_shard(
         chunk_bytes=chunk_bytes,
         audio_format=audio_format,
         part=part,
+        balance_tiers=balance_tiers,
+        frequency_segments=segments,  # every shard sees the class frequencies of the whole list
     )
     stats["seconds"]["pack"] = round(time.perf_counter() - started, 2)
     stats["packed"] = {name: split["clips"] for name, split in summary["splits"].items()}
@@ -697,6 +747,11 @@ def _parser() -> argparse.ArgumentParser:
             choices=AUDIO_FORMATS,
             default="flac",
             help="audio in the shards: flac (small) or npy (raw int16: faster streaming, more bytes)",
+        )
+        p.add_argument(
+            "--balance-tiers",
+            action="store_true",
+            help="pack training clips by repeat tier (tier-1, tier-2, ...) for class-balanced sampling",
         )
 
     p = stage("download", "fetch each segment's time range with yt-dlp")
@@ -798,6 +853,7 @@ def _run(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction,
             chunk_bytes=args.chunk_bytes,
             audio_format=args.audio_format,
+            balance_tiers=args.balance_tiers,
             keep_work=args.keep_work,
         )
         report("shard", stats)
@@ -833,6 +889,7 @@ def _run(args: argparse.Namespace) -> int:
             workers=args.workers,
             chunk_bytes=args.chunk_bytes,
             audio_format=args.audio_format,
+            balance_tiers=args.balance_tiers,
         )
         report("pack", summary)
     failures = sum(1 for r in read_manifest(root, "extract").values() if r["status"] != "ok")
