@@ -233,6 +233,8 @@ def test_shard_task_runs_every_stage_and_leaves_stats(tmp_path: Path, capsys: py
 def test_merged_parts_stream_through_the_remote_cache_path(parts: dict, tmp_path: Path) -> None:
     """Read as from an object store (LitData's `local:` downloader: chunks copied into a small evicting cache), the
     merged index's `parts/i-of-n/chunk-*.bin` names resolve to every sample once."""
-    remote = StreamingDataset(f"local:{parts['out'] / 'train'}", cache_dir=str(tmp_path / "cache"), max_cache_size="1MB")
+    remote = StreamingDataset(
+        f"local:{parts['out'] / 'train'}", cache_dir=str(tmp_path / "cache"), max_cache_size="1MB"
+    )
     ids = [sample["ytid"] for sample in remote]
     assert sorted(ids) == sorted(samples(parts["out"] / "train"))
