@@ -6,6 +6,7 @@ merging and streaming are tested without decoding videos; ``test_shard_task_runs
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -238,3 +239,38 @@ def test_merged_parts_stream_through_the_remote_cache_path(parts: dict, tmp_path
     )
     ids = [sample["ytid"] for sample in remote]
     assert sorted(ids) == sorted(samples(parts["out"] / "train"))
+
+
+def test_slurm_array_tasks_and_merge_run_as_documented(tmp_path: Path) -> None:
+    """docs/audioset-slurm.sbatch, run as SLURM would run array tasks 0 and 1 of 2 and then the merge job."""
+    import subprocess
+    import sys
+
+    from audioclip.data.audioset.metadata import read_segments, shard_of
+
+    repo = Path(__file__).resolve().parents[1]
+    videos, segments = write_test_set(tmp_path / "media", 8)
+    good = {s.ytid for i, s in enumerate(read_segments(segments)) if i not in (2, 3)}
+    assert {shard_of(y, 2) for y in good} == {0, 1}  # both tasks have clips to pack
+    env = {
+        **os.environ,
+        "SEGMENTS": str(segments),
+        "OUT": str(tmp_path / "out"),
+        "NUM_SHARDS": "2",
+        "WORK": str(tmp_path / "node-local"),
+        "VAL_FRACTION": "0.3",
+        "AUDIOCLIP": str(Path(sys.executable).with_name("audioclip")),
+        "EXTRA": f"--clips {videos}",
+        "SLURM_CPUS_PER_TASK": "1",
+    }
+    script = str(repo / "docs" / "audioset-slurm.sbatch")
+    for task in ("0", "1"):
+        done = subprocess.run(
+            ["bash", script], env={**env, "SLURM_ARRAY_TASK_ID": task}, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run(["bash", script, "merge"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    merged = {split: set(samples(tmp_path / "out" / split)) for split in ("train", "val")}
+    assert merged["train"] | merged["val"] == good and not merged["train"] & merged["val"]
+    assert sorted(p.name for p in (tmp_path / "out" / "stats").iterdir()) == ["0-of-2.json", "1-of-2.json"]

@@ -87,6 +87,20 @@ def publish(local_dir: Path, dest: str | Path) -> None:
     shutil.rmtree(local_dir)
 
 
+EMPTY = "empty.json"
+
+
+def publish_empty(dest: str | Path) -> None:
+    """Mark ``dest`` as a part without clips (LitData cannot write an empty dataset), so ``merge`` counts it."""
+    if not is_url(dest):
+        shutil.rmtree(dest, ignore_errors=True)
+    else:
+        fs, path = _fs(str(dest))
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    write_json(join(dest, EMPTY), {"clips": 0})
+
+
 def upload_file(local: Path, dest: str | Path) -> None:
     """Copy one file to ``dest`` (a path or URL)."""
     if not is_url(dest):
@@ -98,14 +112,14 @@ def upload_file(local: Path, dest: str | Path) -> None:
 
 
 def list_parts(split_dir: str | Path) -> list[str]:
-    """Names (``i-of-n``) of the complete parts (those with an ``index.json``) under ``split_dir/parts``."""
+    """Names (``i-of-n``) of the complete parts (an ``index.json``, or ``empty.json``) under ``split_dir/parts``."""
     parts_dir = join(split_dir, PARTS)
     if not is_url(parts_dir):
-        return sorted(p.parent.name for p in Path(parts_dir).glob(f"*/{INDEX}"))
+        return sorted({p.parent.name for name in (INDEX, EMPTY) for p in Path(parts_dir).glob(f"*/{name}")})
     fs, path = _fs(str(parts_dir))
     if not fs.exists(path):
         return []
-    return sorted(p.rstrip("/").split("/")[-2] for p in fs.glob(f"{path}/*/{INDEX}"))
+    return sorted({p.rstrip("/").split("/")[-2] for name in (INDEX, EMPTY) for p in fs.glob(f"{path}/*/{name}")})
 
 
 def _part_key(name: str) -> tuple[int, int]:
@@ -113,7 +127,7 @@ def _part_key(name: str) -> tuple[int, int]:
     return int(index), int(count)
 
 
-def merge_split(split_dir: str | Path, *, allow_missing: bool = False) -> dict:
+def merge_split(split_dir: str | Path, *, allow_missing: bool = False, allow_empty: bool = False) -> dict:
     """Write ``split_dir/index.json`` (and summed ``label_counts.json``) over the parts in ``split_dir/parts``."""
     names = list_parts(split_dir)
     if not names:
@@ -132,9 +146,11 @@ def merge_split(split_dir: str | Path, *, allow_missing: bool = False) -> dict:
     for name in sorted(names, key=_part_key):
         part = join(split_dir, PARTS, name)
         index = read_json(join(part, INDEX))
+        if index is None:  # a part without clips
+            continue
         keys = ("data_format", "compression", "item_loader", "data_spec")
         if config is None:
-            config = index["config"]
+            config, first = index["config"], name
         elif any(index["config"].get(k) != config.get(k) for k in keys):
             raise ValueError(f"{part}: packed with another format than the first part; re-run it with the same options")
         chunks += [{**c, "filename": f"{PARTS}/{name}/{c['filename']}"} for c in index["chunks"]]
@@ -146,9 +162,13 @@ def merge_split(split_dir: str | Path, *, allow_missing: bool = False) -> dict:
                 else [a + b for a, b in zip(label_counts, part_counts["counts"], strict=True)]
             )
         clips += sum(c["chunk_size"] for c in index["chunks"])
+    if config is None:
+        if allow_empty:
+            return {"parts": len(names), "of": total, "missing": missing, "clips": 0}
+        raise FileNotFoundError(f"{split_dir}: every part is empty; no clip to train or evaluate on")
     if label_counts is not None:
         write_json(join(split_dir, "label_counts.json"), {"clips": clips, "counts": label_counts})
-    names_json = read_json(join(split_dir, PARTS, names[0], "class_names.json"))
+    names_json = read_json(join(split_dir, PARTS, first, "class_names.json"))
     if names_json is not None:
         write_json(join(split_dir, "class_names.json"), names_json)
     write_json(join(split_dir, INDEX), {"chunks": chunks, "config": config, "updated_at": "merged"})
@@ -174,6 +194,8 @@ def write_tiers(split_dir: str | Path) -> dict:
     tiers, label_counts = {}, None
     for tier in list_tiers(split_dir):
         counts = read_json(join(split_dir, f"tier-{tier}", "label_counts.json"))
+        if counts is None:  # every clip of this tier failed to download or extract
+            continue
         tiers[str(tier)] = counts["clips"]
         label_counts = (
             counts["counts"]
@@ -202,6 +224,9 @@ def merge(out: str | Path, *, allow_missing: bool = False) -> dict:
             summary[name or "all"] = merge_split(split_dir, allow_missing=allow_missing)
             continue
         for tier in tiers:
-            summary[f"{name or 'all'}/tier-{tier}"] = merge_split(join(split_dir, f"tier-{tier}"), allow_missing=True)
+            tier_dir = join(split_dir, f"tier-{tier}")
+            summary[f"{name or 'all'}/tier-{tier}"] = merge_split(
+                tier_dir, allow_missing=allow_missing, allow_empty=True
+            )
         summary[name or "all"] = {"tiers": write_tiers(split_dir)}
     return summary

@@ -63,6 +63,7 @@ from audioclip.data.audioset.parts import (
     join,
     merge,
     publish,
+    publish_empty,
     read_json,
     upload_file,
     write_json,
@@ -544,7 +545,8 @@ def pack(
     for name, split_jobs in splits.items():
         groups: dict[int, list] = {0: split_jobs}
         if balance_tiers and name != "val":  # validation measures the data as it is
-            groups = {}
+            # every tier of the whole list, so that a shard without clips of a tier still leaves its (empty) part
+            groups = {repeat_tier(r): [] for r in repeats.values()} if part is not None else {}
             for job in split_jobs:
                 groups.setdefault(repeat_tier(repeats[job[0]]), []).append(job)
         for tier, tier_jobs in sorted(groups.items()):
@@ -554,7 +556,8 @@ def pack(
                 split_dir = join(split_dir, PARTS, part)
             elif not tier_jobs:
                 raise RuntimeError(f"{split_dir}: no clip falls in this split; lower --val-fraction or add clips")
-            if not tier_jobs:  # a small shard may have no validation clip: its part is simply absent
+            if not tier_jobs:  # a small shard may have no validation clip: its part says so, for merge
+                publish_empty(split_dir)
                 continue
             staging = root / ".staging" / (f"{key.replace('/', '-')}-{part}" if part else key.replace("/", "-"))
             summary["splits"][key] = _pack_split(tier_jobs, split_dir, staging, classes, workers, chunk_bytes)
