@@ -274,3 +274,22 @@ def test_slurm_array_tasks_and_merge_run_as_documented(tmp_path: Path) -> None:
     merged = {split: set(samples(tmp_path / "out" / split)) for split in ("train", "val")}
     assert merged["train"] | merged["val"] == good and not merged["train"] & merged["val"]
     assert sorted(p.name for p in (tmp_path / "out" / "stats").iterdir()) == ["0-of-2.json", "1-of-2.json"]
+
+
+def test_ray_distributor_runs_shards_on_a_local_two_worker_ray(tmp_path: Path, capsys) -> None:
+    """`prepare audioset shards --distributor ray` on a local Ray with 2 CPUs: every shard once, then the merge;
+    a second run skips the shards whose stats exist."""
+    ray = pytest.importorskip("ray", reason="the optional extra: pip install -e '.[ray]'")
+    videos, segments = write_test_set(tmp_path / "media", 8)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        argv = ["shards", "--segments", str(segments), "--root", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+        argv += ["--clips", str(videos), "--num-shards", "3", "--distributor", "ray", "--workers", "1"]
+        assert main(argv) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["done"] == 3 and summary["failed"] == {} and summary["merge"]["all"]["parts"] == 3
+        assert len(samples(tmp_path / "out")) == 6
+        assert main(argv) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 3
+    finally:
+        ray.shutdown()

@@ -44,6 +44,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from audioclip.data.audioset.distribute import DISTRIBUTORS, main_shards
 from audioclip.data.audioset.metadata import (
     DEFAULT_LABELS,
     NUM_CLASSES,
@@ -784,6 +785,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", help="ingest this directory instead of downloading")
     p.add_argument("--full-videos", action="store_true", help="sources are whole videos, not segments")
     p.add_argument("--keep-work", action="store_true", help="keep the clips and extracted media under ROOT")
+    p = stage("shards", "run shard tasks 0..N-1 here in turn or on a Ray cluster (--distributor ray), then merge")
+    p.add_argument("--num-shards", type=int, required=True, help="N: the number of shard tasks")
+    p.add_argument("--distributor", choices=DISTRIBUTORS, default="local", help="local (in turn) or ray")
+    p.add_argument("--ray-address", help="a running Ray cluster (e.g. auto); default: start a local Ray")
+    p.add_argument("--redo", action="store_true", help="run shards again even when their stats file exists")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (and Ray CPUs) per shard")
+    p.add_argument("--retry-failed", action="store_true", help="redo clips recorded as failed (temporary ones)")
+    download_args(p)
+    pack_args(p)
+    p.add_argument("--clips", help="ingest this directory instead of downloading")
+    p.add_argument("--full-videos", action="store_true", help="sources are whole videos, not segments")
+    p.add_argument("--keep-work", action="store_true", help="keep the clips and extracted media under ROOT")
     p = stages.add_parser("merge", help="make OUT[/train,/val] one LitData dataset over the parts of the shard tasks")
     p.add_argument("--out", required=True, help="the --out of the shard tasks (path or s3:// / gs:// URL)")
     p.add_argument("--allow-missing", action="store_true", help="merge the parts there are, listing the missing")
@@ -821,8 +834,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stage == "merge":
         print(json.dumps({"stage": "merge", **merge(args.out, allow_missing=args.allow_missing)}), flush=True)
         return 0
-    if args.stage == "shard" and not args.out:
-        parser.error("shard needs --out: where its part goes (a path, or an s3:// / gs:// URL)")
+    if args.stage in ("shard", "shards") and not args.out:
+        parser.error(f"{args.stage} needs --out: where the parts go (a path, or an s3:// / gs:// URL)")
+    if args.stage == "shards":
+        return main_shards(args, _download_options)
     try:
         return _run(args)
     except ThrottledError as e:
