@@ -110,7 +110,8 @@ SHARDS ?= $(AUDIOSET_ROOT)/shards
 AUDIOSET_DATA = --data.init_args.train_dir $(SHARDS)/train --data.init_args.val_dir $(SHARDS)/val
 
 pretrain-audio: $(STAMP)  ## phase 1: standalone ESResNeXt-fbsp on AudioSet audio, BCE over 527 classes (SHARDS=, GPUS=, NODES=, ARGS=)
-	$(FIT) --config conf/pretrain-audio.yaml $(AUDIOSET_DATA) --trainer.default_root_dir runs/pretrain-audio/main \
+	$(FIT) --config conf/pretrain-audio.yaml $(AUDIOSET_DATA) --data.init_args.frames false \
+	  --trainer.default_root_dir runs/pretrain-audio/main \
 	  --trainer.logger.init_args.save_dir runs/pretrain-audio/main --trainer.logger.init_args.name pretrain-audio \
 	  $(call resume,runs/pretrain-audio/main) $(ARGS)
 

@@ -33,7 +33,7 @@ def ytid_of(i: int) -> str:
     return f"clip{i:07d}"
 
 
-def fake_clips(root: Path, count: int, labels_of=lambda i: [i % 5], first: int = 0) -> list[Segment]:
+def fake_clips(root: Path, count: int, labels_of=lambda i: [i % 5], first: int = 0, channels: int = 1) -> list[Segment]:
     """``count`` extracted clips (0.25 s of seeded noise, ten 8x8 JPEGs) and their extract manifest under ``root``."""
     segments = []
     manifest = root / "manifests" / f"extract.fake{first}.jsonl"
@@ -43,7 +43,7 @@ def fake_clips(root: Path, count: int, labels_of=lambda i: [i % 5], first: int =
             ytid = ytid_of(i)
             directory = clip_dir(root, ytid)
             directory.mkdir(parents=True, exist_ok=True)
-            noise = np.random.default_rng(i).integers(-3000, 3000, size=(11_025, 1), dtype=np.int16)
+            noise = np.random.default_rng(i).integers(-3000, 3000, size=(11_025, channels), dtype=np.int16)
             sf.write(directory / "audio.flac", noise, 44_100, format="FLAC", subtype="PCM_16")
             for k in range(NUM_FRAMES):
                 buffer = io.BytesIO()
@@ -293,3 +293,38 @@ def test_ray_distributor_runs_shards_on_a_local_two_worker_ray(tmp_path: Path, c
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 3
     finally:
         ray.shutdown()
+
+
+def test_frames_off_decodes_no_jpeg_and_pretrain_audio_asks_for_it(packed: dict, monkeypatch) -> None:
+    """`frames=False` (what `make pretrain-audio` passes) gives batches without `image` and never opens a JPEG."""
+    import subprocess
+
+    import audioclip.data.audioset.datamodule as datamodule
+
+    def no_jpeg(*args, **kwargs):
+        raise AssertionError("a frame was decoded")
+
+    monkeypatch.setattr(datamodule.Image, "open", no_jpeg)
+    dm = AudioSetDataModule(
+        train_dir=str(packed["shards"]), batch_size=4, num_workers=0, clip_seconds=0.25, frames=False
+    )
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert "image" not in batch and batch["audio"].shape == (4, 1, 11_025) and len(batch["id"]) == 4
+    repo = Path(__file__).resolve().parents[1]
+    command = subprocess.run(["make", "-n", "pretrain-audio"], cwd=repo, capture_output=True, text=True).stdout
+    assert "--data.init_args.frames false" in command
+
+
+def test_npy_mono_packing_is_what_mono_training_makes_of_stereo(tmp_path: Path) -> None:
+    segments = fake_clips(tmp_path, 4, channels=2)
+    pack(segments, tmp_path, tmp_path / "flac", workers=1)
+    summary = pack(segments, tmp_path, tmp_path / "mono", workers=1, audio_format="npy-mono")
+    flac, mono = (streaming(tmp_path / d, channels=1, frames=False) for d in ("flac", "mono"))
+    by_id = {flac[i]["id"]: flac[i]["audio"] for i in range(len(flac))}
+    for i in range(len(mono)):
+        item = mono[i]
+        assert item["audio"].shape == (1, 11_025)
+        assert (item["audio"] - by_id[item["id"]]).abs().max() <= 0.5
+    stereo = pack(segments, tmp_path, tmp_path / "npy", workers=1, audio_format="npy")
+    assert stereo["bytes_per_clip"] - summary["bytes_per_clip"] == pytest.approx(11_025 * 2, abs=16)  # one channel
