@@ -2,8 +2,8 @@
 
 Writes realistic 10 s clips (H.264 480x360 at 25 fps, stereo AAC 44.1 kHz with noise so that the compressed sizes
 are not flattered by silence), runs extract on one core and pack, then reads items the way one DataLoader worker
-does (one torch thread): FLAC decode + one JPEG + CLIP preprocessing, with and without the training augmentations.
-Prints one JSON line. Usage: ``python benchmarks/bench_audioset.py [--clips 6] [--items 200]``.
+does (one torch thread): FLAC decode + one JPEG + CLIP preprocessing, with and without the training augmentations,
+and as ``pretrain-audio`` reads them (``frames=False``), also from ``npy`` / ``npy-mono`` shards. Prints one JSON line. Usage: ``python benchmarks/bench_audioset.py [--clips 6] [--items 200]``.
 """
 
 from __future__ import annotations
@@ -62,10 +62,18 @@ def main() -> None:
         common = {"channels": 1, "clip_seconds": 10.0, "names": class_names(shards)}
         eval_rate = items_per_second(AudioSetStreamingDataset(shards, train=False, **common), args.items)
         train_rate = items_per_second(AudioSetStreamingDataset(shards, train=True, **common), args.items)
+        flac_audio_only = items_per_second(
+            AudioSetStreamingDataset(shards, train=True, frames=False, **common), args.items
+        )
         npy = pack(segments, base / "work", base / "work" / "shards-npy", workers=1, audio_format="npy")
         npy_shards = str(base / "work" / "shards-npy")
         npy_eval = items_per_second(AudioSetStreamingDataset(npy_shards, train=False, **common), args.items)
         npy_train = items_per_second(AudioSetStreamingDataset(npy_shards, train=True, **common), args.items)
+        mono = pack(segments, base / "work", base / "work" / "shards-mono", workers=1, audio_format="npy-mono")
+        mono_shards = str(base / "work" / "shards-mono")
+        mono_audio_only = items_per_second(
+            AudioSetStreamingDataset(mono_shards, train=True, frames=False, **common), args.items
+        )
     print(
         json.dumps(
             {
@@ -77,6 +85,10 @@ def main() -> None:
                 "npy_shard_bytes_per_clip": round(npy["bytes_per_clip"]),
                 "npy_stream_items_per_s_per_worker_eval": round(npy_eval, 1),
                 "npy_stream_items_per_s_per_worker_train": round(npy_train, 1),
+                # pretrain-audio (frames=False): audio decode + training augmentations only
+                "stream_items_per_s_per_worker_train_audio_only": round(flac_audio_only, 1),
+                "npy_mono_shard_bytes_per_clip": round(mono["bytes_per_clip"]),
+                "npy_mono_stream_items_per_s_per_worker_train_audio_only": round(mono_audio_only, 1),
             }
         )
     )
