@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from audioclip.data.audioset.batch_augment import augment_batch
 from audioclip.data.audioset.datamodule import AudioSetStreamingDataset, class_names
 from audioclip.data.audioset.metadata import read_segments
 from audioclip.data.audioset.prepare import extract, ingest, pack
@@ -74,6 +75,17 @@ def main() -> None:
         mono_audio_only = items_per_second(
             AudioSetStreamingDataset(mono_shards, train=True, frames=False, **common), args.items
         )
+        # device_augment=True: the worker decodes and sends int16; the augmentation runs batched after transfer
+        device_train = items_per_second(
+            AudioSetStreamingDataset(npy_shards, train=True, device_augment=True, **common), args.items
+        )
+        device_audio_only = items_per_second(
+            AudioSetStreamingDataset(mono_shards, train=True, frames=False, device_augment=True, **common), args.items
+        )
+        batch = torch.zeros(64, 1, 441_000, dtype=torch.int16).random_(-3000, 3000)
+        started = time.perf_counter()
+        augment_batch(batch, torch.full((64,), 441_000), 441_000)
+        batched_cpu = 64 / (time.perf_counter() - started)
     print(
         json.dumps(
             {
@@ -89,6 +101,11 @@ def main() -> None:
                 "stream_items_per_s_per_worker_train_audio_only": round(flac_audio_only, 1),
                 "npy_mono_shard_bytes_per_clip": round(mono["bytes_per_clip"]),
                 "npy_mono_stream_items_per_s_per_worker_train_audio_only": round(mono_audio_only, 1),
+                # device-side augmentation mode: what a loader worker does, and the batched augmentation on 1 CPU
+                # thread (an upper bound of its cost; on a GPU it is a gather and a multiply-add per batch)
+                "npy_stream_items_per_s_per_worker_train_device_augment": round(device_train, 1),
+                "npy_mono_stream_items_per_s_per_worker_train_audio_only_device_augment": round(device_audio_only, 1),
+                "batched_augment_items_per_s_cpu_1_thread": round(batched_cpu, 1),
             }
         )
     )

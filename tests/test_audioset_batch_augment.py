@@ -52,3 +52,23 @@ def test_draws_follow_the_per_sample_paths_distributions() -> None:
     assert batched["flip"].mean().item() == pytest.approx(0.5, abs=0.04)
     for name in ("flip", "slope", "bend"):
         assert ks_2samp(reference[name].numpy(), batched[name].numpy()).pvalue > 1e-3, name
+
+
+def test_datamodule_sends_int16_and_augments_after_transfer(tmp_path) -> None:
+    """`device_augment=True`: loader workers send int16 audio and its lengths; the hook Lightning calls after the
+    transfer returns the augmented float batch of the batch contract."""
+    from test_audioset_scale import fake_clips
+
+    from audioclip.data.audioset import AudioSetDataModule
+    from audioclip.data.audioset.prepare import pack
+
+    pack(fake_clips(tmp_path, 4), tmp_path, tmp_path / "shards", workers=1)
+    options = {"train_dir": str(tmp_path / "shards"), "batch_size": 4, "num_workers": 1, "clip_seconds": 0.2}
+    dm = AudioSetDataModule(**options, device_augment=True, frames=False)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["audio"].dtype == torch.int16 and batch["audio"].shape == (4, 1, 8_820)
+    assert batch["audio_length"].tolist() == [8_820] * 4
+    out = dm.on_after_batch_transfer(batch, 0)
+    assert out["audio"].dtype == torch.float32 and out["audio"].shape == (4, 1, 8_820) and "audio_length" not in out
+    assert out["audio"].abs().max() > 100

@@ -29,6 +29,7 @@ from litdata.streaming.sampler import ChunkedIndex
 from litdata.utilities.env import _WorkerEnv
 from PIL import Image, UnidentifiedImageError
 
+from audioclip.data.audioset.batch_augment import augment_batch
 from audioclip.data.audioset.metadata import DEFAULT_LABELS, NUM_CLASSES, NUM_FRAMES, SAMPLE_RATE, read_class_labels
 from audioclip.data.audioset.parts import TIERS, join, read_json
 from audioclip.data.common import (
@@ -69,10 +70,12 @@ class AudioSetStreamingDataset(StreamingDataset):
         max_cache_size: str = "100GB",
         on_bad_file: str = "error",
         frames: bool = True,
+        device_augment: bool = False,
     ) -> None:
         check_on_bad_file(on_bad_file)
         self.on_bad_file = on_bad_file
         self.frames = frames
+        self.device_augment = device_augment and train
         if channels not in (1, 2):
             raise ValueError(f"channels must be 1 (stereo averaged) or 2 (mono duplicated), got {channels}")
         super().__init__(
@@ -87,6 +90,7 @@ class AudioSetStreamingDataset(StreamingDataset):
         self.channels = channels
         self.names = names
         length = round(clip_seconds * SAMPLE_RATE)
+        self.length = length
         self.audio_transform = train_audio_transform(length) if train else eval_audio_transform(length)
         self.image_transform: Callable = clip_transform(224)
 
@@ -147,12 +151,20 @@ class AudioSetStreamingDataset(StreamingDataset):
             audio = audio.mean(dim=0, keepdim=True)
         elif self.channels == 2 and audio.shape[0] == 1:
             audio = audio.expand(2, -1)
-        # DataLoader seeds torch's generator per worker, so the global generator gives each worker its own draws
-        audio = self.audio_transform(audio)
         labels = sample["labels"].astype(np.int64)
         target = torch.zeros(NUM_CLASSES)
         target[torch.from_numpy(labels)] = 1.0
-        item = {"audio": audio, "text": ", ".join(self.names[i] for i in labels), "target": target, "id": ytid}
+        item = {"text": ", ".join(self.names[i] for i in labels), "target": target, "id": ytid}
+        if self.device_augment:
+            # int16 out of the worker (a stereo mean rounds by at most 0.5), the clip's first `length` samples
+            # zero-padded to one shape; batch_augment.augment_batch does the rest on the device
+            valid = min(audio.shape[-1], self.length)
+            item["audio"] = torch.zeros(audio.shape[0], self.length, dtype=torch.int16)
+            item["audio"][:, :valid] = audio[:, :valid].round()
+            item["audio_length"] = valid
+        else:
+            # DataLoader seeds torch's generator per worker, so the global generator gives each worker its own draws
+            item["audio"] = self.audio_transform(audio)
         if not self.frames:  # pretrain-audio: the JPEG decode and CLIP preprocessing (~3 ms) would be thrown away
             return item
         k = int(torch.randint(NUM_FRAMES, ())) if self.train else CENTRAL_FRAME
@@ -162,6 +174,16 @@ class AudioSetStreamingDataset(StreamingDataset):
         except (OSError, UnidentifiedImageError) as e:
             raise BadFileError(where, f"frame {k} does not decode ({e})") from None
         return item
+
+
+def collate_int16(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``collate`` for items whose audio stays int16 for on-device augmentation, with their valid lengths."""
+    if "audio_length" not in items[0]:
+        return collate(items)
+    batch = collate([{**item, "audio": torch.zeros(0)} for item in items])
+    batch["audio"] = torch.stack([item["audio"] for item in items])
+    batch["audio_length"] = torch.tensor([item["audio_length"] for item in items])
+    return batch
 
 
 class TierMix(CombinedStreamingDataset):
@@ -191,6 +213,8 @@ class AudioSetDataModule(L.LightningDataModule):
     The training loader's position is part of ``state_dict()``, which Lightning stores in checkpoints, so a run
     resumed with ``ckpt_path`` continues mid-epoch instead of replaying the epoch's first batches.
 
+    ``device_augment=True`` moves the training augmentations from the loader workers to the device: workers send
+    int16 audio, ``on_after_batch_transfer`` augments the batch (same distributions as the per-sample path).
     ``frames=False`` leaves the frames undecoded (batches without ``image``): for ``pretrain-audio``, which uses none.
     ``balanced=True`` (shards packed with ``--balance-tiers``) draws each training clip in proportion to its repeat
     factor (``prepare.repeat_factors``); a resumed balanced run needs the same devices, ``num_workers`` and batch size.
@@ -212,12 +236,14 @@ class AudioSetDataModule(L.LightningDataModule):
         on_bad_file: str = "error",
         balanced: bool = False,
         frames: bool = True,
+        device_augment: bool = False,
     ) -> None:
         super().__init__()
         check_on_bad_file(on_bad_file)
         self.save_hyperparameters()
         self.balanced = balanced
         self.frames = frames
+        self.device_augment = device_augment
         self.on_bad_file = on_bad_file
         self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir
         self.batch_size = batch_size
@@ -258,6 +284,7 @@ class AudioSetDataModule(L.LightningDataModule):
             max_cache_size=self.max_cache_size,
             on_bad_file=self.on_bad_file,
             frames=self.frames,
+            device_augment=self.device_augment,
         )
 
     def _train_dataset(self) -> StreamingDataset | CombinedStreamingDataset:
@@ -299,7 +326,7 @@ class AudioSetDataModule(L.LightningDataModule):
             self.datasets[split],
             batch_size=batch_size,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            collate_fn=collate_int16,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
@@ -316,6 +343,14 @@ class AudioSetDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> StreamingDataLoader:
         return self._loader("test", self.per_device_eval_batch_size)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """With ``device_augment``, a training batch's int16 audio gets the paper's augmentations here, on the
+        device, as one batched op (``batch_augment.augment_batch``)."""
+        if "audio_length" in batch:
+            length = round(self.clip_seconds * SAMPLE_RATE)
+            batch["audio"] = augment_batch(batch["audio"], batch.pop("audio_length"), length)
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         if self._train_loader is None:
