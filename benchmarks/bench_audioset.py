@@ -3,7 +3,9 @@
 Writes realistic 10 s clips (H.264 480x360 at 25 fps, stereo AAC 44.1 kHz with noise so that the compressed sizes
 are not flattered by silence), runs extract on one core and pack, then reads items the way one DataLoader worker
 does (one torch thread): FLAC decode + one JPEG + CLIP preprocessing, with and without the training augmentations,
-and as ``pretrain-audio`` reads them (``frames=False``), also from ``npy`` / ``npy-mono`` shards. Prints one JSON line. Usage: ``python benchmarks/bench_audioset.py [--clips 6] [--items 200]``.
+and as ``pretrain-audio`` reads them (``frames=False``), also from ``npy`` / ``npy-mono`` shards and with
+``device_augment`` (augmentation moved to the device). Prints one JSON line.
+Usage: ``python benchmarks/bench_audioset.py [--clips 6] [--items 200]``.
 """
 
 from __future__ import annotations
