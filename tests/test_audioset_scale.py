@@ -328,3 +328,10 @@ def test_npy_mono_packing_is_what_mono_training_makes_of_stereo(tmp_path: Path) 
         assert (item["audio"] - by_id[item["id"]]).abs().max() <= 0.5
     stereo = pack(segments, tmp_path, tmp_path / "npy", workers=1, audio_format="npy")
     assert stereo["bytes_per_clip"] - summary["bytes_per_clip"] == pytest.approx(11_025 * 2, abs=16)  # one channel
+
+
+def test_shard_without_a_usable_clip_leaves_an_empty_part(packed: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pack(packed["segments"], packed["root"], out, workers=1, part="0-of-2")
+    assert pack([], packed["root"], out, workers=1, part="1-of-2")["clips"] == 0  # every clip of shard 1 failed
+    assert merge(out)["all"] == {"parts": 2, "of": 2, "missing": [], "clips": 24}

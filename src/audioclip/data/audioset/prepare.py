@@ -537,7 +537,7 @@ def pack(
         for s in segments
         if extracted.get(s.ytid, {}).get("status") == "ok"
     ]
-    if not jobs:
+    if not jobs and part is None:  # a shard task without a usable clip leaves empty parts, so merge counts it
         raise RuntimeError(f"nothing to pack: no clip of the segment list is extracted under {root}")
     splits = {"": jobs}
     if val_fraction > 0:
