@@ -121,12 +121,15 @@ bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU, fp32 vs bf16-mixed
 AUDIOSET_SEGMENTS ?= data/audioset-demo/segments.csv
 AUDIOSET_CLIPS    ?= data/audioset-demo/videos
 AUDIOSET_ROOT     ?= data/audioset/demo
+# share of the training segments held out for validation (checkpoint selection); the official eval list is the test
+# set. 1 % by default; the 12-clip demo holds out a quarter so that its validation split is not empty.
+AUDIOSET_VAL_FRACTION ?= $(if $(filter data/audioset-demo/%,$(AUDIOSET_SEGMENTS)),0.25,0.01)
 
 data/audioset-demo/segments.csv: | $(STAMP)
 	$(PY) -m audioclip.data.audioset.testmedia data/audioset-demo --n 12
 
-data-audioset: $(STAMP) $(if $(filter data/audioset-demo/%,$(AUDIOSET_SEGMENTS)),$(AUDIOSET_SEGMENTS))  ## AudioSet shards: ingest AUDIOSET_CLIPS (empty: download with yt-dlp) -> extract -> pack into AUDIOSET_ROOT/shards/{train,val}
-	$(AC) prepare audioset all --segments $(AUDIOSET_SEGMENTS) --root $(AUDIOSET_ROOT) $(if $(AUDIOSET_CLIPS),--clips $(AUDIOSET_CLIPS)) --val-fraction 0.25 $(ARGS)
+data-audioset: $(STAMP) $(if $(filter data/audioset-demo/%,$(AUDIOSET_SEGMENTS)),$(AUDIOSET_SEGMENTS))  ## AudioSet shards: ingest AUDIOSET_CLIPS (empty: download with yt-dlp) -> extract -> pack into AUDIOSET_ROOT/shards/{train,val} (AUDIOSET_VAL_FRACTION=0.01)
+	$(AC) prepare audioset all --segments $(AUDIOSET_SEGMENTS) --root $(AUDIOSET_ROOT) $(if $(AUDIOSET_CLIPS),--clips $(AUDIOSET_CLIPS)) --val-fraction $(AUDIOSET_VAL_FRACTION) $(ARGS)
 
 bench-audioset: $(STAMP)  ## AudioSet pipeline throughput: one JSON line (extract clips/s/core, bytes/clip, items/s/worker)
 	@$(PY) benchmarks/bench_audioset.py
@@ -135,7 +138,8 @@ SHARDS ?= $(AUDIOSET_ROOT)/shards
 AUDIOSET_DATA = --data.init_args.train_dir $(SHARDS)/train --data.init_args.val_dir $(SHARDS)/val
 
 pretrain-audio: $(STAMP)  ## phase 1: standalone ESResNeXt-fbsp on AudioSet audio, BCE over 527 classes (SHARDS=, GPUS=, NODES=, ARGS=)
-	$(FIT) --config conf/pretrain-audio.yaml $(AUDIOSET_DATA) --trainer.default_root_dir $(RUNS)/pretrain-audio/main \
+	$(FIT) --config conf/pretrain-audio.yaml $(AUDIOSET_DATA) --data.init_args.frames false \
+	  --trainer.default_root_dir $(RUNS)/pretrain-audio/main \
 	  --trainer.logger.init_args.save_dir $(RUNS)/pretrain-audio/main --trainer.logger.init_args.name pretrain-audio \
 	  $(call resume,$(RUNS)/pretrain-audio/main) $(ARGS)
 

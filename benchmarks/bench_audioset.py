@@ -2,8 +2,10 @@
 
 Writes realistic 10 s clips (H.264 480x360 at 25 fps, stereo AAC 44.1 kHz with noise so that the compressed sizes
 are not flattered by silence), runs extract on one core and pack, then reads items the way one DataLoader worker
-does (one torch thread): FLAC decode + one JPEG + CLIP preprocessing, with and without the training augmentations.
-Prints one JSON line. Usage: ``python benchmarks/bench_audioset.py [--clips 6] [--items 200]``.
+does (one torch thread): FLAC decode + one JPEG + CLIP preprocessing, with and without the training augmentations,
+and as ``pretrain-audio`` reads them (``frames=False``), also from ``npy`` / ``npy-mono`` shards and with
+``device_augment`` (augmentation moved to the device). Prints one JSON line.
+Usage: ``python benchmarks/bench_audioset.py [--clips 6] [--items 200]``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from audioclip.data.audioset.batch_augment import augment_batch
 from audioclip.data.audioset.datamodule import AudioSetStreamingDataset, class_names
 from audioclip.data.audioset.metadata import read_segments
 from audioclip.data.audioset.prepare import extract, ingest, pack
@@ -62,10 +65,29 @@ def main() -> None:
         common = {"channels": 1, "clip_seconds": 10.0, "names": class_names(shards)}
         eval_rate = items_per_second(AudioSetStreamingDataset(shards, train=False, **common), args.items)
         train_rate = items_per_second(AudioSetStreamingDataset(shards, train=True, **common), args.items)
+        flac_audio_only = items_per_second(
+            AudioSetStreamingDataset(shards, train=True, frames=False, **common), args.items
+        )
         npy = pack(segments, base / "work", base / "work" / "shards-npy", workers=1, audio_format="npy")
         npy_shards = str(base / "work" / "shards-npy")
         npy_eval = items_per_second(AudioSetStreamingDataset(npy_shards, train=False, **common), args.items)
         npy_train = items_per_second(AudioSetStreamingDataset(npy_shards, train=True, **common), args.items)
+        mono = pack(segments, base / "work", base / "work" / "shards-mono", workers=1, audio_format="npy-mono")
+        mono_shards = str(base / "work" / "shards-mono")
+        mono_audio_only = items_per_second(
+            AudioSetStreamingDataset(mono_shards, train=True, frames=False, **common), args.items
+        )
+        # device_augment=True: the worker decodes and sends int16; the augmentation runs batched after transfer
+        device_train = items_per_second(
+            AudioSetStreamingDataset(npy_shards, train=True, device_augment=True, **common), args.items
+        )
+        device_audio_only = items_per_second(
+            AudioSetStreamingDataset(mono_shards, train=True, frames=False, device_augment=True, **common), args.items
+        )
+        batch = torch.zeros(64, 1, 441_000, dtype=torch.int16).random_(-3000, 3000)
+        started = time.perf_counter()
+        augment_batch(batch, torch.full((64,), 441_000), 441_000)
+        batched_cpu = 64 / (time.perf_counter() - started)
     print(
         json.dumps(
             {
@@ -77,6 +99,15 @@ def main() -> None:
                 "npy_shard_bytes_per_clip": round(npy["bytes_per_clip"]),
                 "npy_stream_items_per_s_per_worker_eval": round(npy_eval, 1),
                 "npy_stream_items_per_s_per_worker_train": round(npy_train, 1),
+                # pretrain-audio (frames=False): audio decode + training augmentations only
+                "stream_items_per_s_per_worker_train_audio_only": round(flac_audio_only, 1),
+                "npy_mono_shard_bytes_per_clip": round(mono["bytes_per_clip"]),
+                "npy_mono_stream_items_per_s_per_worker_train_audio_only": round(mono_audio_only, 1),
+                # device-side augmentation mode: what a loader worker does, and the batched augmentation on 1 CPU
+                # thread (an upper bound of its cost; on a GPU it is a gather and a multiply-add per batch)
+                "npy_stream_items_per_s_per_worker_train_device_augment": round(device_train, 1),
+                "npy_mono_stream_items_per_s_per_worker_train_audio_only_device_augment": round(device_audio_only, 1),
+                "batched_augment_items_per_s_cpu_1_thread": round(batched_cpu, 1),
             }
         )
     )

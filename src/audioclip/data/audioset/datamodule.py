@@ -14,7 +14,6 @@ mid-epoch resume state come from LitData's ``StreamingDataset`` / ``StreamingDat
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,14 @@ import soundfile as sf
 import torch
 import torch.distributed as dist
 from clip.clip import _transform as clip_transform
-from litdata import StreamingDataLoader, StreamingDataset
+from litdata import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset
+from litdata.streaming.sampler import ChunkedIndex
+from litdata.utilities.env import _WorkerEnv
 from PIL import Image, UnidentifiedImageError
 
+from audioclip.data.audioset.batch_augment import augment_batch
 from audioclip.data.audioset.metadata import DEFAULT_LABELS, NUM_CLASSES, NUM_FRAMES, SAMPLE_RATE, read_class_labels
+from audioclip.data.audioset.parts import TIERS, join, read_json
 from audioclip.data.common import (
     BadFileError,
     check_on_bad_file,
@@ -47,9 +50,8 @@ MAX_SAMPLES = 60 * SAMPLE_RATE  # AudioSet segments are 10 s; anything over a mi
 
 def class_names(shard_dir: str | Path | None = None) -> list[str]:
     """The 527 display names in index order: the shard directory's copy when it has one, else the bundled CSV."""
-    if shard_dir is not None and (Path(shard_dir) / "class_names.json").is_file():
-        return json.loads((Path(shard_dir) / "class_names.json").read_text())
-    return [c.display_name for c in read_class_labels(DEFAULT_LABELS)]
+    names = read_json(join(shard_dir, "class_names.json")) if shard_dir is not None else None
+    return names if names is not None else [c.display_name for c in read_class_labels(DEFAULT_LABELS)]
 
 
 class AudioSetStreamingDataset(StreamingDataset):
@@ -67,9 +69,13 @@ class AudioSetStreamingDataset(StreamingDataset):
         cache_dir: str | None = None,
         max_cache_size: str = "100GB",
         on_bad_file: str = "error",
+        frames: bool = True,
+        device_augment: bool = False,
     ) -> None:
         check_on_bad_file(on_bad_file)
         self.on_bad_file = on_bad_file
+        self.frames = frames
+        self.device_augment = device_augment and train
         if channels not in (1, 2):
             raise ValueError(f"channels must be 1 (stereo averaged) or 2 (mono duplicated), got {channels}")
         super().__init__(
@@ -84,6 +90,7 @@ class AudioSetStreamingDataset(StreamingDataset):
         self.channels = channels
         self.names = names
         length = round(clip_seconds * SAMPLE_RATE)
+        self.length = length
         self.audio_transform = train_audio_transform(length) if train else eval_audio_transform(length)
         self.image_transform: Callable = clip_transform(224)
 
@@ -91,16 +98,40 @@ class AudioSetStreamingDataset(StreamingDataset):
         """A bad sample (audio or frame that does not decode, NaN/Inf, silence, no samples) raises `BadFileError`
         naming its YTID, or under `on_bad_file="skip"` is replaced by the next good sample and listed in the
         item's `skipped` (reported by `reliability.BadDataLog`)."""
-        position = index if isinstance(index, int) else getattr(index, "index", 0)
+        own = self._own_indices(index)
+        position = own.index(index if isinstance(index, int) else index.index)
 
         def load(offset: int) -> dict[str, Any]:
-            return self._decode(
-                super(AudioSetStreamingDataset, self).__getitem__(
-                    index if offset == 0 else (position + offset) % len(self)
-                )
-            )
+            if offset == 0:
+                key = index
+            elif isinstance(index, int):
+                key = own[(position + offset) % len(own)]
+            else:
+                key = ChunkedIndex(index=own[(position + offset) % len(own)], chunk_index=index.chunk_index)
+            return self._decode(super(AudioSetStreamingDataset, self).__getitem__(key))
 
-        return first_usable(load, len(self), self.on_bad_file, self.input_dir.path or str(self.input_dir.url))
+        return first_usable(load, len(own), self.on_bad_file, self.input_dir.path or str(self.input_dir.url))
+
+    def _own_indices(self, index: Any) -> list[int] | range:
+        """The samples a replacement for ``index`` may come from: while iterating, those of the chunk interval this
+        rank's loader worker is reading now, so that a rank never takes another rank's samples (and no chunk
+        is fetched for a replacement); on random access (an ``int``), every sample."""
+        if not isinstance(index, int):
+            current = self.worker_next_chunk_index - 1
+            if self._elastic_item_lists is not None and 0 <= current < len(self._elastic_item_lists):
+                own: list[int] | range = [int(i) for i in self._elastic_item_lists[current]]  # resumed elastically
+            elif 0 <= current < len(self.worker_intervals):
+                _, start, end, _ = self.worker_intervals[current]
+                own = range(start, end)
+            else:
+                own = range(0)
+            if index.index in own:
+                return own
+        if self.cache is None:  # random access before any iteration: open the chunk index as LitData does
+            self.worker_env = _WorkerEnv.detect()
+            self.cache = self._create_cache(worker_env=self.worker_env)
+            self.shuffler = self._create_shuffler(self.cache)
+        return range(len(self.cache))
 
     def _decode(self, sample: dict[str, Any]) -> dict[str, Any]:
         ytid = sample["ytid"]
@@ -120,24 +151,58 @@ class AudioSetStreamingDataset(StreamingDataset):
             audio = audio.mean(dim=0, keepdim=True)
         elif self.channels == 2 and audio.shape[0] == 1:
             audio = audio.expand(2, -1)
-        # DataLoader seeds torch's generator per worker, so the global generator gives each worker its own draws
-        audio = self.audio_transform(audio)
-        k = int(torch.randint(NUM_FRAMES, ())) if self.train else CENTRAL_FRAME
-        try:
-            with Image.open(io.BytesIO(sample[f"frame_{k}"])) as jpeg:
-                image = self.image_transform(jpeg)
-        except (OSError, UnidentifiedImageError) as e:
-            raise BadFileError(where, f"frame {k} does not decode ({e})") from None
         labels = sample["labels"].astype(np.int64)
         target = torch.zeros(NUM_CLASSES)
         target[torch.from_numpy(labels)] = 1.0
-        return {
-            "audio": audio,
-            "image": image,
-            "text": ", ".join(self.names[i] for i in labels),
-            "target": target,
-            "id": ytid,
-        }
+        item = {"text": ", ".join(self.names[i] for i in labels), "target": target, "id": ytid}
+        if self.device_augment:
+            # int16 out of the worker (a stereo mean rounds by at most 0.5), the clip's first `length` samples
+            # zero-padded to one shape; batch_augment.augment_batch does the rest on the device
+            valid = min(audio.shape[-1], self.length)
+            item["audio"] = torch.zeros(audio.shape[0], self.length, dtype=torch.int16)
+            item["audio"][:, :valid] = audio[:, :valid].round()
+            item["audio_length"] = valid
+        else:
+            # DataLoader seeds torch's generator per worker, so the global generator gives each worker its own draws
+            item["audio"] = self.audio_transform(audio)
+        if not self.frames:  # pretrain-audio: the JPEG decode and CLIP preprocessing (~3 ms) would be thrown away
+            return item
+        k = int(torch.randint(NUM_FRAMES, ())) if self.train else CENTRAL_FRAME
+        try:
+            with Image.open(io.BytesIO(sample[f"frame_{k}"])) as jpeg:
+                item["image"] = self.image_transform(jpeg)
+        except (OSError, UnidentifiedImageError) as e:
+            raise BadFileError(where, f"frame {k} does not decode ({e})") from None
+        return item
+
+
+def collate_int16(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``collate`` for items whose audio stays int16 for on-device augmentation, with their valid lengths."""
+    if "audio_length" not in items[0]:
+        return collate(items)
+    batch = collate([{**item, "audio": torch.zeros(0)} for item in items])
+    batch["audio"] = torch.stack([item["audio"] for item in items])
+    batch["audio_length"] = torch.tensor([item["audio_length"] for item in items])
+    return batch
+
+
+class TierMix(CombinedStreamingDataset):
+    """LitData's weighted mix of datasets, with a fresh draw of datasets each epoch, rank and loader worker.
+
+    ``CombinedStreamingDataset`` seeds its dataset choices with the same seed every time it is iterated, so every
+    epoch (and every rank and worker) would draw the tiers in one and the same order, and a tier's share of an epoch
+    would be one fixed realisation instead of its weight. The streaming, DDP split and resume state are LitData's.
+    """
+
+    def __iter__(self):  # noqa: ANN204 - LitData's iterator type is private
+        worker = _WorkerEnv.detect()
+        rank = self._datasets[0].distributed_env.global_rank
+        base = self._seed
+        self._seed = hash((base, self._current_epoch, rank, worker.rank)) % 2**32
+        try:
+            return super().__iter__()
+        finally:
+            self._seed = base
 
 
 class AudioSetDataModule(L.LightningDataModule):
@@ -147,6 +212,12 @@ class AudioSetDataModule(L.LightningDataModule):
     LitData directories: local paths or object-store URLs (``s3://...``; remote chunks are cached in ``cache_dir``).
     The training loader's position is part of ``state_dict()``, which Lightning stores in checkpoints, so a run
     resumed with ``ckpt_path`` continues mid-epoch instead of replaying the epoch's first batches.
+
+    ``device_augment=True`` moves the training augmentations from the loader workers to the device: workers send
+    int16 audio, ``on_after_batch_transfer`` augments the batch (same distributions as the per-sample path).
+    ``frames=False`` leaves the frames undecoded (batches without ``image``): for ``pretrain-audio``, which uses none.
+    ``balanced=True`` (shards packed with ``--balance-tiers``) draws each training clip in proportion to its repeat
+    factor (``prepare.repeat_factors``); a resumed balanced run needs the same devices, ``num_workers`` and batch size.
     """
 
     def __init__(
@@ -163,10 +234,16 @@ class AudioSetDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         max_cache_size: str = "100GB",
         on_bad_file: str = "error",
+        balanced: bool = False,
+        frames: bool = True,
+        device_augment: bool = False,
     ) -> None:
         super().__init__()
         check_on_bad_file(on_bad_file)
         self.save_hyperparameters()
+        self.balanced = balanced
+        self.frames = frames
+        self.device_augment = device_augment
         self.on_bad_file = on_bad_file
         self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir
         self.batch_size = batch_size
@@ -178,7 +255,7 @@ class AudioSetDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.max_cache_size = max_cache_size
         self.class_names = class_names(next((d for d in (train_dir, val_dir, test_dir) if d), None))
-        self.datasets: dict[str, AudioSetStreamingDataset] = {}
+        self.datasets: dict[str, StreamingDataset | CombinedStreamingDataset] = {}
         self._train_loader: StreamingDataLoader | None = None
         self._train_state: dict | None = None
 
@@ -206,7 +283,29 @@ class AudioSetDataModule(L.LightningDataModule):
             cache_dir=self.cache_dir,
             max_cache_size=self.max_cache_size,
             on_bad_file=self.on_bad_file,
+            frames=self.frames,
+            device_augment=self.device_augment,
         )
+
+    def _train_dataset(self) -> StreamingDataset | CombinedStreamingDataset:
+        """The training split; packed in repeat tiers (``pack --balance-tiers``), one dataset per tier, combined:
+        each clip once per epoch, or with ``balanced`` drawn in proportion to its tier's repeat factor."""
+        tiers = read_json(join(self.train_dir, TIERS)) if self.train_dir is not None else None
+        if tiers is None:
+            if self.balanced:
+                raise ValueError(
+                    f"train_dir={self.train_dir}: balanced=True needs shards packed with --balance-tiers (no {TIERS})"
+                )
+            return self._dataset("train", self.train_dir, train=True)
+        repeats = {int(r): n for r, n in tiers["tiers"].items()}
+        datasets = [self._dataset("train", str(join(self.train_dir, f"tier-{r}")), train=True) for r in repeats]
+        if not self.balanced:
+            return CombinedStreamingDataset(datasets, seed=self.seed, iterate_over_all=True)
+        # a draw picks tier r with probability n_r * r / sum(n * r): each of its clips is drawn r times as often as a
+        # tier-1 clip. The epoch ends when a tier runs out (LitData's rule for weighted mixes): the rarest first.
+        total = sum(n * r for r, n in repeats.items())
+        weights = [n * r / total for r, n in repeats.items()]
+        return TierMix(datasets, seed=self.seed, weights=weights, iterate_over_all=False)
 
     def setup(self, stage: str | None = None) -> None:
         # built here, after DDP started, because LitData reads the rank and world size when a dataset is made
@@ -214,7 +313,7 @@ class AudioSetDataModule(L.LightningDataModule):
         self.per_device_batch_size = per_device_batch_size(self.batch_size, world_size)
         self.per_device_eval_batch_size = per_device_batch_size(self.eval_batch_size, world_size)
         if stage in (None, "fit"):
-            self.datasets["train"] = self._dataset("train", self.train_dir, train=True)
+            self.datasets["train"] = self._train_dataset()
         if stage in (None, "fit", "validate") and self.val_dir is not None:
             self.datasets["val"] = self._dataset("val", self.val_dir, train=False)
         if stage in (None, "test"):
@@ -227,7 +326,7 @@ class AudioSetDataModule(L.LightningDataModule):
             self.datasets[split],
             batch_size=batch_size,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            collate_fn=collate_int16,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
@@ -244,6 +343,14 @@ class AudioSetDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> StreamingDataLoader:
         return self._loader("test", self.per_device_eval_batch_size)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """With ``device_augment``, a training batch's int16 audio gets the paper's augmentations here, on the
+        device, as one batched op (``batch_augment.augment_batch``)."""
+        if "audio_length" in batch:
+            length = round(self.clip_seconds * SAMPLE_RATE)
+            batch["audio"] = augment_batch(batch["audio"], batch.pop("audio_length"), length)
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         if self._train_loader is None:
@@ -263,12 +370,13 @@ class AudioSetDataModule(L.LightningDataModule):
         Classes without a training clip get 0. For balancing as the reference's ``class_weights`` did, weight a
         sample by the sum over its labels: ``sample_weights(target)``.
         """
-        if self.train_dir is None or "://" in self.train_dir:
-            raise ValueError("class_weights needs a local train_dir holding label_counts.json (written by pack)")
-        path = Path(self.train_dir) / "label_counts.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; re-run `audioclip prepare audioset pack`")
-        counts = torch.tensor(json.loads(path.read_text())["counts"], dtype=torch.float64)
+        if self.train_dir is None:
+            raise ValueError("class_weights needs train_dir holding label_counts.json (written by pack / merge)")
+        path = join(self.train_dir, "label_counts.json")
+        label_counts = read_json(path)
+        if label_counts is None:
+            raise FileNotFoundError(f"{path}: missing; re-run `audioclip prepare audioset pack` (or `merge`)")
+        counts = torch.tensor(label_counts["counts"], dtype=torch.float64)
         weights = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
         return (weights / weights[counts > 0].mean()).float()
 
