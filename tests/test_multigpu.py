@@ -154,6 +154,7 @@ def audioset_shards(tmp_path_factory) -> Path:
         f"AUDIOSET_SEGMENTS={base / 'media' / 'segments.csv'}",
         f"AUDIOSET_CLIPS={base / 'media' / 'videos'}",
         f"AUDIOSET_ROOT={root}",
+        "AUDIOSET_VAL_FRACTION=0.25",
         "ARGS=--chunk-bytes 200KB",  # several chunks: LitData hands each rank whole chunks
     )
     _ok(done)
