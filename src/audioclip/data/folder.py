@@ -344,11 +344,8 @@ class AudioFolderDataModule(FoldedAudioDataModule):
                 "add clips of them or change the split",
             )
 
-    def setup(self, stage: str | None = None) -> None:
-        world_size = self.trainer.world_size if self.trainer is not None else 1
-        self.device_batch_size = per_device_batch_size(self.batch_size, world_size)
-        if self.train_set is not None:
-            return
+    def _load_cache(self) -> list[FolderRecord]:
+        """Read the layout, decode what is new into the cache, apply ``on_bad_file``; the records."""
         task, records, names = self._read_layout()
         self.class_names = names
         self.captions = sorted({record.caption for record in records}) if task == "caption" else []
@@ -358,17 +355,25 @@ class AudioFolderDataModule(FoldedAudioDataModule):
             self.skipped_files = [record.id for record, _ in bad]
             log.warning("%s: skipped %d bad file(s) (on_bad_file='skip'): %s", self.source, len(bad),
                         "; ".join(f"{record.path}: {problem}" for record, problem in bad))  # fmt: skip
-        usable = np.array([error is None for error in cache.errors])
+        self._reader, self._lengths = CacheReader(cache), cache.lengths
+        self._usable = np.array([error is None for error in cache.errors])
+        return records
+
+    def setup(self, stage: str | None = None) -> None:
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        self.device_batch_size = per_device_batch_size(self.batch_size, world_size)
+        if self.train_set is not None:
+            return
+        records = self._load_cache()
         # split before dropping bad files so that skipping a file never reshuffles the splits
         train, val, test, self.protocol = self._split(records)
-        train, val, test = (rows[usable[rows]] for rows in (train, val, test))
+        train, val, test = (rows[self._usable[rows]] for rows in (train, val, test))
         self._check_training_classes(records, train)
-        self._reader, self._lengths, self._usable = CacheReader(cache), cache.lengths, usable
         train_transform = train_audio_transform(self.clip_length) if self.augment else self._eval_transform()
         self.train_set = self._dataset(train, train_transform)
         self.val_set = self._dataset(val, self._eval_transform())
         self.test_set = self._dataset(test, self._eval_transform())
-        log.info("%s: %s task, %d train / %d val / %d test clips (%s)", self.source, task, len(train), len(val),
+        log.info("%s: %s task, %d train / %d val / %d test clips (%s)", self.source, self.task, len(train), len(val),
                  len(test), self.protocol)  # fmt: skip
 
     def _eval_transform(self) -> AudioTransform:
@@ -381,18 +386,17 @@ class AudioFolderDataModule(FoldedAudioDataModule):
                            self.on_bad_file)  # fmt: skip
 
     def evaluation_set(self, fold: int | None = None) -> ClipDataset:
-        """Every usable clip (or those of ``fold``) with the evaluation transform, for zero-shot and querying."""
-        if self.train_set is None:
-            self.setup("test")
+        """Every usable clip (or those of ``fold``) with the evaluation transform, for zero-shot and querying; the
+        training split is not involved, so no class needs training samples here."""
+        records = self._load_cache()
         rows = np.flatnonzero(self._usable)
         if fold is not None:
-            folds = np.array([record.fold if record.fold is not None else -1 for record in self._records()])
+            folds = np.array([record.fold if record.fold is not None else -1 for record in records])
             if fold not in folds:
                 raise MetadataError(self.source, f"fold={fold} is not in the 'fold' column")
             rows = rows[folds[rows] == fold]
         return self._dataset(rows, self._eval_transform())
 
-    def folds_of(self, dataset: ClipDataset) -> list[int]:
-        """The ``fold`` of every clip of ``dataset`` (0 where the layout has none)."""
-        records = self._records()
-        return [records[row].fold or 0 for row in dataset.rows]
+    def folds_by_id(self) -> dict[str, int]:
+        """The ``fold`` of every clip by id (0 where the layout has none)."""
+        return {record.id: record.fold or 0 for record in self._records()}

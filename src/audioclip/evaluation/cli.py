@@ -2,7 +2,9 @@
 
     audioclip evaluate zeroshot --dataset esc50 --root data/esc50 --checkpoint CKPT [--fold 1] [--template "{}" ...]
     audioclip evaluate query --dataset us8k --root data/us8k --checkpoint CKPT [--pair text:audio ...]
-    audioclip index DIR --out index.pt --checkpoint CKPT
+    audioclip evaluate zeroshot --dataset folder --root MY_TREE | --manifest MY.csv --checkpoint CKPT
+    audioclip evaluate query --dataset folder --manifest captions.csv --checkpoint CKPT   # R@1/5/10, mAP@10
+    audioclip index DIR | MANIFEST.csv --out index.pt --checkpoint CKPT
     audioclip search index.pt --text "dog barking" | --audio FILE | --image FILE [--top 10]
 
 Evaluation results are written as JSON to runs/eval/<name>/results.json, where `make report` finds them. Under
@@ -22,11 +24,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from audioclip.data.folder import manifest_task
 from audioclip.evaluation.datasets import DATASETS, check_dataset, embed_dataset
 from audioclip.evaluation.index import build_index, fingerprint, load_index, search
 from audioclip.evaluation.query import default_pairs, query
-from audioclip.evaluation.zeroshot import check_templates, protocol, zeroshot
+from audioclip.evaluation.zeroshot import check_templates, class_text_embeddings, protocol, zeroshot
 from audioclip.inference import InputError, load
+from audioclip.metrics import caption_retrieval
 
 NUM_FOLDS = {"esc50": 5, "us8k": 10}
 
@@ -75,7 +79,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     check_dataset(args.dataset)
     templates = _templates(args)
     pairs = _pairs(args.pair) if args.task == "query" else None
-    root = args.root or (f"data/{args.dataset}" if args.dataset in NUM_FOLDS else None)
+    if args.manifest is not None and args.dataset != "folder":
+        raise ValueError(f"--manifest is for --dataset folder, not {args.dataset}")
+    if args.dataset == "folder" and (args.root is None) == (args.manifest is None):
+        raise ValueError("--dataset folder: give --root (a class-folder tree) or --manifest (a CSV/TSV file)")
+    if args.task == "zeroshot" and args.manifest and manifest_task(Path(args.manifest)) == "caption":
+        raise InputError(f"{args.manifest}: a caption manifest has no classes; use `audioclip evaluate query`")
+    root = args.root or args.manifest or (f"data/{args.dataset}" if args.dataset in NUM_FOLDS else None)
     if root is None:
         raise ValueError(f"--root: give the {args.dataset} location (a shard directory or an ImageFolder tree)")
     if args.fold is not None and args.dataset in NUM_FOLDS and not 1 <= args.fold <= NUM_FOLDS[args.dataset]:
@@ -92,6 +102,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         progress=is_main,
+        manifest=args.manifest,
+        clip_seconds=args.clip_seconds,
     )
     meta = {
         "checkpoint": str(args.checkpoint),
@@ -101,6 +113,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     }
     if args.task == "zeroshot":
         result = {**zeroshot(model, data, templates, NUM_FOLDS.get(args.dataset)), **meta}
+        if args.dataset == "folder" and args.fold is not None:
+            result["protocol"] = f"fold {args.fold} of {root} only ({len(data)} samples)"
+    elif data.task == "caption":
+        if args.pair:
+            raise ValueError("--pair: caption retrieval always scores text -> audio and audio -> text")
+        result = _caption_query(model, data, templates, meta)
     else:
         rows = [query(model, data, q, r, templates) for q, r in pairs or default_pairs(data)]
         result = {
@@ -115,7 +133,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             **meta,
         }
     if is_main:
-        out = Path(args.out) / (args.name or f"{args.task}-{args.dataset}") / "results.json"
+        # a folder's results are named after the tree or manifest, so that two of them do not overwrite each other
+        default = f"{args.task}-{Path(root).stem if args.dataset == 'folder' else args.dataset}"
+        out = Path(args.out) / (args.name or default) / "results.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         _print_result(result)
@@ -123,6 +143,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def _caption_query(model, data, templates: list[str], meta: dict) -> dict:
+    """Audio-text retrieval of a caption manifest: every distinct caption a text query, every clip an audio query."""
+    text = class_text_embeddings(model, data.class_names, templates)
+    ids = torch.tensor([labels[0] for labels in data.labels])
+    metrics = caption_retrieval(data.embeddings["audio"], ids, text)
+    rows = [
+        {"query": query_side, "result": result_side, "num_queries": count,
+         **{name: metrics[f"{prefix}_{name}"] for name in ("r@1", "r@5", "r@10", "map@10")}}
+        for query_side, result_side, prefix, count in (
+            ("text", "audio", "t2a", len(data.class_names)), ("audio", "text", "a2t", len(data))
+        )
+    ]  # fmt: skip
+    return {
+        "task": "query",
+        "dataset": data.dataset,
+        "root": data.root,
+        "templates": templates,
+        "num_samples": len(data),
+        "num_captions": len(data.class_names),
+        "protocol": protocol(data, None),
+        "folds": [],
+        "results": rows,
+        **meta,
+    }
 
 
 def _print_result(result: dict) -> None:
@@ -140,6 +186,12 @@ def _print_result(result: dict) -> None:
             print(f"  mean ± std over folds: {_percent(result['fold_mean'])} ± {_percent(result['fold_std'])}")
         return
     print(f"Querying {result['dataset']} (templates {templates}), evaluated on {result['protocol']}")
+    if "num_captions" in result:
+        print(f"  {'query -> result':<18} {'queries':>8} {'R@1':>7} {'R@5':>7} {'R@10':>7} {'mAP@10':>7}")
+        for row in result["results"]:
+            scores = " ".join(f"{_percent(row[k]):>7}" for k in ("r@1", "r@5", "r@10", "map@10"))
+            print(f"  {row['query'] + ' -> ' + row['result']:<18} {row['num_queries']:>8} {scores}")
+        return
     print(f"  {'query -> result':<18} {'queries':>8} {'P@1':>7} {'R@1':>7} {'mAP':>7}")
     for row in result["results"]:
         pair = f"{row['query']} -> {row['result']}"
@@ -158,11 +210,15 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="task", required=True)
     for task, help_text in (
         ("zeroshot", "zero-shot classification against the class names"),
-        ("query", "cross-modal querying: P@1, R@1, mAP"),
+        ("query", "cross-modal querying: P@1, R@1, mAP (captions: R@1/5/10, mAP@10)"),
     ):
         p = sub.add_parser(task, help=help_text)
         p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
-        p.add_argument("--root", help="dataset root (default data/<dataset>), AudioSet shard dir or ImageFolder tree")
+        p.add_argument(
+            "--root", help="dataset root (default data/<dataset>), AudioSet shard dir, ImageFolder or class-folder tree"
+        )
+        p.add_argument("--manifest", help="folder: a CSV/TSV manifest (path + label | labels | caption)")
+        p.add_argument("--clip-seconds", type=float, default=5.0, help="folder: centre crop of every clip (s)")
         p.add_argument("--fold", type=int, help="evaluate one official fold only (default: every fold)")
         p.add_argument("--template", action="append", help='text template, repeatable (default "{}"); averaged')
         p.add_argument("--templates-file", help="a file of templates, one per line, averaged")
@@ -170,7 +226,7 @@ def _evaluate_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--num-workers", type=int, default=0)
         p.add_argument("--out", default="runs/eval", help="results go to OUT/NAME/results.json")
-        p.add_argument("--name", help="result name (default: <task>-<dataset>)")
+        p.add_argument("--name", help="result name (default: <task>-<dataset>; folder: <task>-<tree or manifest name>)")
         if task == "query":
             p.add_argument("--pair", action="append", help="QUERY:RESULT modalities, repeatable (default: all)")
         _model_args(p)
