@@ -239,7 +239,9 @@ def evaluate(argv: Sequence[str]) -> int:
 
 def index(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="audioclip index", description="embed a folder of audio and images")
-    parser.add_argument("folder", help="folder searched recursively for audio and image files")
+    parser.add_argument(
+        "folder", help="folder searched recursively for audio and image files, or a CSV/TSV manifest of audio files"
+    )
     parser.add_argument("--out", default="index.pt", help="index file; an existing one is resumed")
     parser.add_argument("--batch-size", type=int, default=16)
     _model_args(parser)
@@ -272,6 +274,6 @@ def search_cli(argv: Sequence[str]) -> int:
     checkpoint = args.checkpoint or idx["checkpoint"]  # the index remembers the weights it was built with
     model = load(checkpoint, model_name=args.model, device=_device(args.device))
     hits = search(idx, model, args.text, args.audio, args.image, args.top, args.modality, args.template)
-    for rank, (score, path, modality) in enumerate(hits, start=1):
-        print(f"{rank:>3}. {score:+.4f}  {modality:<5}  {path}")
+    for rank, (score, path, modality, label) in enumerate(hits, start=1):
+        print(f"{rank:>3}. {score:+.4f}  {modality:<5}  " + (f"[{label}]  " if label else "") + str(path))
     return 0
