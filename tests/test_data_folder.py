@@ -224,3 +224,5 @@ def test_retrieval_at_k_and_map_at_10_on_a_worked_example():
     assert out == pytest.approx({"r@1": 0.5, "r@5": 1.0, "map@10": 0.75})
     # AP@3 of query 0 counts only its hit at rank 2, over min(2 relevant, 3): 0.5 / 2
     assert retrieval_at_k(scores, relevant, ks=(1,), map_at=3)["map@3"] == pytest.approx((0.25 + 1.0) / 2)
+    # R@k is a hit rate (one relevant result in the top k suffices), not the share of relevant results found
+    assert retrieval_at_k(scores, relevant, ks=(2,))["r@2"] == 1.0
