@@ -92,7 +92,7 @@ def manifest_task(manifest: Path) -> Task:
     """Which task a manifest's columns describe; one-line errors for a missing file or missing columns."""
     if not manifest.is_file():
         raise DatasetNotFoundError(f"{manifest}: manifest file does not exist")
-    with open(manifest, newline="", encoding="utf-8") as file:
+    with open(manifest, newline="", encoding="utf-8-sig") as file:
         header = next(csv.reader(file, delimiter=_delimiter(manifest)), [])
     header = [name.strip() for name in header]
     given = [column for column in LABEL_COLUMNS if column in header]
@@ -111,7 +111,7 @@ def read_manifest(manifest: Path) -> tuple[Task, list[FolderRecord], list[str]]:
     """(task, records, class names) of a manifest; class names are sorted, caption manifests have none."""
     task = manifest_task(manifest)
     column = next(c for c, t in TASK_OF_COLUMN.items() if t == task)
-    with open(manifest, newline="", encoding="utf-8") as file:
+    with open(manifest, newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file, delimiter=_delimiter(manifest))
         reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
         rows = list(enumerate(reader, start=2))
