@@ -77,7 +77,13 @@ class FolderFinetuneModule(FinetuneModule):
         # Lightning asks for callbacks before `setup`; the datamodule knows its task from the layout alone
         self.task = self._data_task()
         self.monitor = MONITORS[self.task]
-        return super().configure_callbacks()
+        callbacks = super().configure_callbacks()
+        metric = self.monitor[0]
+        for callback in callbacks:
+            if getattr(callback, "monitor", None) == metric and metric[-1].isdigit():
+                # "val_t2a_map@10=0.6875", not "val_t2a_map@100.6875"
+                callback.filename = callback.filename.replace(f"{{{metric}:", f"={{{metric}:")
+        return callbacks
 
     def setup(self, stage: str) -> None:
         self.task = self._data_task()
