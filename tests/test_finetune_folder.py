@@ -4,8 +4,10 @@ stop with one line."""
 
 import json
 
+import torch
 from test_make_targets import _make
 
+import audioclip
 from audioclip.data.synthetic import write_caption_manifest, write_folder_tree, write_labels_manifest
 
 TINY = (
@@ -42,6 +44,7 @@ def test_finetune_on_a_caption_manifest_reports_retrieval_both_ways(tmp_path):
     manifest = write_caption_manifest(tmp_path / "captions", clips_per_class=4, classes=2)
     _finetune(tmp_path, manifest)
     _, metrics = _run_dir(tmp_path, "captions")
+    assert "-val_t2a_map@10=" in metrics["checkpoint"]  # the best checkpoint on the caption metric
     for direction in ("t2a", "a2t"):
         for name in ("r@1", "r@5", "r@10", "map@10"):
             assert 0.0 <= metrics[f"test/{direction}_{name}"] <= 1.0
@@ -55,6 +58,11 @@ def test_finetune_on_a_multilabel_manifest_with_a_test_fold_reports_map(tmp_path
     run, metrics = _run_dir(tmp_path, "labels-fold2")
     assert 0.0 < metrics["test/map"] <= 1.0
     assert "fold: 2" in (run / "config.yaml").read_text()
+    # the fine-tuned checkpoint is read like any other (evaluate, index, classify); its multi-label head beside it
+    checkpoint = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=True)
+    assert all(key.startswith("model.") for key in checkpoint["state_dict"])
+    assert set(checkpoint["multilabel_head"]) == {"label_log_scale", "label_bias"}
+    assert audioclip.load(metrics["checkpoint"]).model_name == "audioclip-tiny"
 
 
 def test_finetune_on_a_bad_layout_stops_with_one_line(tmp_path):

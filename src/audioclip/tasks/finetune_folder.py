@@ -65,6 +65,16 @@ class FolderFinetuneModule(FinetuneModule):
         self._eval_audio: list[torch.Tensor] = []
         self._eval_ids: list[torch.Tensor] = []
 
+    # The checkpoint's state dict stays the model's alone ("model.*"), so that `audioclip.load`, `evaluate` and
+    # `index` read a fine-tuned checkpoint like any other; the multi-label head travels beside it.
+    _HEAD = ("label_log_scale", "label_bias")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["multilabel_head"] = {name: checkpoint["state_dict"].pop(name) for name in self._HEAD}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"].update(checkpoint.get("multilabel_head") or {n: getattr(self, n) for n in self._HEAD})
+
     def _data_task(self) -> str:
         task = self.task or getattr(self.trainer.datamodule, "task", None)
         if task not in TASKS:
