@@ -75,7 +75,7 @@ def test_two_channels_duplicate_mono_and_keep_stereo(tmp_path):
 def test_class_names_are_the_folder_names_with_underscores_as_spaces(tmp_path):
     root = _tree(tmp_path / "tree", classes=("dog_bark", "rain", "church_bells"), clips=3)
     (root / ".audioclip-cache").mkdir()
-    dm = _dm(root=root)
+    dm = _dm(root=root, val_fraction=0.34)
     dm.setup("fit")
     assert dm.class_names == ["church bells", "dog bark", "rain"] and dm.task == "class"
     batch = next(iter(dm.train_dataloader()))
@@ -110,7 +110,7 @@ def test_manifest_fold_is_the_test_split_and_labels_are_multi_hot(tmp_path):
         _write(audio / f"{i}.wav", _tone(1.0, 16000, 300.0 + 50 * i), 16000)
         rows.append((f"audio/{i}.wav", "dog;rain" if i % 2 else "dog_bark", i % 3 + 1))
     manifest = _manifest(tmp_path / "m.tsv", ("path", "labels", "fold"), rows, delimiter="\t")
-    dm = _dm(manifest=manifest, fold=2)
+    dm = _dm(manifest=manifest, fold=2, val_fraction=0.3)
     dm.setup("fit")
     assert dm.task == "multilabel" and dm.class_names == ["dog", "dog bark", "rain"]
     assert sorted(dm.test_set.ids) == sorted(f"audio/{i}.wav" for i in range(12) if i % 3 + 1 == 2)
@@ -197,6 +197,13 @@ def test_class_without_training_samples_is_a_one_line_error(tmp_path):
     assert str(manifest) in _one_line(caught.value)
 
 
+def test_an_empty_validation_split_is_a_one_line_error(tmp_path):
+    root = _tree(tmp_path / "tree", clips=3)  # 10% of the 2 non-test clips per class rounds to none
+    with pytest.raises(MetadataError, match="the validation split is empty .* raise val_fraction") as caught:
+        _dm(root=root).setup("fit")
+    assert str(root) in _one_line(caught.value)
+
+
 def test_a_fold_missing_from_the_manifest_is_a_one_line_error(tmp_path):
     _write(tmp_path / "a.wav", _tone(1.0, SR), SR)
     manifest = _manifest(tmp_path / "m.csv", ("path", "label", "fold"), [("a.wav", "dog", 1)])
@@ -209,7 +216,7 @@ def test_bad_file_is_skipped_and_listed_under_on_bad_file_skip(tmp_path):
     (root / "rain" / "broken.wav").write_bytes(b"RIFF not really a wave file")
     with pytest.raises(BadFileError, match="broken.wav: not a readable audio file"):
         _dm(root=root).setup("fit")
-    dm = _dm(root=root, on_bad_file="skip")
+    dm = _dm(root=root, on_bad_file="skip", val_fraction=0.34)
     dm.setup("fit")
     assert dm.skipped_files == ["rain/broken.wav"]
     assert "rain/broken.wav" not in dm.train_set.ids + dm.val_set.ids + dm.test_set.ids

@@ -14,7 +14,7 @@ TINY = (
     "--model.init_args.model audioclip-tiny --trainer.max_epochs 1 --trainer.accelerator cpu --trainer.devices 1 "
     "--data.init_args.batch_size 2 --data.init_args.num_workers 0 --trainer.enable_progress_bar false "
     "--data.init_args.clip_seconds 1 --data.init_args.max_seconds 2 --trainer.limit_train_batches 2 "
-    "--trainer.num_sanity_val_steps 0"
+    "--trainer.num_sanity_val_steps 0 --data.init_args.val_fraction 0.34"
 )
 
 

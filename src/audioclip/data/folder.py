@@ -369,6 +369,12 @@ class AudioFolderDataModule(FoldedAudioDataModule):
         train, val, test, self.protocol = self._split(records)
         train, val, test = (rows[self._usable[rows]] for rows in (train, val, test))
         self._check_training_classes(records, train)
+        if not len(val):
+            # without a validation split no checkpoint is selected: say so rather than test the last weights silently
+            raise MetadataError(
+                self.source, f"the validation split is empty ({self.protocol}, val_fraction={self.val_fraction} of "
+                f"{len(train)} training clips); raise val_fraction or give rows with split=val",
+            )
         train_transform = train_audio_transform(self.clip_length) if self.augment else self._eval_transform()
         self.train_set = self._dataset(train, train_transform)
         self.val_set = self._dataset(val, self._eval_transform())
