@@ -19,7 +19,7 @@ DATA    ?=
 RESUME  ?= 0
 
 .PHONY: help install test test-fast test-gpu test-faults lint demo demo-data weights bench-data bench-train \
-        finetune-esc50 finetune-us8k cv-esc50 cv-us8k finetune-esc50-audio-head finetune-us8k-audio-head \
+        finetune finetune-esc50 finetune-us8k cv-esc50 cv-us8k finetune-esc50-audio-head finetune-us8k-audio-head \
         cv-esc50-audio-head cv-us8k-audio-head data-audioset bench-audioset pretrain-audio train-partial train-full
 
 help:  ## list every target with its description
@@ -55,9 +55,11 @@ weights: $(STAMP)  ## download the official weights into ~/.cache/audioclip ($AU
 demo: $(STAMP)  ## fine-tune the tiny AudioCLIP on synthetic ESC-50 data (CPU, ~2 min) and print test accuracy
 	$(PY) -m audioclip.demo $(ARGS)
 
-demo-data: $(STAMP)  ## write tiny synthetic ESC-50 and UrbanSound8K datasets (official layouts) into data/synthetic/
+demo-data: $(STAMP)  ## write tiny synthetic ESC-50, UrbanSound8K (official layouts) and own-data trees/manifests into data/synthetic/
 	$(PY) -m audioclip.data.synthetic --esc50 data/synthetic/esc50 --clips-per-class 30
 	$(PY) -m audioclip.data.synthetic --us8k data/synthetic/us8k
+	$(PY) -m audioclip.data.synthetic --folder data/synthetic/folder --multilabel data/synthetic/multilabel \
+	  --captions data/synthetic/captions
 
 bench-data: $(STAMP)  ## benchmark the ESC-50 data pipeline on 2,000 synthetic clips; prints one JSON line
 	@$(PY) benchmarks/bench_data.py
@@ -82,6 +84,18 @@ finetune-us8k: $(STAMP)  ## fine-tune on UrbanSound8K with fold FOLD as test spl
 	  --model.init_args.init_from $(or $(INIT),null) --trainer.default_root_dir $(RUNS)/finetune-us8k/fold$(FOLD) \
 	  --trainer.logger.init_args.save_dir $(RUNS)/finetune-us8k/fold$(FOLD) --trainer.logger.init_args.name finetune-us8k-fold$(FOLD) \
 	  $(call resume,$(RUNS)/finetune-us8k/fold$(FOLD)) $(ARGS)
+
+# own data: DATA is a class-folder tree or a .csv/.tsv manifest; FOLD only when given (else the split column or a
+# seeded split); the run goes to runs/finetune/<name of DATA>[-foldK]
+FOLD_GIVEN   = $(filter-out file default,$(origin FOLD))
+FINETUNE_RUN = $(RUNS)/finetune/$(notdir $(basename $(patsubst %/,%,$(DATA))))$(if $(FOLD_GIVEN),-fold$(FOLD))
+
+finetune: $(STAMP)  ## fine-tune on your own data: DATA=<class-folder tree or CSV/TSV manifest> (FOLD=, INIT=, GPUS=, NODES=, ARGS=)
+	@test -n "$(DATA)" || { echo "make finetune: give DATA=<class-folder tree or .csv/.tsv manifest>" >&2; exit 2; }
+	$(FIT) --config conf/finetune-folder.yaml --data.init_args.$(if $(filter %.csv %.tsv,$(DATA)),manifest,root) $(DATA) \
+	  $(if $(FOLD_GIVEN),--data.init_args.fold $(FOLD)) --model.init_args.init_from $(or $(INIT),null) \
+	  --trainer.default_root_dir $(FINETUNE_RUN) --trainer.logger.init_args.save_dir $(FINETUNE_RUN) \
+	  --trainer.logger.init_args.name finetune-$(notdir $(FINETUNE_RUN)) $(call resume,$(FINETUNE_RUN)) $(ARGS)
 
 cv-esc50: $(STAMP)  ## all 5 ESC-50 folds (FOLDS="1 3" for some), then a table of per-fold and mean ± std test accuracy (runs/finetune-esc50/cv.*)
 	for k in $(or $(FOLDS),1 2 3 4 5); do $(MAKE) --no-print-directory finetune-esc50 FOLD=$$k || exit 1; done

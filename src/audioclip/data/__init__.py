@@ -9,9 +9,11 @@ from audioclip.data.common import (
     per_device_batch_size,
 )
 from audioclip.data.esc50 import ESC50DataModule
+from audioclip.data.folder import AudioFolderDataModule
 from audioclip.data.us8k import US8KDataModule
 
 __all__ = [
+    "AudioFolderDataModule",
     "BadFileError",
     "DatasetNotFoundError",
     "ESC50DataModule",

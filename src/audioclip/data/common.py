@@ -319,11 +319,7 @@ class FoldedAudioDataModule(L.LightningDataModule):
         protocol: Protocol = "honest",
     ) -> None:
         super().__init__()
-        if not 1 <= fold <= self.num_folds:
-            raise ValueError(
-                f"fold must be in 1..{self.num_folds} ({self.dataset_name} has {self.num_folds} official folds), "
-                f"got {fold}"
-            )
+        self._check_fold(fold)
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if protocol not in PROTOCOLS:
@@ -350,6 +346,13 @@ class FoldedAudioDataModule(L.LightningDataModule):
         self.train_set: ClipDataset | None = None
         self.val_set: ClipDataset | None = None
         self.test_set: ClipDataset | None = None
+
+    def _check_fold(self, fold: int | None) -> None:
+        if fold is None or not 1 <= fold <= self.num_folds:
+            raise ValueError(
+                f"fold must be in 1..{self.num_folds} ({self.dataset_name} has {self.num_folds} official folds), "
+                f"got {fold}"
+            )
 
     # Subclasses describe their official layout.
     def metadata_path(self) -> Path:

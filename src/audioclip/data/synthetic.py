@@ -10,7 +10,13 @@ rates (16, 22.05, 44.1, 48 kHz), mono and stereo files and durations up to 4 s, 
 Each tree gets a ``SYNTHETIC`` marker file at its root (``audioclip.lineage``), so that results on it are
 reported as synthetic and never set beside the paper's figures.
 
+For "your own data" (``audioclip.data.folder``): a class-folder tree, a multi-label ``labels`` manifest and a
+``caption`` manifest, each mixing 16 kHz stereo and 44.1 kHz mono clips of 1 to 8 s in WAV, FLAC, OGG and MP3 files.
+A caption names its clip's sound, loudness and length ("a loud high whistle, short"), so captions differ within a
+class and text-to-audio retrieval has something to find.
+
     python -m audioclip.data.synthetic --esc50 data/synthetic/esc50 --us8k data/synthetic/us8k
+    python -m audioclip.data.synthetic --folder data/synthetic/folder --captions data/synthetic/captions
 """
 
 from __future__ import annotations
@@ -126,22 +132,114 @@ def write_us8k(
     return root
 
 
+# (folder name, caption phrase) of the own-data classes: the folder names show "underscores as spaces"
+FOLDER_CLASSES = (
+    ("low_hum", "low hum"), ("engine_drone", "droning engine"), ("bird_chirp", "chirping bird"),
+    ("door_bell", "ringing door bell"), ("alarm_beep", "beeping alarm"), ("high_whistle", "high whistle"),
+)  # fmt: skip
+FOLDER_FORMATS = (("wav", "PCM_16"), ("flac", "PCM_16"), ("ogg", "VORBIS"), ("mp3", "MPEG_LAYER_III"))
+
+
+def _own_clip(class_indices: tuple[int, ...], clip: int, seed: int, num_classes: int) -> tuple[np.ndarray, int, float]:
+    """(int16 (samples,) or (samples, 2) audio, sample rate, duration) of clip ``clip`` sounding ``class_indices``:
+    odd clips are 16 kHz stereo, even ones 44.1 kHz mono; durations vary between 1 and 8 s."""
+    rng = np.random.default_rng([seed, 14, *class_indices, clip])
+    sample_rate = 16000 if clip % 2 else 44100
+    duration = round(float(rng.uniform(1.0, 8.0)), 2)
+    mix = sum(class_sound(k, num_classes, duration, sample_rate, rng) for k in class_indices)
+    mix = mix * (rng.uniform(0.3, 0.8) / np.abs(mix).max())
+    if clip % 2:
+        mix = np.stack((mix, 0.7 * mix + rng.normal(0.0, 0.01, mix.shape)), axis=1)
+    return _to_int16(mix), sample_rate, duration
+
+
+def _write_own_clip(path: Path, audio: np.ndarray, sample_rate: int, clip: int) -> Path:
+    suffix, subtype = FOLDER_FORMATS[clip % len(FOLDER_FORMATS)]
+    path = path.with_suffix(f".{suffix}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio, sample_rate, subtype=subtype)
+    return path
+
+
+def write_folder_tree(root: str | Path, clips_per_class: int = 10, classes: int = 4, seed: int = 0) -> Path:
+    """A class-folder tree ``root/<class>/...`` of ``classes`` x ``clips_per_class`` clips (every third one in a
+    ``takes/`` subfolder); return the root."""
+    if not 1 <= classes <= len(FOLDER_CLASSES):
+        raise ValueError(f"classes must be in 1..{len(FOLDER_CLASSES)}, got {classes}")
+    root = Path(root)
+    for target, (folder, _) in enumerate(FOLDER_CLASSES[:classes]):
+        for clip in range(clips_per_class):
+            audio, sample_rate, _ = _own_clip((target,), clip, seed, classes)
+            sub = root / folder / ("takes" if clip % 3 == 2 else "")
+            _write_own_clip(sub / f"{folder}-{clip:03d}", audio, sample_rate, clip)
+    return root
+
+
+def write_labels_manifest(root: str | Path, clips: int = 40, classes: int = 4, seed: int = 0) -> Path:
+    """``root/labels.csv`` (``path,labels,fold``) over ``root/audio/``: every clip mixes one or two classes,
+    folds 1..4 in turn; return the manifest."""
+    root = Path(root)
+    names = [folder for folder, _ in FOLDER_CLASSES[:classes]]
+    rows = []
+    for clip in range(clips):
+        first = clip % classes
+        chosen = (first,) if clip % 3 == 0 else tuple(sorted({first, (first + 1 + clip // classes) % classes}))
+        audio, sample_rate, _ = _own_clip(chosen, clip, seed, classes)
+        path = _write_own_clip(root / "audio" / f"mix-{clip:03d}", audio, sample_rate, clip)
+        rows.append({"path": str(path.relative_to(root)), "labels": ";".join(names[k] for k in chosen),
+                     "fold": clip % 4 + 1})  # fmt: skip
+    _write_csv(root / "labels.csv", ("path", "labels", "fold"), rows)
+    return root / "labels.csv"
+
+
+def write_caption_manifest(root: str | Path, clips_per_class: int = 10, classes: int = 4, seed: int = 0) -> Path:
+    """``root/captions.csv`` (``path,caption,split``) over ``root/audio/``: one caption per clip, the last two
+    clips of every class in the test split, the one before in val; return the manifest."""
+    root = Path(root)
+    rows = []
+    for target, (folder, phrase) in enumerate(FOLDER_CLASSES[:classes]):
+        for clip in range(clips_per_class):
+            audio, sample_rate, duration = _own_clip((target,), clip, seed, classes)
+            path = _write_own_clip(root / "audio" / f"{folder}-{clip:03d}", audio, sample_rate, clip)
+            loudness = "loud" if np.abs(audio).max() > 0.55 * 32767 else "quiet"
+            length = "short" if duration < 3 else "long" if duration > 6 else "medium length"
+            position = clips_per_class - clip
+            split = "test" if position <= 2 else "val" if position == 3 else "train"
+            rows.append({"path": str(path.relative_to(root)), "caption": f"a {loudness} {phrase}, {length}",
+                         "split": split})  # fmt: skip
+    _write_csv(root / "captions.csv", ("path", "caption", "split"), rows)
+    return root / "captions.csv"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--esc50", type=Path, help="write a synthetic ESC-50 here")
     parser.add_argument("--us8k", type=Path, help="write a synthetic UrbanSound8K here")
     parser.add_argument("--clips-per-class", type=int, help="clips per class (default: 8 for ESC-50, 10 for US8K)")
-    parser.add_argument("--classes", type=int, default=10, help="use the first N class names (default: 10)")
+    parser.add_argument("--folder", type=Path, help="write a class-folder tree here")
+    parser.add_argument("--multilabel", type=Path, help="write a multi-label manifest (labels.csv) and audio here")
+    parser.add_argument("--captions", type=Path, help="write a caption manifest (captions.csv) and audio here")
+    parser.add_argument("--classes", type=int, help="use the first N class names (default: 10; own data: 4)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.esc50 is None and args.us8k is None:
-        parser.error("give --esc50 DIR and/or --us8k DIR")
+    own = {"folder": args.folder, "multilabel": args.multilabel, "captions": args.captions}
+    if args.esc50 is None and args.us8k is None and not any(own.values()):
+        parser.error("give --esc50 DIR, --us8k DIR, --folder DIR, --multilabel DIR and/or --captions DIR")
+    classes = args.classes or 10
     if args.esc50 is not None:
-        write_esc50(args.esc50, args.clips_per_class or 8, args.classes, args.seed)
+        write_esc50(args.esc50, args.clips_per_class or 8, classes, args.seed)
         print(f"wrote a synthetic ESC-50 to {args.esc50}")
     if args.us8k is not None:
-        write_us8k(args.us8k, args.clips_per_class or 10, args.classes, args.seed)
+        write_us8k(args.us8k, args.clips_per_class or 10, classes, args.seed)
         print(f"wrote a synthetic UrbanSound8K to {args.us8k}")
+    own_classes, clips = args.classes or 4, args.clips_per_class or 10
+    if args.folder is not None:
+        print(f"wrote a class-folder tree to {write_folder_tree(args.folder, clips, own_classes, args.seed)}")
+    if args.multilabel is not None:
+        manifest = write_labels_manifest(args.multilabel, clips * own_classes, own_classes, args.seed)
+        print(f"wrote a multi-label manifest to {manifest}")
+    if args.captions is not None:
+        print(f"wrote a caption manifest to {write_caption_manifest(args.captions, clips, own_classes, args.seed)}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
     audioclip evaluate zeroshot --dataset esc50 --root data/esc50 --checkpoint CKPT [--fold 1] [--template "{}" ...]
     audioclip evaluate query --dataset us8k --root data/us8k --checkpoint CKPT [--pair text:audio ...]
-    audioclip index DIR --out index.pt --checkpoint CKPT
+    audioclip evaluate zeroshot --dataset folder --root MY_TREE | --manifest MY.csv --checkpoint CKPT
+    audioclip evaluate query --dataset folder --manifest captions.csv --checkpoint CKPT   # R@1/5/10, mAP@10
+    audioclip index DIR | MANIFEST.csv --out index.pt --checkpoint CKPT
     audioclip search index.pt --text "dog barking" | --audio FILE | --image FILE [--top 10]
 
 Evaluation results are written as JSON to runs/eval/<name>/results.json, where `make report` finds them. Under
@@ -22,12 +24,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from audioclip.data.folder import manifest_task
 from audioclip.evaluation.datasets import DATASETS, check_dataset, embed_dataset
 from audioclip.evaluation.index import build_index, fingerprint, load_index, search
 from audioclip.evaluation.query import default_pairs, query
-from audioclip.evaluation.zeroshot import check_templates, evaluated_on, zeroshot
+from audioclip.evaluation.zeroshot import check_templates, class_text_embeddings, evaluated_on, zeroshot
 from audioclip.inference import InputError, load
 from audioclip.lineage import data_kind, result_fields, weights_lineage
+from audioclip.metrics import caption_retrieval
 
 NUM_FOLDS = {"esc50": 5, "us8k": 10}
 
@@ -83,7 +87,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     check_dataset(args.dataset)
     templates = _templates(args)
     pairs = _pairs(args.pair) if args.task == "query" else None
-    root = args.root or (f"data/{args.dataset}" if args.dataset in NUM_FOLDS else None)
+    if args.manifest is not None and args.dataset != "folder":
+        raise ValueError(f"--manifest is for --dataset folder, not {args.dataset}")
+    if args.dataset == "folder" and (args.root is None) == (args.manifest is None):
+        raise ValueError("--dataset folder: give --root (a class-folder tree) or --manifest (a CSV/TSV file)")
+    if args.task == "zeroshot" and args.manifest and manifest_task(Path(args.manifest)) == "caption":
+        raise InputError(f"{args.manifest}: a caption manifest has no classes; use `audioclip evaluate query`")
+    root = args.root or args.manifest or (f"data/{args.dataset}" if args.dataset in NUM_FOLDS else None)
     if root is None:
         raise ValueError(f"--root: give the {args.dataset} location (a shard directory or an ImageFolder tree)")
     if args.fold is not None and args.dataset in NUM_FOLDS and not 1 <= args.fold <= NUM_FOLDS[args.dataset]:
@@ -100,6 +110,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         progress=is_main,
+        manifest=args.manifest,
+        clip_seconds=args.clip_seconds,
     )
     folds = data.folds_used if args.dataset in NUM_FOLDS else []
     described = {"dataset": args.dataset, "data": data_kind(root), "test_fold": folds[0] if len(folds) == 1 else None,
@@ -113,6 +125,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     }
     if args.task == "zeroshot":
         result = {**zeroshot(model, data, templates, NUM_FOLDS.get(args.dataset)), **meta}
+        if args.dataset == "folder" and args.fold is not None:
+            result["protocol"] = f"fold {args.fold} of {root} only ({len(data)} samples)"
+    elif data.task == "caption":
+        if args.pair:
+            raise ValueError("--pair: caption retrieval always scores text -> audio and audio -> text")
+        result = _caption_query(model, data, templates, meta)
     else:
         rows = [query(model, data, q, r, templates) for q, r in pairs or default_pairs(data)]
         result = {
@@ -127,7 +145,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             **meta,
         }
     if is_main:
-        out = Path(args.out) / (args.name or f"{args.task}-{args.dataset}") / "results.json"
+        # a folder's results are named after the tree or manifest, so that two of them do not overwrite each other
+        default = f"{args.task}-{Path(root).stem if args.dataset == 'folder' else args.dataset}"
+        out = Path(args.out) / (args.name or default) / "results.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         _print_result(result)
@@ -135,6 +155,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def _caption_query(model, data, templates: list[str], meta: dict) -> dict:
+    """Audio-text retrieval of a caption manifest: every distinct caption a text query, every clip an audio query."""
+    text = class_text_embeddings(model, data.class_names, templates)
+    ids = torch.tensor([labels[0] for labels in data.labels])
+    metrics = caption_retrieval(data.embeddings["audio"], ids, text)
+    rows = [
+        {"query": query_side, "result": result_side, "num_queries": count,
+         **{name: metrics[f"{prefix}_{name}"] for name in ("r@1", "r@5", "r@10", "map@10")}}
+        for query_side, result_side, prefix, count in (
+            ("text", "audio", "t2a", len(data.class_names)), ("audio", "text", "a2t", len(data))
+        )
+    ]  # fmt: skip
+    return {
+        "task": "query",
+        "dataset": data.dataset,
+        "root": data.root,
+        "templates": templates,
+        "num_samples": len(data),
+        "num_captions": len(data.class_names),
+        "evaluated_on": evaluated_on(data, None),
+        "folds": [],
+        "results": rows,
+        **meta,
+    }
 
 
 def _print_result(result: dict) -> None:
@@ -152,6 +198,12 @@ def _print_result(result: dict) -> None:
             print(f"  mean ± std over folds: {_percent(result['fold_mean'])} ± {_percent(result['fold_std'])}")
         return
     print(f"Querying {result['dataset']} (templates {templates}), evaluated on {result['evaluated_on']}")
+    if "num_captions" in result:
+        print(f"  {'query -> result':<18} {'queries':>8} {'R@1':>7} {'R@5':>7} {'R@10':>7} {'mAP@10':>7}")
+        for row in result["results"]:
+            scores = " ".join(f"{_percent(row[k]):>7}" for k in ("r@1", "r@5", "r@10", "map@10"))
+            print(f"  {row['query'] + ' -> ' + row['result']:<18} {row['num_queries']:>8} {scores}")
+        return
     labels = {"p@1": "P@1", "r@1": "R@1", "map": "mAP", "recall@1": "Recall@1", "recall@5": "Recall@5",
               "recall@10": "Recall@10", "map@10": "mAP@10"}  # fmt: skip
     names = list(labels)
@@ -172,11 +224,15 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="task", required=True)
     for task, help_text in (
         ("zeroshot", "zero-shot classification against the class names"),
-        ("query", "cross-modal querying: P@1, R@1, mAP"),
+        ("query", "cross-modal querying: P@1, R@1, mAP (captions: R@1/5/10, mAP@10)"),
     ):
         p = sub.add_parser(task, help=help_text)
         p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
-        p.add_argument("--root", help="dataset root (default data/<dataset>), AudioSet shard dir or ImageFolder tree")
+        p.add_argument(
+            "--root", help="dataset root (default data/<dataset>), AudioSet shard dir, ImageFolder or class-folder tree"
+        )
+        p.add_argument("--manifest", help="folder: a CSV/TSV manifest (path + label | labels | caption)")
+        p.add_argument("--clip-seconds", type=float, default=5.0, help="folder: centre crop of every clip (s)")
         p.add_argument("--fold", type=int, help="evaluate one official fold only (default: every fold)")
         p.add_argument("--template", action="append", help='text template, repeatable (default "{}"); averaged')
         p.add_argument("--templates-file", help="a file of templates, one per line, averaged")
@@ -184,7 +240,7 @@ def _evaluate_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--num-workers", type=int, default=0)
         p.add_argument("--out", default="runs/eval", help="results go to OUT/NAME/results.json")
-        p.add_argument("--name", help="result name (default: <task>-<dataset>)")
+        p.add_argument("--name", help="result name (default: <task>-<dataset>; folder: <task>-<tree or manifest name>)")
         if task == "query":
             p.add_argument("--pair", action="append", help="QUERY:RESULT modalities, repeatable (default: all)")
         _model_args(p)
@@ -197,7 +253,9 @@ def evaluate(argv: Sequence[str]) -> int:
 
 def index(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="audioclip index", description="embed a folder of audio and images")
-    parser.add_argument("folder", help="folder searched recursively for audio and image files")
+    parser.add_argument(
+        "folder", help="folder searched recursively for audio and image files, or a CSV/TSV manifest of audio files"
+    )
     parser.add_argument("--out", default="index.pt", help="index file; an existing one is resumed")
     parser.add_argument("--batch-size", type=int, default=16)
     _model_args(parser)
@@ -230,6 +288,6 @@ def search_cli(argv: Sequence[str]) -> int:
     checkpoint = args.checkpoint or idx["checkpoint"]  # the index remembers the weights it was built with
     model = load(checkpoint, model_name=args.model, device=_device(args.device))
     hits = search(idx, model, args.text, args.audio, args.image, args.top, args.modality, args.template)
-    for rank, (score, path, modality) in enumerate(hits, start=1):
-        print(f"{rank:>3}. {score:+.4f}  {modality:<5}  {path}")
+    for rank, (score, path, modality, label) in enumerate(hits, start=1):
+        print(f"{rank:>3}. {score:+.4f}  {modality:<5}  " + (f"[{label}]  " if label else "") + str(path))
     return 0

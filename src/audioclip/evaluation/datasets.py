@@ -23,9 +23,12 @@ from audioclip.data.common import class_text
 from audioclip.inference import InputError
 from audioclip.models import AudioCLIP
 
-DATASETS = ("esc50", "us8k", "audioset", "imagefolder")
+DATASETS = ("esc50", "us8k", "audioset", "imagefolder", "folder")
 # which embeddings each dataset yields besides the class-name text
-MODALITIES = {"esc50": ("audio",), "us8k": ("audio",), "audioset": ("audio", "image"), "imagefolder": ("image",)}
+MODALITIES = {
+    "esc50": ("audio",), "us8k": ("audio",), "audioset": ("audio", "image"), "imagefolder": ("image",),
+    "folder": ("audio",),
+}  # fmt: skip
 
 
 @dataclass
@@ -39,6 +42,9 @@ class EmbeddedSet:
     folds: list[int]  # the official fold of each sample; 0 where the dataset has none
     ids: list[str]
     embeddings: dict[str, torch.Tensor]  # modality -> (N, D) L2-normalised
+    # "class" (one label each), "multilabel" or "caption" (class_names are then the distinct captions, and each
+    # sample's label is its caption's index)
+    task: str = "class"
 
     @property
     def folds_used(self) -> list[int]:
@@ -198,14 +204,35 @@ def embed_dataset(
     batch_size: int = 32,
     num_workers: int = 0,
     progress: bool = True,
+    manifest: str | Path | None = None,
+    clip_seconds: float = 5.0,
 ) -> EmbeddedSet:
     """Embed an evaluation set: ESC-50 / US8K on ``folds`` (default: every official fold, i.e. the whole dataset),
-    the AudioSet shard directory ``root``, or an ImageFolder tree ``root``."""
+    the AudioSet shard directory ``root``, an ImageFolder tree ``root``, or (``folder``) every clip of a class-folder
+    tree ``root`` or a CSV/TSV ``manifest`` (``folds``: those of its fold column only), centre ``clip_seconds``."""
     check_dataset(dataset)
     root = Path(root)
     modalities = MODALITIES[dataset]
     parts: list[dict] = []
-    if dataset in ("esc50", "us8k"):
+    task = "multilabel" if dataset == "audioset" else "class"
+    if dataset == "folder":
+        from audioclip.data import AudioFolderDataModule
+
+        if folds is not None and len(folds) > 1:
+            raise ValueError("folder: evaluate one fold (--fold) or the whole set")
+        dm = AudioFolderDataModule(
+            root=None if manifest is not None else root, manifest=manifest, num_workers=num_workers, augment=False,
+            clip_seconds=clip_seconds, max_seconds=max(clip_seconds, 10.0), progress=progress,
+        )  # fmt: skip
+        items = dm.evaluation_set(folds[0] if folds else None)
+        task, class_names = dm.task, dm.captions if dm.task == "caption" else dm.class_names
+        loader = DataLoader(_share(items), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+        part = _embed_batches(model, loader, modalities, f"Embedding {dm.source.name}", progress)
+        fold_of = dm.folds_by_id()
+        part["folds"] = [fold_of[i] for i in part["ids"]]
+        parts.append(part)
+        root = dm.source
+    elif dataset in ("esc50", "us8k"):
         class_names: list[str] = []
         for fold, class_names, loader in _folded(dataset, root, folds, batch_size, num_workers, progress):
             part = _embed_batches(model, loader, modalities, f"Embedding {dataset} fold {fold}", progress)
@@ -245,4 +272,5 @@ def embed_dataset(
         folds=[int(f) for f in merged["folds"]],
         ids=merged["ids"],
         embeddings={m: merged[m] for m in modalities},
+        task=task,
     )

@@ -1,13 +1,15 @@
 """Search for users: an embedding index of a folder of audio and images, and exact cosine search in torch.
 
     audioclip index DIR --out index.pt --checkpoint CKPT     # batched, progress bar, resumable
+    audioclip index my/captions.csv --out index.pt          # the files of a manifest (audioclip.data.folder)
     audioclip search index.pt --text "dog barking" --top 10  # or --audio FILE / --image FILE
 
 The index file (``torch.save`` of plain tensors, lists and strings, read back with ``weights_only=True``) holds the
-paths, the modality of each item, the L2-normalised embeddings (AudioCLIP's shared space, Guzhov et al. 2021,
-sec. 3) and a fingerprint of the model weights. Embeddings from different weights are not comparable, so adding to
-an index or searching it with other weights is refused. Indexing saves as it goes, so an interrupted run resumes
-and skips the files already in the index.
+paths, the modality of each item, its label (the class folder of a class-folder tree, underscores as spaces; a
+manifest's label, labels or caption; empty for files directly in DIR), the L2-normalised embeddings (AudioCLIP's
+shared space, Guzhov et al. 2021, sec. 3) and a fingerprint of the model weights. Embeddings from different weights
+are not comparable, so adding to an index or searching it with other weights is refused. Indexing saves as it goes,
+so an interrupted run resumes and skips the files already in the index.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from audioclip.data.common import class_text
 from audioclip.inference import InputError, embed_image, embed_text, prepare_audio
 from audioclip.models import AudioCLIP
 
@@ -54,6 +57,25 @@ def find_media(folder: str | Path) -> list[tuple[Path, str]]:
             f"{folder}: no audio ({', '.join(AUDIO_SUFFIXES)}) or image ({', '.join(IMAGE_SUFFIXES)}) files"
         )
     return found
+
+
+def labelled_media(source: str | Path) -> list[tuple[Path, str, str]]:
+    """(path, modality, label) of the files of a folder (label: the class folder) or a CSV/TSV manifest."""
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() in (".csv", ".tsv"):
+        from audioclip.data.folder import read_manifest
+
+        _, records, names = read_manifest(source)
+        return [
+            (record.path.resolve(), "audio", record.caption or ", ".join(names[i] for i in record.labels))
+            for record in records
+        ]
+    resolved = source.resolve()
+    return [
+        (path, modality, class_text(path.relative_to(resolved).parts[0]) if len(path.relative_to(resolved).parts) > 1
+         else "")
+        for path, modality in find_media(source)
+    ]  # fmt: skip
 
 
 def load_index(path: str | Path) -> dict:
@@ -116,13 +138,14 @@ def build_index(
     save_every: int = 20,
     progress: bool = True,
 ) -> dict:
-    """Embed every audio and image file under ``folder`` into the index ``out``, skipping files already there.
+    """Embed every audio and image file under ``folder`` (or listed in a manifest) into the index ``out`` with its
+    label, skipping files already there.
 
     Returns counts ``added``, ``skipped`` (already indexed), ``total`` and ``failed`` [(path, reason)]; unreadable
     files are not added, so a later run tries them again.
     """
     out = Path(out)
-    files = find_media(folder)
+    files = labelled_media(folder)
     model_fingerprint = fingerprint(model)
     if out.exists():
         index = load_index(out)
@@ -136,10 +159,13 @@ def build_index(
             "model": getattr(model, "model_name", type(model).__name__),
             "paths": [],
             "modality": [],
+            "labels": [],
             "embeddings": torch.empty(0, model.config.embed_dim),
         }
+    index.setdefault("labels", [""] * len(index["paths"]))  # an index from before labels were stored
     known = set(index["paths"])
-    todo = [(path, modality) for path, modality in files if str(path) not in known]
+    label_of = {str(path): label for path, _, label in files}
+    todo = [(path, modality) for path, modality, _ in files if str(path) not in known]
     stats = {"added": 0, "skipped": len(files) - len(todo), "failed": [], "total": 0}
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     pending: list[torch.Tensor] = []
@@ -157,6 +183,7 @@ def build_index(
             for path, modality, emb in done:
                 index["paths"].append(str(path))
                 index["modality"].append(modality)
+                index["labels"].append(label_of[str(path)])
                 pending.append(emb[None].cpu())
             stats["added"] += len(done)
             if (number + 1) % save_every == 0:
@@ -178,8 +205,8 @@ def search(
     top: int = 10,
     modality: str | None = None,
     template: str = "{}",
-) -> list[tuple[float, str, str]]:
-    """The ``top`` nearest items (cosine similarity, path, modality) to one text, audio file or image file."""
+) -> list[tuple[float, str, str, str]]:
+    """The ``top`` nearest items (cosine similarity, path, modality, label) to one text, audio file or image file."""
     given = [x for x in (text, audio, image) if x is not None]
     if len(given) != 1:
         raise InputError("search needs exactly one query: text, audio or image")
@@ -197,7 +224,8 @@ def search(
     candidates = keep.nonzero().flatten()
     scores = index["embeddings"][candidates].float() @ query.cpu()
     best = scores.topk(min(top, len(candidates)))
+    labels = index.get("labels") or [""] * len(index["paths"])
     return [
-        (float(score), index["paths"][i], index["modality"][i])
+        (float(score), index["paths"][i], index["modality"][i], labels[i])
         for score, i in zip(best.values, candidates[best.indices].tolist(), strict=True)
     ]

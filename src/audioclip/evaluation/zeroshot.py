@@ -4,8 +4,8 @@ References: AudioCLIP (Guzhov et al. 2021, sec. 4.4, Table 2: ESC-50, UrbanSound
 and AudioSet mAP) and CLIP (Radford et al. 2021, sec. 3.1.4). The reference formats the class names into the
 template "{}"; with several templates, each template's text embeddings are L2-normalised, averaged over the
 templates and normalised again, as open_clip's ``build_zero_shot_classifier`` does (CLIP's prompt ensembling).
-Single-label sets report accuracy over all samples, per fold, per class and a confusion matrix; AudioSet reports
-macro mAP with the reference's class scores (``audioclip.metrics``).
+Single-label sets report accuracy over all samples, per fold, per class and a confusion matrix; AudioSet and multi-label
+manifests report macro mAP with the reference's class scores (``audioclip.metrics``).
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ def zeroshot(
     model: AudioCLIP, data: EmbeddedSet, templates: Sequence[str] = ("{}",), num_folds: int | None = None
 ) -> dict:
     """Zero-shot results of an embedded set (JSON-ready). ``num_folds``: the dataset's official fold count."""
+    if data.task == "caption":
+        raise InputError(f"{data.root}: a caption manifest has no classes to classify; use `audioclip evaluate query`")
     templates = check_templates(templates)
     text = class_text_embeddings(model, data.class_names, templates)
     result: dict = {
@@ -74,7 +76,7 @@ def zeroshot(
         "num_samples": len(data),
         "class_names": data.class_names,
     }
-    if data.dataset == "audioset":
+    if data.dataset == "audioset" or data.task == "multilabel":
         metric = AudioSetMAP(num_classes=len(data.class_names))
         target = torch.zeros(len(data), len(data.class_names), dtype=torch.int)
         for row, labels in enumerate(data.labels):

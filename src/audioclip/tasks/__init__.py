@@ -1,6 +1,7 @@
 """LightningModules for the four training phases; `models/` stays free of Lightning."""
 
 from audioclip.tasks.base import AudioCLIPTask, ChannelsLast
+from audioclip.tasks.finetune_folder import FolderFinetuneModule
 from audioclip.tasks.phases import AudioPretrainModule, FinetuneModule, FullTrainingModule, PartialTrainingModule
 
 __all__ = [
@@ -8,6 +9,7 @@ __all__ = [
     "ChannelsLast",
     "AudioPretrainModule",
     "FinetuneModule",
+    "FolderFinetuneModule",
     "FullTrainingModule",
     "PartialTrainingModule",
 ]

@@ -1,0 +1,408 @@
+"""Your own sounds: a class-folder tree or a CSV/TSV manifest as a DataModule of the batch contract.
+
+Two layouts (README, "Your own data"):
+
+- a class-folder tree ``root/<class name>/**/*.{wav,flac,ogg,mp3}``: the class is the top folder's name, underscores
+  read as spaces (as the ESC-50 / US8K class names are turned into text);
+- a manifest (``.csv``, or ``.tsv`` tab-separated) with a ``path`` column (relative to the manifest's folder) and one
+  of ``label`` (one class per clip), ``labels`` (several, ``;``-separated: multi-label) or ``caption`` (free text,
+  the clip's own text for audio-text contrastive fine-tuning); optionally ``fold`` (integers) or ``split``
+  (``train`` / ``val`` / ``test``).
+
+Splits: with ``fold=k`` the ``fold`` column's fold k is the test split and a class-stratified ``val_fraction`` of
+the other folds validates, as ESC-50's protocol (Piczak, 2015); else the ``split`` column (``val`` carved from
+``train`` when it has none); else a seeded, class-stratified split of ``test_fraction`` / ``val_fraction`` per class
+(the first label of a multi-label clip; captions unstratified).
+
+Audio: any sample rate and channel count, resampled to 44.1 kHz (``torchaudio.functional.resample``) and brought to
+``channels`` (1: the channel mean, as ESC-50; 2: mono duplicated, as UrbanSound8K) in the int16 value range AudioCLIP
+expects (Guzhov et al., 2021; DESIGN.md, "The model, exactly"). The decoded cache keeps the first ``max_seconds``
+of every clip; training crops ``clip_seconds`` at random (with the paper's augmentations, section 4.2), evaluation
+takes the centre ``clip_seconds`` (shorter clips are padded). Files are decoded by soundfile's libsndfile, which
+reads WAV, FLAC, OGG/Vorbis and MP3. Bad files follow ``on_bad_file`` as for ESC-50.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from audioclip.data.audio import SAMPLE_RATE, read_audio, resample, round_to_int16
+from audioclip.data.cache import CacheReader, CacheSpec
+from audioclip.data.common import (
+    ClipDataset,
+    DatasetNotFoundError,
+    FoldedAudioDataModule,
+    MetadataError,
+    OnBadFile,
+    class_text,
+    parse_int,
+    per_device_batch_size,
+    split_folds,
+)
+from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+LABEL_COLUMNS = ("label", "labels", "caption")
+SPLITS = ("train", "val", "test")
+Task = Literal["class", "multilabel", "caption"]
+# the label column of a manifest -> what fine-tuning and evaluation do with it
+TASK_OF_COLUMN: dict[str, Task] = {"label": "class", "labels": "multilabel", "caption": "caption"}
+
+
+def decode_folder_clip(path: Path, channels: int, length: int) -> np.ndarray:
+    """One clip as int16 (channels, <= length) at 44.1 kHz: the first ``length`` samples, channels mapped."""
+    audio, sample_rate = read_audio(path)
+    # cut before resampling: an hour-long file is not resampled whole to keep its first seconds
+    audio = audio[:, : int(np.ceil(length * sample_rate / SAMPLE_RATE)) + 64]
+    audio = resample(audio, sample_rate)[:, :length]
+    if audio.shape[0] != channels:
+        audio = np.repeat(audio.mean(axis=0, keepdims=True), channels, axis=0)
+    return round_to_int16(audio)
+
+
+@dataclass
+class FolderRecord:
+    """One clip of a tree or manifest; ``ClipDataset`` reads ``id``, ``path`` and ``target``."""
+
+    id: str  # the path relative to the tree root or the manifest's folder: unique
+    path: Path
+    labels: tuple[int, ...] = ()  # class indices; empty for captions
+    caption: str = ""
+    fold: int | None = None
+    split: str | None = None
+    target: Any = field(default=None)  # int class / caption index, or a multi-hot tensor (multi-label)
+
+
+def _delimiter(manifest: Path) -> str:
+    return "\t" if manifest.suffix.lower() == ".tsv" else ","
+
+
+def manifest_task(manifest: Path) -> Task:
+    """Which task a manifest's columns describe; one-line errors for a missing file or missing columns."""
+    if not manifest.is_file():
+        raise DatasetNotFoundError(f"{manifest}: manifest file does not exist")
+    with open(manifest, newline="", encoding="utf-8-sig") as file:
+        header = next(csv.reader(file, delimiter=_delimiter(manifest)), [])
+    header = [name.strip() for name in header]
+    given = [column for column in LABEL_COLUMNS if column in header]
+    if "path" not in header or len(given) != 1:
+        problem = "missing column 'path'" if "path" not in header else (
+            "missing a label column" if not given else f"several label columns {given}"
+        )
+        raise MetadataError(
+            manifest, f"{problem}; a manifest has the columns 'path' and one of {list(LABEL_COLUMNS)} "
+            f"(optional 'fold' or 'split'), found {header}",
+        )
+    return TASK_OF_COLUMN[given[0]]
+
+
+def read_manifest(manifest: Path) -> tuple[Task, list[FolderRecord], list[str]]:
+    """(task, records, class names) of a manifest; class names are sorted, caption manifests have none."""
+    task = manifest_task(manifest)
+    column = next(c for c, t in TASK_OF_COLUMN.items() if t == task)
+    with open(manifest, newline="", encoding="utf-8-sig") as file:
+        reader = csv.DictReader(file, delimiter=_delimiter(manifest))
+        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+        rows = list(enumerate(reader, start=2))
+    if not rows:
+        raise MetadataError(manifest, "has no rows: list one clip per line under the header")
+    records, seen = [], {}
+    for line, row in rows:
+        value = (row.get("path") or "").strip()
+        if not value:
+            raise MetadataError(manifest, f"line {line}: empty 'path'")
+        if value in seen:
+            raise MetadataError(manifest, f"line {line}: {value!r} is listed twice (first on line {seen[value]})")
+        seen[value] = line
+        text = (row.get(column) or "").strip()
+        names = [class_text(name) for name in text.split(";")] if task == "multilabel" else [class_text(text)]
+        names = [name for name in names if name]
+        if not names:
+            raise MetadataError(manifest, f"line {line}: empty {column!r}")
+        split = (row.get("split") or "").strip().lower() or None
+        if split is not None and split not in SPLITS:
+            raise MetadataError(manifest, f"line {line}: column 'split' must be one of {list(SPLITS)}, got {split!r}")
+        fold = row.get("fold")
+        records.append(
+            FolderRecord(
+                id=value,
+                path=manifest.parent / value,
+                caption=text if task == "caption" else "",
+                labels=tuple(names) if task != "caption" else (),  # names for now, indices below
+                fold=parse_int(manifest, line, "fold", fold, 0, 10**6) if fold not in (None, "") else None,
+                split=split,
+            )
+        )
+    names = sorted({name for record in records for name in record.labels})
+    index = {name: i for i, name in enumerate(names)}
+    for record in records:
+        record.labels = tuple(sorted({index[name] for name in record.labels}))
+    return task, records, names
+
+
+def read_tree(root: Path) -> tuple[list[FolderRecord], list[str]]:
+    """(records, class names) of a class-folder tree; one-line errors for an empty root or an empty class folder."""
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"{root}: no such folder (expected root/<class name>/<audio files>)")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DatasetNotFoundError(
+            f"{root}: no class folders; expected root/<class name>/**/*{{{','.join(AUDIO_SUFFIXES)}}}"
+        )
+    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES]
+    if loose:
+        log.warning("%s: %d audio file(s) outside any class folder are not used", root, len(loose))
+    names = [class_text(folder.name) for folder in folders]
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicates:
+        raise MetadataError(root, f"class folders name the same class {duplicates} (underscores read as spaces)")
+    records = []
+    for target, folder in enumerate(folders):
+        files = sorted(
+            p for p in folder.rglob("*")
+            if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        )  # fmt: skip
+        if not files:
+            raise MetadataError(folder, f"class folder holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+        records += [FolderRecord(id=str(p.relative_to(root)), path=p, labels=(target,)) for p in files]
+    return records, names
+
+
+def stratified_split(
+    strata: np.ndarray, test_fraction: float, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices (train, val, test): per stratum a seeded ``test_fraction`` tests and ``val_fraction`` validates;
+    every stratum keeps at least one training row."""
+    rng = np.random.default_rng(seed)
+    train, val, test = [], [], []
+    for stratum in np.unique(strata):
+        members = rng.permutation(np.flatnonzero(strata == stratum))
+        n_test = min(round(len(members) * test_fraction), len(members) - 1)
+        n_val = min(round(len(members) * val_fraction), len(members) - 1 - n_test)
+        test.append(members[:n_test])
+        val.append(members[n_test : n_test + n_val])
+        train.append(members[n_test + n_val :])
+    return tuple(np.sort(np.concatenate(part)).astype(np.int64) for part in (train, val, test))
+
+
+class AudioFolderDataModule(FoldedAudioDataModule):
+    """A class-folder tree (``root``) or a CSV/TSV manifest (``manifest``) as dict batches.
+
+    Args:
+        root: a class-folder tree ``root/<class name>/**/*.{wav,flac,ogg,mp3}``.
+        manifest: a ``.csv`` / ``.tsv`` with ``path`` and one of ``label``, ``labels``, ``caption`` (give ``root``
+            or ``manifest``).
+        fold: the ``fold`` column's test fold; without it the ``split`` column, else a seeded stratified split.
+        test_fraction: share of every class in the test split of the seeded split.
+        clip_seconds: the model's input length: a random crop in training, the centre at evaluation.
+        max_seconds: the first seconds of every clip kept in the decoded cache (longer files are cut).
+        channels: channels of every item: 1 (the channel mean) or 2 (mono duplicated; stereo kept).
+        The others as ``FoldedAudioDataModule`` (``val_fraction``, ``seed``, ``on_bad_file``, ``cache_dir``, ...).
+    """
+
+    dataset_name = "audio folder"
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        manifest: str | Path | None = None,
+        fold: int | None = None,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        augment: bool = True,
+        clip_seconds: float = 5.0,
+        max_seconds: float = 10.0,
+        channels: int = 1,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        on_bad_file: OnBadFile = "error",
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        if (root is None) == (manifest is None):
+            raise ValueError("give root (a class-folder tree) or manifest (a CSV/TSV file), one of the two")
+        if root is not None and Path(root).is_file():
+            raise ValueError(f"root: {root} is a file; pass a CSV/TSV manifest as manifest")
+        if not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1) with val_fraction + test_fraction < 1, got "
+                             f"{test_fraction} and {val_fraction}")  # fmt: skip
+        if not 0 < clip_seconds <= max_seconds:
+            raise ValueError(f"clip_seconds must be in (0, max_seconds={max_seconds}], got {clip_seconds}")
+        if channels not in (1, 2):
+            raise ValueError(f"channels must be 1 or 2, got {channels}")
+        self.manifest = Path(manifest) if manifest is not None else None
+        base = Path(root) if root is not None else self.manifest.parent
+        super().__init__(base, fold, batch_size, num_workers, val_fraction, seed, augment, pin_memory,
+                         persistent_workers, on_bad_file, cache_dir, progress)  # fmt: skip
+        self.save_hyperparameters()
+        self.test_fraction = test_fraction
+        self.clip_length = round(clip_seconds * SAMPLE_RATE)
+        length = round(max_seconds * SAMPLE_RATE)
+        # a tree and a manifest in one folder keep separate caches
+        name = "folder" if self.manifest is None else f"manifest-{self.manifest.stem}"
+        decoder = partial(decode_folder_clip, channels=channels, length=length)
+        self.cache_spec = CacheSpec(name=name, decoder=decoder, channels=channels, length=length, version="1")
+        self._read: tuple[Task, list[FolderRecord], list[str]] | None = None
+
+    def _check_fold(self, fold: int | None) -> None:
+        if fold is not None and fold < 0:
+            raise ValueError(f"fold must be a fold number of the manifest's 'fold' column, got {fold}")
+
+    @property
+    def source(self) -> Path:
+        """The tree root or the manifest file: what messages name."""
+        return self.manifest if self.manifest is not None else self.root
+
+    @property
+    def task(self) -> Task:
+        """``class``, ``multilabel`` or ``caption``: known from the layout before anything is decoded."""
+        return "class" if self.manifest is None else manifest_task(self.manifest)
+
+    def metadata_path(self) -> Path:
+        return self.source
+
+    def _read_layout(self) -> tuple[Task, list[FolderRecord], list[str]]:
+        if self._read is None:
+            if self.manifest is None:
+                records, names = read_tree(self.root)
+                task: Task = "class"
+            else:
+                task, records, names = read_manifest(self.manifest)
+            captions = {caption: i for i, caption in enumerate(sorted({record.caption for record in records}))}
+            for record in records:
+                if task == "multilabel":
+                    record.target = torch.zeros(len(names), dtype=torch.long)
+                    record.target[list(record.labels)] = 1
+                elif task == "caption":
+                    # clips with one caption share a target: each is relevant to the other's caption in retrieval
+                    record.target = captions[record.caption]
+                else:
+                    record.target = record.labels[0]
+            self._read = task, records, names
+        return self._read
+
+    def _records(self) -> list[FolderRecord]:
+        return self._read_layout()[1]
+
+    def _texts(self, records: list[FolderRecord]) -> list[str]:
+        names = self.class_names
+        return [record.caption or ", ".join(names[i] for i in record.labels) for record in records]
+
+    def _split(self, records: list[FolderRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        """Row indices (train, val, test) and the protocol in words."""
+        strata = np.array([record.labels[0] if record.labels else 0 for record in records])
+        if self.fold is not None:
+            folds = [record.fold for record in records]
+            if any(fold is None for fold in folds):
+                where = "has no 'fold' column" if all(f is None for f in folds) else "has rows without a fold"
+                raise MetadataError(self.source, f"{where}; fold={self.fold} needs a fold for every row")
+            if self.fold not in folds:
+                raise MetadataError(self.source, f"fold={self.fold} is not in the 'fold' column ({sorted(set(folds))})")
+            train, val, test = split_folds(np.array(folds), strata, self.fold, self.val_fraction, self.seed)
+            return train, val, test, f"fold {self.fold} as test split"
+        splits = [record.split for record in records]
+        if any(split is not None for split in splits):
+            if None in splits:
+                raise MetadataError(self.source, "column 'split' is empty on some rows; give train, val or test")
+            rows = {name: np.flatnonzero(np.array(splits) == name) for name in SPLITS}
+            for name in ("train", "test"):
+                if not len(rows[name]):
+                    raise MetadataError(self.source, f"no rows with split={name}")
+            if not len(rows["val"]):
+                part, val, _ = stratified_split(strata[rows["train"]], 0.0, self.val_fraction, self.seed)
+                rows["train"], rows["val"] = rows["train"][part], rows["train"][val]
+            return rows["train"], rows["val"], rows["test"], "the manifest's split column"
+        train, val, test = stratified_split(strata, self.test_fraction, self.val_fraction, self.seed)
+        return train, val, test, (
+            f"seeded stratified split (seed {self.seed}): test {self.test_fraction:.0%}, val {self.val_fraction:.0%}"
+        )
+
+    def _check_training_classes(self, records: list[FolderRecord], train: np.ndarray) -> None:
+        if self._read_layout()[0] == "caption":
+            return
+        present = {label for row in train for label in records[row].labels}
+        missing = [name for i, name in enumerate(self.class_names) if i not in present]
+        if missing:
+            raise MetadataError(
+                self.source,
+                f"class(es) {missing[:5]} have no usable sample in the training split ({self.protocol}); "
+                "add clips of them or change the split",
+            )
+
+    def _load_cache(self) -> list[FolderRecord]:
+        """Read the layout, decode what is new into the cache, apply ``on_bad_file``; the records."""
+        task, records, names = self._read_layout()
+        self.class_names = names
+        self.captions = sorted({record.caption for record in records}) if task == "caption" else []
+        cache = self._cache(records)
+        bad = self._bad_files(records, cache)
+        if bad:
+            self.skipped_files = [record.id for record, _ in bad]
+            log.warning("%s: skipped %d bad file(s) (on_bad_file='skip'): %s", self.source, len(bad),
+                        "; ".join(f"{record.path}: {problem}" for record, problem in bad))  # fmt: skip
+        self._reader, self._lengths = CacheReader(cache), cache.lengths
+        self._usable = np.array([error is None for error in cache.errors])
+        return records
+
+    def setup(self, stage: str | None = None) -> None:
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        self.device_batch_size = per_device_batch_size(self.batch_size, world_size)
+        if self.train_set is not None:
+            return
+        records = self._load_cache()
+        # split before dropping bad files so that skipping a file never reshuffles the splits
+        train, val, test, self.protocol = self._split(records)
+        train, val, test = (rows[self._usable[rows]] for rows in (train, val, test))
+        self._check_training_classes(records, train)
+        if not len(val):
+            # without a validation split no checkpoint is selected: say so rather than test the last weights silently
+            raise MetadataError(
+                self.source, f"the validation split is empty ({self.protocol}, val_fraction={self.val_fraction} of "
+                f"{len(train)} training clips); raise val_fraction or give rows with split=val",
+            )
+        train_transform = train_audio_transform(self.clip_length) if self.augment else self._eval_transform()
+        self.train_set = self._dataset(train, train_transform)
+        self.val_set = self._dataset(val, self._eval_transform())
+        self.test_set = self._dataset(test, self._eval_transform())
+        log.info("%s: %s task, %d train / %d val / %d test clips (%s)", self.source, self.task, len(train), len(val),
+                 len(test), self.protocol)  # fmt: skip
+
+    def _eval_transform(self) -> AudioTransform:
+        return eval_audio_transform(self.clip_length)
+
+    def _dataset(self, rows: np.ndarray, transform: AudioTransform) -> ClipDataset:
+        records = self._records()
+        chosen = [records[row] for row in rows]
+        return ClipDataset(self._reader, rows, self._lengths[rows], chosen, self._texts(chosen), transform,
+                           self.on_bad_file)  # fmt: skip
+
+    def evaluation_set(self, fold: int | None = None) -> ClipDataset:
+        """Every usable clip (or those of ``fold``) with the evaluation transform, for zero-shot and querying; the
+        training split is not involved, so no class needs training samples here."""
+        records = self._load_cache()
+        rows = np.flatnonzero(self._usable)
+        if fold is not None:
+            folds = np.array([record.fold if record.fold is not None else -1 for record in records])
+            if fold not in folds:
+                raise MetadataError(self.source, f"fold={fold} is not in the 'fold' column")
+            rows = rows[folds[rows] == fold]
+        return self._dataset(rows, self._eval_transform())
+
+    def folds_by_id(self) -> dict[str, int]:
+        """The ``fold`` of every clip by id (0 where the layout has none)."""
+        return {record.id: record.fold or 0 for record in self._records()}
