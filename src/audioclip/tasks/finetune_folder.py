@@ -38,7 +38,7 @@ class FolderFinetuneModule(FinetuneModule):
 
     Args:
         task: `class`, `multilabel` or `caption`; None takes the datamodule's `task`.
-        The others as `FinetuneModule` (`standalone` only with class names).
+        The others as `FinetuneModule`.
     """
 
     def __init__(
@@ -50,13 +50,12 @@ class FolderFinetuneModule(FinetuneModule):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         template: str = "{}",
-        standalone: bool = False,
         num_classes: int | None = None,
         task: str | None = None,
     ) -> None:
         if task is not None and task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)} (or null: the data's), got {task!r}")
-        super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template, standalone, num_classes)
+        super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template, num_classes=num_classes)
         self.save_hyperparameters()
         self.task = task
         # multi-label head (SigLIP-style); part of every checkpoint, trained only for multi-label data
@@ -79,8 +78,6 @@ class FolderFinetuneModule(FinetuneModule):
         task = self.task or getattr(self.trainer.datamodule, "task", None)
         if task not in TASKS:
             raise ValueError(f"task: the datamodule states no task ({task!r}); set --model.init_args.task")
-        if task != "class" and self.hparams.standalone:
-            raise ValueError(f"standalone: a classifier head needs class names, the data's task is {task}")
         return task
 
     def configure_callbacks(self):
@@ -97,6 +94,11 @@ class FolderFinetuneModule(FinetuneModule):
 
     def setup(self, stage: str) -> None:
         self.task = self._data_task()
+        # only what the task's loss uses is trainable: DDP refuses a trainable parameter without gradient
+        multilabel = self.task == "multilabel"
+        self.label_log_scale.requires_grad_(multilabel)
+        self.label_bias.requires_grad_(multilabel)
+        self.clip_model.logit_scale_at.requires_grad_(not multilabel)  # the multi-label head has its own scale
         if self.task == "class":
             super().setup(stage)
         elif self.task == "multilabel" and self.num_classes is None:
