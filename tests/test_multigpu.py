@@ -19,7 +19,7 @@ import pytest
 import torch
 from wandb_offline import wandb_run
 
-from audioclip.data.synthetic import write_esc50, write_us8k
+from audioclip.data.synthetic import write_caption_manifest, write_esc50, write_labels_manifest, write_us8k
 from audioclip.models import create_model
 
 pytestmark = pytest.mark.ddp
@@ -256,3 +256,22 @@ def test_a_signal_to_one_rank_saves_and_stops_every_rank(esc50: Path, tmp_path: 
     assert "SIGUSR1: saved" in done.stdout + done.stderr, done.stderr[-3000:]
     state = torch.load(runs / "finetune-esc50" / "fold1" / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["global_step"] == 2  # noted during step 2, decided at its end (2 is a multiple of N = 2)
+
+
+@pytest.mark.parametrize("layout", ["captions", "labels"])
+def test_own_data_finetune_on_two_ranks(layout: str, tmp_path: Path) -> None:
+    """`make finetune DATA=...` on 2 ranks: captions (retrieval gathered across ranks) and multi-label (its own
+    head; the audio-text scale is then unused and must not be trainable)."""
+    if layout == "captions":
+        data = write_caption_manifest(tmp_path / "captions", clips_per_class=4, classes=2)
+    else:
+        data = write_labels_manifest(tmp_path / "labels", clips=16, classes=3)
+    args = (
+        f"--model.init_args.model audioclip-tiny --trainer.max_epochs 2 --data.init_args.batch_size 4 "
+        f"--data.init_args.num_workers 1 --data.init_args.clip_seconds 1 --data.init_args.max_seconds 2 "
+        f"--data.init_args.val_fraction 0.34 {TINY}"
+    )
+    done = _make("finetune", f"DATA={data}", "INIT=", f"RUNS={tmp_path / 'runs'}", "GPUS=2", f"ARGS={args}")
+    _ok(done)
+    metrics = json.loads(next((tmp_path / "runs" / "finetune").glob("*/test_metrics.json")).read_text())
+    assert ("test/t2a_map@10" if layout == "captions" else "test/map") in metrics
