@@ -83,7 +83,8 @@ def describe_data(datamodule: Any) -> dict[str, Any]:
             "data": data_kind(datamodule.root),
             "root": str(datamodule.root),
             "test_fold": datamodule.fold,
-            "train_folds": [k for k in range(1, datamodule.num_folds + 1) if k != datamodule.fold],
+            # own data (`AudioFolderDataModule`) has no official fold count: its folds are the manifest's
+            "train_folds": [k for k in range(1, getattr(datamodule, "num_folds", 0) + 1) if k != datamodule.fold],
             "protocol": datamodule.protocol,
         }
     dirs = [getattr(datamodule, name, None) for name in ("train_dir", "val_dir", "test_dir")]
