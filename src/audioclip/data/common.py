@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from audioclip.data.cache import CACHE_DIRNAME, CacheReader, CacheSpec, ClipCache, build_cache
 from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
-from audioclip.reliability import ResumableDataLoader, ResumableSampler
+from audioclip.reliability import IgnoreTerminationSignals, ResumableDataLoader, ResumableSampler
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +428,8 @@ class FoldedAudioDataModule(L.LightningDataModule):
             collate_fn=collate,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
+            # a signal to the process group is the main process's to act on (save, then stop the workers)
+            worker_init_fn=IgnoreTerminationSignals(rank=getattr(self.trainer, "global_rank", 0)),
             # training drops the last incomplete batch: a contrastive loss over a handful of rows is a poor
             # signal, and every rank must gather batches of one size; evaluation sees every clip
             drop_last=sampler is not None,
