@@ -44,6 +44,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from audioclip.outputs import OutputError
+
 log = logging.getLogger(__name__)
 
 BAD_FILES = "bad_files.tsv"
@@ -89,6 +91,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, path)
+        except OSError as exc:  # a full disk or a folder gone read-only: the previous checkpoint stays whole
+            raise OutputError(
+                f"{path}: could not write the checkpoint ({exc.strerror or exc}); free space or move the run with "
+                "RUNS= or --trainer.default_root_dir"
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(path.parent)

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from audioclip.data.cache import CACHE_DIRNAME, CacheReader, CacheSpec, ClipCache, build_cache
 from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
+from audioclip.outputs import check_writable_dir
 from audioclip.reliability import IgnoreTerminationSignals, ResumableDataLoader, ResumableSampler
 
 log = logging.getLogger(__name__)
@@ -372,6 +373,10 @@ class FoldedAudioDataModule(L.LightningDataModule):
             error_type = MissingFileError if not record.path.exists() else BadFileError
             raise error_type(record.path, f"{problem}{more}{hint}")
         return bad
+
+    def check_outputs(self) -> None:
+        """The decoded cache must be writable (a read-only dataset root needs `cache_dir`); OutputError if not."""
+        check_writable_dir(self.cache_dir, "--data.init_args.cache_dir (default: <root>/.audioclip-cache)")
 
     def prepare_data(self) -> None:
         """Decode new or changed files into the cache (once per node) and fail on bad files before training."""

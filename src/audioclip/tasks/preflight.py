@@ -1,0 +1,98 @@
+"""Checks `audioclip fit` makes once the arguments are parsed, before any class is built or W&B run started.
+
+- A run directory that already holds checkpoints is another run's: training into it without `--ckpt_path`
+  (`RESUME=1`) would overwrite its `last.ckpt` and mix two runs' `best-*.ckpt` files in one folder.
+- The run directory must be writable (`RUNS=`, `--trainer.default_root_dir`): a run that cannot save its first
+  checkpoint should not train for an hour first.
+- Lightning's own switches: no logger (`--trainer.logger false`), no checkpointing
+  (`--trainer.enable_checkpointing false`), `fast_dev_run`, `limit_*_batches`, `max_steps`. The callbacks that need
+  a logger or that write checkpoints are left out when those are off, instead of Lightning refusing the run.
+
+See docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+from audioclip.outputs import check_writable_dir
+
+
+def earlier_checkpoints(root: Path) -> list[Path]:
+    """The checkpoint files a run directory already holds (`<root>/checkpoints/*.ckpt`)."""
+    directory = root / "checkpoints"
+    return sorted(directory.glob("*.ckpt")) if directory.is_dir() else []
+
+
+def refuse_earlier_run(root: Path) -> None:
+    """ValueError when `root` holds another run's checkpoints and the user did not ask to resume it."""
+    found = earlier_checkpoints(root)
+    if found:
+        raise ValueError(
+            f"{root}: holds the checkpoints of an earlier run ({len(found)} in {found[0].parent}); continue it with "
+            f"RESUME=1 (--ckpt_path last), or choose another run directory (RUNS=, --trainer.default_root_dir)"
+        )
+
+
+def _disabled(value: Any) -> bool:
+    return value is False or value == [] or value is None
+
+
+def apply_lightning_switches(config: dict[str, Any], callbacks: list[Callback]) -> list[Callback]:
+    """The trainer's callbacks (`config["callbacks"]`) and the CLI's (`callbacks`) that fit the switches.
+
+    `LearningRateMonitor` needs a logger: without one it goes. `enable_checkpointing: false` means no checkpoint
+    is written: every `ModelCheckpoint` (the step-interval `last.ckpt` too) goes, and the module's own checkpoint
+    callback is left out at fit time (`BaseTask.configure_callbacks`).
+    """
+    no_logger = _disabled(config.get("logger", True)) or bool(config.get("fast_dev_run"))
+    # fast_dev_run: Lightning's ModelCheckpoint skips its saves, but not `save_last` at the end of training
+    no_checkpoints = config.get("enable_checkpointing") is False or bool(config.get("fast_dev_run"))
+
+    def keep(callback: Callback) -> bool:
+        if no_logger and isinstance(callback, LearningRateMonitor):
+            rank_zero_info("no logger: LearningRateMonitor left out")
+            return False
+        return not (no_checkpoints and isinstance(callback, ModelCheckpoint))
+
+    given = config.get("callbacks") or []
+    config["callbacks"] = [c for c in (given if isinstance(given, list) else [given]) if keep(c)]
+    return [c for c in callbacks if keep(c)]
+
+
+class PreflightChecks(LightningCLI):
+    """A LightningCLI layer with the checks above; `AudioCLIPCLI` derives from it."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand != "fit":
+            return
+        config = self.config[subcommand]
+        trainer = config.trainer
+        root = Path(trainer.default_root_dir or ".")
+        check_writable_dir(root, "RUNS= or --trainer.default_root_dir")
+        if trainer.get("fast_dev_run"):
+            return  # no logger, no checkpoint: nothing of an earlier run is overwritten
+        for logger in trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]:
+            save_dir = logger.get("init_args", {}).get("save_dir") if isinstance(logger, Namespace) else None
+            if save_dir:
+                check_writable_dir(save_dir, "RUNS= or --trainer.logger.init_args.save_dir")
+        if trainer.get("enable_checkpointing") is not False and not config.get("ckpt_path"):
+            refuse_earlier_run(root)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # outputs of the data (a decoded cache next to the dataset) before any W&B run starts or data is decoded
+        check_outputs = getattr(self.datamodule, "check_outputs", None)
+        if self.subcommand == "fit" and callable(check_outputs):
+            check_outputs()
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
+        return super()._instantiate_trainer(config, apply_lightning_switches(config, callbacks))

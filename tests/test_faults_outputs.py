@@ -1,0 +1,206 @@
+"""Fault injection at the edges of a training run: a run directory of another run, outputs that cannot be written
+(read-only dataset root, read-only or uncreatable runs folder, a full disk), and Lightning's own Trainer switches.
+
+Each run is `audioclip fit` in-process with the tiny AudioCLIP on a synthetic ESC-50 (2 classes x 4 clips), one
+epoch of a few steps, W&B offline.
+"""
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from audioclip.cli import main
+from audioclip.data.cache import CACHE_DIRNAME
+from audioclip.data.synthetic import write_esc50
+
+pytestmark = pytest.mark.faults
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _read_only_mount(monkeypatch, top: Path) -> None:
+    """`top` behaves as a read-only mount (EROFS on creating anything below it), also for root, who ignores modes."""
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def below(path) -> bool:
+        return Path(os.fspath(path)).absolute().is_relative_to(top)
+
+    def mkdir(path, *args, **kwargs):
+        if below(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    def open_(path, flags, *args, **kwargs):
+        if below(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
+
+
+@pytest.fixture(scope="module")
+def esc50_root(tmp_path_factory):
+    return write_esc50(tmp_path_factory.mktemp("esc50"), clips_per_class=4, classes=2, progress=False)
+
+
+def _fit(esc50_root: Path, run: Path, *extra: str, logger: bool = True) -> int:
+    args = [
+        "fit", "--config", str(ROOT / "conf/trainer.yaml"), "--config", str(ROOT / "conf/demo.yaml"),
+        "--data.init_args.root", str(esc50_root), "--data.init_args.num_workers", "0",
+        "--data.init_args.persistent_workers", "false", "--data.init_args.batch_size", "2",
+        "--data.init_args.progress", "false", "--model.init_args.num_classes", "2",
+        "--trainer.default_root_dir", str(run), "--trainer.max_epochs", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        *(["--trainer.logger.init_args.save_dir", str(run)] if logger else []), *extra,
+    ]  # fmt: skip
+    try:
+        return main(args)
+    except SystemExit as done:
+        return done.code
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err[-3000:]
+    (line,) = [line for line in err.splitlines() if line.startswith("audioclip: error:")]
+    return line
+
+
+# ---- item 2: never overwrite another run ----
+
+
+def test_a_second_run_into_a_run_directory_with_checkpoints_is_refused_without_resume(esc50_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _fit(esc50_root, run) == 0
+    first = {p.name: p.read_bytes() for p in (run / "checkpoints").glob("*.ckpt")}
+    assert "last.ckpt" in first
+    wandb_runs = sorted((run / "wandb").glob("offline-run-*"))
+    capsys.readouterr()
+
+    assert _fit(esc50_root, run) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (
+        f"audioclip: error: {run}: holds the checkpoints of an earlier run ({len(first)} in {run / 'checkpoints'}); "
+        "continue it with RESUME=1 (--ckpt_path last), or choose another run directory (RUNS=, "
+        "--trainer.default_root_dir)"
+    )
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").glob("*.ckpt")} == first  # untouched
+    assert sorted((run / "wandb").glob("offline-run-*")) == wandb_runs  # no second W&B run started
+
+    # RESUME=1 continues it: one more epoch on top of the first
+    steps = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert _fit(esc50_root, run, "--ckpt_path", "last", "--trainer.max_epochs", "2") == 0
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * steps
+
+
+# ---- item 3: outputs that cannot be written ----
+
+
+def test_a_read_only_dataset_root_names_cache_dir_before_anything_starts(
+    esc50_root, tmp_path, capsys, monkeypatch
+):
+    root = tmp_path / "esc50"
+    shutil.copytree(esc50_root, root, ignore=shutil.ignore_patterns(CACHE_DIRNAME))
+    with monkeypatch.context() as patch:
+        _read_only_mount(patch, root)
+        assert _fit(root, tmp_path / "run") == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (
+        f"audioclip: error: {root / CACHE_DIRNAME}: cannot create this folder (Read-only file system); move it with "
+        "--data.init_args.cache_dir (default: <root>/.audioclip-cache)"
+    )
+    assert not (tmp_path / "run" / "wandb").exists()  # checked before the W&B run starts
+    # the setting it names works
+    assert _fit(root, tmp_path / "run", "--data.init_args.cache_dir", str(tmp_path / "cache")) == 0
+
+
+@pytest.mark.parametrize("case", ["read-only", "under a file"])
+def test_an_unwritable_runs_folder_is_one_line_before_anything_starts(case, esc50_root, tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    if case == "read-only":
+        runs.mkdir()
+        _read_only_mount(monkeypatch, runs)
+        expected = "cannot create this folder (Read-only file system)"
+    else:  # a runs path that cannot exist: a typo through a file, a mount point that is a file
+        runs.write_text("not a folder")
+        expected = "cannot create this folder (Not a directory)"
+    run = runs / "finetune-esc50" / "fold1"
+    assert _fit(esc50_root, run) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == f"audioclip: error: {run}: {expected}; move it with RUNS= or --trainer.default_root_dir"
+    assert not (run / "wandb").exists()
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_partial_file(
+    esc50_root, tmp_path, capsys, monkeypatch
+):
+    run = tmp_path / "run"
+    real_save = torch.save
+
+    def save_until_full(obj, file, *args, **kwargs):
+        if isinstance(obj, dict) and "state_dict" in obj and obj.get("global_step") == 2:
+            file.write(b"PK part of a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    code = _fit(esc50_root, run, "--last_checkpoint.every_n_train_steps", "1")
+    assert code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    last = run / "checkpoints" / "last.ckpt"
+    assert line == (
+        f"audioclip: error: {last}: could not write the checkpoint (No space left on device); free space or move "
+        "the run with RUNS= or --trainer.default_root_dir"
+    )
+    assert torch.load(last, weights_only=True)["global_step"] == 1  # the previous checkpoint, whole
+    assert not list((run / "checkpoints").glob(".*tmp*"))  # no partial file
+
+
+# ---- item 7: Lightning's own switches ----
+
+
+def test_no_logger_trains_and_tests(esc50_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _fit(esc50_root, run, "--trainer.logger", "false", logger=False) == 0
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert "test/acc" in json.loads((run / "test_metrics.json").read_text())
+    assert not (run / "wandb").exists()
+
+
+def test_no_checkpointing_writes_no_checkpoint_and_tests_the_last_weights(esc50_root, tmp_path):
+    run = tmp_path / "run"
+    assert _fit(esc50_root, run, "--trainer.enable_checkpointing", "false") == 0
+    assert not list(run.rglob("*.ckpt"))
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["checkpoint"] == "" and "test/acc" in metrics
+
+
+def test_fast_dev_run_writes_nothing_and_can_run_twice(esc50_root, tmp_path):
+    run = tmp_path / "run"
+    for _ in range(2):
+        assert _fit(esc50_root, run, "--trainer.fast_dev_run", "true") == 0
+    assert not list(run.rglob("*.ckpt"))
+    assert not (run / "wandb").exists()
+
+
+def test_max_steps_and_limit_batches_bound_the_run(esc50_root, tmp_path):
+    run = tmp_path / "run"
+    args = ["--trainer.max_epochs", "5", "--trainer.max_steps", "3", "--trainer.limit_train_batches", "2",
+            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]  # fmt: skip
+    assert _fit(esc50_root, run, *args) == 0
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 3  # 2 batches of epoch 0, 1 of epoch 1
+    assert "test/acc" in json.loads((run / "test_metrics.json").read_text())
+
+
+def test_no_validation_batches_trains_and_tests_the_last_weights(esc50_root, tmp_path):
+    run = tmp_path / "run"
+    assert _fit(esc50_root, run, "--trainer.limit_val_batches", "0") == 0
+    assert [p.name for p in (run / "checkpoints").glob("*.ckpt")] == ["last.ckpt"]  # no best: nothing validated
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["checkpoint"] == "" and "test/acc" in metrics
