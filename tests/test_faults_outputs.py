@@ -31,7 +31,7 @@ def _read_only_mount(monkeypatch, top: Path) -> None:
         return Path(os.fspath(path)).absolute().is_relative_to(top)
 
     def mkdir(path, *args, **kwargs):
-        if below(path):
+        if below(path) and not os.path.exists(path):  # an existing name is EEXIST on a read-only mount too
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
         return real_mkdir(path, *args, **kwargs)
 
@@ -101,9 +101,7 @@ def test_a_second_run_into_a_run_directory_with_checkpoints_is_refused_without_r
 # ---- item 3: outputs that cannot be written ----
 
 
-def test_a_read_only_dataset_root_names_cache_dir_before_anything_starts(
-    esc50_root, tmp_path, capsys, monkeypatch
-):
+def test_a_read_only_dataset_root_names_cache_dir_before_anything_starts(esc50_root, tmp_path, capsys, monkeypatch):
     root = tmp_path / "esc50"
     shutil.copytree(esc50_root, root, ignore=shutil.ignore_patterns(CACHE_DIRNAME))
     with monkeypatch.context() as patch:
@@ -159,6 +157,72 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_partial
     )
     assert torch.load(last, weights_only=True)["global_step"] == 1  # the previous checkpoint, whole
     assert not list((run / "checkpoints").glob(".*tmp*"))  # no partial file
+
+
+def _one_line_exit_2(argv: list[str], capsys) -> str:
+    assert main(argv) == 2
+    return _one_error_line(capsys.readouterr().err)
+
+
+@pytest.fixture
+def audio_folder(tmp_path, shared_dir):
+    folder = tmp_path / "media"
+    folder.mkdir()
+    shutil.copy(shared_dir / "fixtures/audio/cat_3-95694-A-5.wav", folder)
+    return folder
+
+
+def test_index_into_a_read_only_folder_is_one_line_naming_out(
+    audio_folder, tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    out_dir = tmp_path / "ro"
+    out_dir.mkdir()
+    _read_only_mount(monkeypatch, out_dir)
+    monkeypatch.setattr("audioclip.evaluation.cli.load", lambda *a, **k: pytest.fail("model loaded before the check"))
+    argv = ["index", str(audio_folder), "--out", str(out_dir / "index.pt"), "--checkpoint", str(tiny_checkpoint)]
+    line = _one_line_exit_2(argv, capsys)
+    assert line == f"audioclip: error: {out_dir}: not writable (Read-only file system); move it with --out"
+
+
+def test_index_on_a_full_disk_is_one_line_and_leaves_no_partial_file(
+    audio_folder, tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "index.pt"
+
+    def full_disk(obj, file, *args, **kwargs):
+        file.write(b"PK part of an index")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    argv = ["index", str(audio_folder), "--out", str(out), "--checkpoint", str(tiny_checkpoint)]
+    line = _one_line_exit_2(argv, capsys)
+    assert line == f"audioclip: error: {out}: could not be written (No space left on device); move it with --out"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["media"]  # no index.pt, no temporary file
+
+
+def test_evaluate_into_an_uncreatable_out_is_one_line_before_the_model_loads(
+    esc50_root, tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    (tmp_path / "eval").write_text("a file where the results folder should go")
+    monkeypatch.setattr("audioclip.evaluation.cli.load", lambda *a, **k: pytest.fail("model loaded before the check"))
+    argv = ["evaluate", "zeroshot", "--dataset", "esc50", "--root", str(esc50_root), "--checkpoint",
+            str(tiny_checkpoint), "--out", str(tmp_path / "eval")]  # fmt: skip
+    line = _one_line_exit_2(argv, capsys)
+    expected = tmp_path / "eval" / "zeroshot-esc50"
+    assert line == f"audioclip: error: {expected}: cannot create this folder (Not a directory); move it with --out"
+
+
+def test_report_into_a_read_only_runs_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    (runs / "demo" / "fold1").mkdir(parents=True)
+    (runs / "demo" / "fold1" / "test_metrics.json").write_text(json.dumps({"checkpoint": "x", "test/acc": 0.5}))
+    _read_only_mount(monkeypatch, runs)
+    line = _one_line_exit_2(["report", "--runs", str(runs), "--no-wandb"], capsys)
+    assert line == (
+        f"audioclip: error: {runs / 'report'}: cannot create this folder (Read-only file system); move it with "
+        "--out (make report: RUNS=)"
+    )
+    assert not (runs / "REPORT.md").exists()
 
 
 # ---- item 7: Lightning's own switches ----

@@ -27,6 +27,7 @@ from audioclip.evaluation.index import build_index, fingerprint, load_index, sea
 from audioclip.evaluation.query import default_pairs, query
 from audioclip.evaluation.zeroshot import check_templates, protocol, zeroshot
 from audioclip.inference import InputError, load
+from audioclip.outputs import check_writable_dir, write_text
 
 NUM_FOLDS = {"esc50": 5, "us8k": 10}
 
@@ -80,6 +81,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--root: give the {args.dataset} location (a shard directory or an ImageFolder tree)")
     if args.fold is not None and args.dataset in NUM_FOLDS and not 1 <= args.fold <= NUM_FOLDS[args.dataset]:
         raise ValueError(f"--fold must be in 1..{NUM_FOLDS[args.dataset]} for {args.dataset}, got {args.fold}")
+    out = Path(args.out) / (args.name or f"{args.task}-{args.dataset}") / "results.json"
+    check_writable_dir(out.parent, "--out")  # before the model is loaded and the dataset embedded
     _start_distributed()
     is_main = not dist.is_initialized() or dist.get_rank() == 0
     model = load(args.checkpoint, model_name=args.model, device=_device(args.device))
@@ -115,9 +118,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             **meta,
         }
     if is_main:
-        out = Path(args.out) / (args.name or f"{args.task}-{args.dataset}") / "results.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_text(out, json.dumps(result, indent=2) + "\n", "--out")
         _print_result(result)
         print(f"Results: {out}")
     if dist.is_initialized():
@@ -188,6 +189,7 @@ def index(argv: Sequence[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     _model_args(parser)
     args = parser.parse_args(argv)
+    check_writable_dir(Path(args.out).absolute().parent, "--out")  # before the model is loaded and files embedded
     model = load(args.checkpoint, model_name=args.model, device=_device(args.device))
     # an absolute path, so that `search` finds the weights from any working directory
     checkpoint = str(Path(args.checkpoint).resolve()) if Path(args.checkpoint).is_file() else str(args.checkpoint)

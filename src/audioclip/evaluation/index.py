@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from audioclip.inference import InputError, embed_image, embed_text, prepare_audio
 from audioclip.models import AudioCLIP
+from audioclip.outputs import write_with
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,8 @@ def load_index(path: str | Path) -> dict:
 
 
 def _save(index: dict, path: Path) -> None:
-    # write aside and rename, so an interrupted save never leaves a truncated index behind
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(index, tmp)
-    os.replace(tmp, path)
+    # written aside and renamed, so an interrupted save or a full disk never leaves a truncated index behind
+    write_with(path, "--out", lambda file: torch.save(index, file))
 
 
 def check_same_weights(index: dict, model_fingerprint: str, what: str) -> None:

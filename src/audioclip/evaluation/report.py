@@ -21,6 +21,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from audioclip.outputs import check_writable_dir, write_text
+
 # The paper's abstract: "accuracies of 90.07% on the UrbanSound8K and 97.15% on the ESC-50 datasets ... new
 # baselines in the zero-shot ESC-task on the same datasets (68.78% and 69.40%, respectively)".
 PAPER_ACCURACY: dict[tuple[str, str], float | None] = {
@@ -163,8 +165,7 @@ def build_report(runs: str | Path = "runs", out: str | Path | None = None) -> tu
     """Write the report and its figures; return its path and the tables and figures (for W&B)."""
     runs = Path(runs)
     out = Path(out) if out else runs / "REPORT.md"
-    fig_dir = out.parent / "report"
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir = check_writable_dir(out.parent / "report", "--out (make report: RUNS=)")
     latest = latest_results(runs)
     tables: dict[str, tuple[list[str], list[list[str]]]] = {}
     figures: list[Path] = []
@@ -274,7 +275,7 @@ def build_report(runs: str | Path = "runs", out: str | Path | None = None) -> tu
         figure_lines += [f"![{p.stem}]({os.path.relpath(p, out.parent)})" for p in made] + [""]
     if figure_lines:
         lines += ["## Figures", "", *figure_lines]
-    out.write_text("\n".join(lines).rstrip() + "\n")
+    write_text(out, "\n".join(lines).rstrip() + "\n", "--out (make report: RUNS=)")
     return out, {"tables": tables, "figures": figures}
 
 
