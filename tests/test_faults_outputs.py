@@ -178,7 +178,7 @@ def test_index_into_a_read_only_folder_is_one_line_naming_out(
     out_dir = tmp_path / "ro"
     out_dir.mkdir()
     _read_only_mount(monkeypatch, out_dir)
-    monkeypatch.setattr("audioclip.evaluation.cli.load", lambda *a, **k: pytest.fail("model loaded before the check"))
+    monkeypatch.setattr("audioclip.inference.load", lambda *a, **k: pytest.fail("model loaded before the check"))
     argv = ["index", str(audio_folder), "--out", str(out_dir / "index.pt"), "--checkpoint", str(tiny_checkpoint)]
     line = _one_line_exit_2(argv, capsys)
     assert line == f"audioclip: error: {out_dir}: not writable (Read-only file system); move it with --out"
@@ -204,7 +204,7 @@ def test_evaluate_into_an_uncreatable_out_is_one_line_before_the_model_loads(
     esc50_root, tiny_checkpoint, tmp_path, capsys, monkeypatch
 ):
     (tmp_path / "eval").write_text("a file where the results folder should go")
-    monkeypatch.setattr("audioclip.evaluation.cli.load", lambda *a, **k: pytest.fail("model loaded before the check"))
+    monkeypatch.setattr("audioclip.inference.load", lambda *a, **k: pytest.fail("model loaded before the check"))
     argv = ["evaluate", "zeroshot", "--dataset", "esc50", "--root", str(esc50_root), "--checkpoint",
             str(tiny_checkpoint), "--out", str(tmp_path / "eval")]  # fmt: skip
     line = _one_line_exit_2(argv, capsys)

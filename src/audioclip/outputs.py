@@ -7,6 +7,7 @@ temporary name in its folder and renamed over the target, so a full disk mid-wri
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,17 +25,30 @@ def _reason(exc: OSError) -> str:
 
 
 def check_writable_dir(directory: str | Path, setting: str) -> Path:
-    """Create `directory` if needed and prove that a file can be created in it; OutputError otherwise."""
+    """OutputError unless `directory` exists and is writable, or can be created. Nothing is left behind: the
+    nearest existing folder is probed with a temporary file, so a run that fails later leaves no empty folders."""
     directory = Path(directory)
+    existing = directory.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".audioclip-write-test-"):
+            pass
+    except OSError as exc:
+        problem = "not writable" if existing == directory.absolute() else "cannot create this folder"
+        raise OutputError(f"{directory}: {problem} ({_reason(exc)}); move it with {setting}") from None
+    return directory
+
+
+def make_dir(directory: str | Path, setting: str) -> Path:
+    """`directory`, created if needed; OutputError naming it and `setting` if it cannot be."""
+    directory = check_writable_dir(directory, setting)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{directory}: cannot create this folder ({_reason(exc)}); move it with {setting}") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".audioclip-write-test-"):
-            pass
-    except OSError as exc:
-        raise OutputError(f"{directory}: not writable ({_reason(exc)}); move it with {setting}") from None
     return directory
 
 
@@ -42,7 +56,7 @@ def check_writable_dir(directory: str | Path, setting: str) -> Path:
 def atomic_output(path: str | Path, setting: str, mode: str = "w") -> Iterator[IO]:
     """A file opened at a temporary name next to `path`, renamed over it when the block ends without error."""
     path = Path(path)
-    check_writable_dir(path.parent, setting)
+    make_dir(path.parent, setting)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, mode) as file:

@@ -18,21 +18,23 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
-
-from audioclip.evaluation.datasets import DATASETS, check_dataset, embed_dataset
-from audioclip.evaluation.index import build_index, fingerprint, load_index, search
-from audioclip.evaluation.query import default_pairs, query
-from audioclip.evaluation.zeroshot import check_templates, protocol, zeroshot
-from audioclip.inference import InputError, load
+from audioclip.evaluation.names import DATASETS
 from audioclip.outputs import check_writable_dir, write_text
+
+if TYPE_CHECKING:
+    import torch
+
+# torch, the models and the datasets are imported once the arguments are parsed: `--help` answers at once
 
 NUM_FOLDS = {"esc50": 5, "us8k": 10}
 
 
 def _device(name: str) -> torch.device:
+    import torch
+    import torch.distributed as dist
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and dist.is_initialized():
@@ -42,11 +44,17 @@ def _device(name: str) -> torch.device:
 
 def _start_distributed() -> None:
     """Join the process group when started by torchrun (WORLD_SIZE > 1)."""
+    import torch
+    import torch.distributed as dist
+
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
 def _templates(args: argparse.Namespace) -> list[str]:
+    from audioclip.evaluation.zeroshot import check_templates
+    from audioclip.inference import InputError
+
     templates = list(args.template or [])
     if args.templates_file:
         path = Path(args.templates_file)
@@ -73,6 +81,14 @@ def _percent(x: float | None) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from audioclip.evaluation.datasets import check_dataset, embed_dataset
+    from audioclip.evaluation.index import fingerprint
+    from audioclip.evaluation.query import default_pairs, query
+    from audioclip.evaluation.zeroshot import protocol, zeroshot
+    from audioclip.inference import load
+
     check_dataset(args.dataset)
     templates = _templates(args)
     pairs = _pairs(args.pair) if args.task == "query" else None
@@ -168,8 +184,8 @@ def _evaluate_parser() -> argparse.ArgumentParser:
         p.add_argument("--template", action="append", help='text template, repeatable (default "{}"); averaged')
         p.add_argument("--templates-file", help="a file of templates, one per line, averaged")
         p.add_argument("--class-names", help="imagefolder: class-name file (one name per line, or folder<TAB>name)")
-        p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--num-workers", type=int, default=0)
+        p.add_argument("--batch-size", type=int, default=32, help="clips embedded per forward pass (default 32)")
+        p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
         p.add_argument("--out", default="runs/eval", help="results go to OUT/NAME/results.json")
         p.add_argument("--name", help="result name (default: <task>-<dataset>)")
         if task == "query":
@@ -186,9 +202,12 @@ def index(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="audioclip index", description="embed a folder of audio and images")
     parser.add_argument("folder", help="folder searched recursively for audio and image files")
     parser.add_argument("--out", default="index.pt", help="index file; an existing one is resumed")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="files embedded per forward pass (default 16)")
     _model_args(parser)
     args = parser.parse_args(argv)
+    from audioclip.evaluation.index import build_index
+    from audioclip.inference import load
+
     check_writable_dir(Path(args.out).absolute().parent, "--out")  # before the model is loaded and files embedded
     model = load(args.checkpoint, model_name=args.model, device=_device(args.device))
     # an absolute path, so that `search` finds the weights from any working directory
@@ -206,14 +225,17 @@ def search_cli(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="audioclip search", description="nearest items of an index")
     parser.add_argument("index", help="an index file written by `audioclip index`")
     query_group = parser.add_mutually_exclusive_group(required=True)
-    query_group.add_argument("--text")
+    query_group.add_argument("--text", help="a text query, e.g. 'dog barking'")
     query_group.add_argument("--audio", help="an audio file")
     query_group.add_argument("--image", help="an image file")
-    parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--top", type=int, default=10, help="how many results to print (default 10)")
     parser.add_argument("--modality", choices=["audio", "image"], help="only results of this modality")
     parser.add_argument("--template", default="{}", help="template for --text")
     _model_args(parser, checkpoint_default=None)
     args = parser.parse_args(argv)
+    from audioclip.evaluation.index import load_index, search
+    from audioclip.inference import load
+
     idx = load_index(args.index)
     checkpoint = args.checkpoint or idx["checkpoint"]  # the index remembers the weights it was built with
     model = load(checkpoint, model_name=args.model, device=_device(args.device))

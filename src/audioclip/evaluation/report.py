@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from audioclip.outputs import check_writable_dir, write_text
+from audioclip.outputs import make_dir, write_text
 
 # The paper's abstract: "accuracies of 90.07% on the UrbanSound8K and 97.15% on the ESC-50 datasets ... new
 # baselines in the zero-shot ESC-task on the same datasets (68.78% and 69.40%, respectively)".
@@ -165,7 +165,7 @@ def build_report(runs: str | Path = "runs", out: str | Path | None = None) -> tu
     """Write the report and its figures; return its path and the tables and figures (for W&B)."""
     runs = Path(runs)
     out = Path(out) if out else runs / "REPORT.md"
-    fig_dir = check_writable_dir(out.parent / "report", "--out (make report: RUNS=)")
+    fig_dir = make_dir(out.parent / "report", "--out (make report: RUNS=)")
     latest = latest_results(runs)
     tables: dict[str, tuple[list[str], list[list[str]]]] = {}
     figures: list[Path] = []

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from audioclip.outputs import check_writable_dir
+from audioclip.outputs import check_writable_dir, make_dir
 
 
 def earlier_checkpoints(root: Path) -> list[Path]:
@@ -72,24 +72,31 @@ class PreflightChecks(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        if subcommand != "fit":
-            return
-        config = self.config[subcommand]
+        # noted before `--ckpt_path last` is resolved (to nothing when the run has no last.ckpt yet)
+        self._resume_requested = bool(subcommand and self.config[subcommand].get("ckpt_path"))
+
+    def _check_run_directory(self) -> None:
+        config = self.config.fit
         trainer = config.trainer
         root = Path(trainer.default_root_dir or ".")
-        check_writable_dir(root, "RUNS= or --trainer.default_root_dir")
         if trainer.get("fast_dev_run"):
+            make_dir(root, "RUNS= or --trainer.default_root_dir")  # only the test metrics go there
             return  # no logger, no checkpoint: nothing of an earlier run is overwritten
+        check_writable_dir(root, "RUNS= or --trainer.default_root_dir")
         for logger in trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]:
             save_dir = logger.get("init_args", {}).get("save_dir") if isinstance(logger, Namespace) else None
             if save_dir:
                 check_writable_dir(save_dir, "RUNS= or --trainer.logger.init_args.save_dir")
-        if trainer.get("enable_checkpointing") is not False and not config.get("ckpt_path"):
+        if trainer.get("enable_checkpointing") is not False and not self._resume_requested:
             refuse_earlier_run(root)
 
     def instantiate_classes(self) -> None:
+        """Outputs are checked after the settings (`ckpt_path` included) and before any class is built, any W&B run
+        started or any data decoded."""
+        if self.subcommand == "fit":
+            self._check_run_directory()
         super().instantiate_classes()
-        # outputs of the data (a decoded cache next to the dataset) before any W&B run starts or data is decoded
+        # the decoded cache next to the dataset: the DataModule knows where it goes
         check_outputs = getattr(self.datamodule, "check_outputs", None)
         if self.subcommand == "fit" and callable(check_outputs):
             check_outputs()

@@ -1,0 +1,5 @@
+"""The evaluation datasets by name, importable without torch (the `audioclip evaluate --help` text uses them)."""
+
+DATASETS = ("esc50", "us8k", "audioset", "imagefolder")
+# which embeddings each dataset yields besides the class-name text
+MODALITIES = {"esc50": ("audio",), "us8k": ("audio",), "audioset": ("audio", "image"), "imagefolder": ("image",)}
