@@ -8,17 +8,24 @@
   (`--trainer.enable_checkpointing false`), `fast_dev_run`, `limit_*_batches`, `max_steps`. The callbacks that need
   a logger or that write checkpoints are left out when those are off, instead of Lightning refusing the run.
 
+Known messages a user cannot act on are silenced one by one (`quiet_known_messages`), never all warnings; the README
+lists what remains.
+
 See docs/reliability.md.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from audioclip.outputs import check_writable_dir, make_dir
@@ -66,8 +73,31 @@ def apply_lightning_switches(config: dict[str, Any], callbacks: list[Callback]) 
     return [c for c in callbacks if keep(c)]
 
 
+class _DropLightningTips(logging.Filter):
+    """Lightning's advertisements for its cloud products (`💡 Tip: ... litlogger` / `litmodels`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_known_messages() -> None:
+    """Silence the messages of a training run that a user cannot act on, each by its text."""
+    # torch 2.11 deprecated LeafSpec; Lightning's own `_pytree.py` still uses it (nothing to change on our side)
+    warnings.filterwarnings("ignore", message=re.escape("`isinstance(treespec, LeafSpec)` is deprecated"))
+    # the frozen CLIP towers (and BatchNorm statistics of frozen parts) are in eval mode on purpose
+    # (`tasks.base.freeze`, kept by the phases' `train()`); Lightning warns of any module in eval mode at the start
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLightningTips())
+
+
 class PreflightChecks(LightningCLI):
     """A LightningCLI layer with the checks above; `AudioCLIPCLI` derives from it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        quiet_known_messages()
+        super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -100,6 +130,15 @@ class PreflightChecks(LightningCLI):
         check_outputs = getattr(self.datamodule, "check_outputs", None)
         if self.subcommand == "fit" and callable(check_outputs):
             check_outputs()
+        if self.subcommand == "fit":
+            # W&B looks for the git repository (the run's commit) from its `dir`: it must exist when the run starts
+            make_dir(self.trainer.default_root_dir, "RUNS= or --trainer.default_root_dir")
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                # Lightning passes `anonymous=None`, which W&B warns has no effect; a private dict, hence the guard
+                init = getattr(logger, "_wandb_init", {})
+                if init.get("anonymous", ...) is None:
+                    del init["anonymous"]
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
         return super()._instantiate_trainer(config, apply_lightning_switches(config, callbacks))
