@@ -268,3 +268,72 @@ def test_no_validation_batches_trains_and_tests_the_last_weights(esc50_root, tmp
     assert [p.name for p in (run / "checkpoints").glob("*.ckpt")] == ["last.ckpt"]  # no best: nothing validated
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert metrics["checkpoint"] == "" and "test/acc" in metrics
+
+
+# ---- item 4: bad audio at inference, as in training ----
+
+
+def _bad_clips(folder: Path, shared_dir: Path) -> dict[str, Path]:
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = {
+        "silent": folder / "silent.wav",
+        "nan": folder / "nan.wav",
+        "truncated": folder / "truncated.wav",
+        "empty": folder / "empty.wav",
+    }
+    sf.write(clips["silent"], np.zeros(44100, dtype=np.int16), 44100)
+    sf.write(clips["nan"], np.full(44100, np.nan, dtype=np.float32), 44100, subtype="FLOAT")
+    good = (shared_dir / "fixtures/audio/cat_3-95694-A-5.wav").read_bytes()
+    clips["truncated"].write_bytes(good[: len(good) // 2])
+    clips["empty"].write_bytes(b"")
+    return clips
+
+
+BAD_CLIP_PROBLEMS = {
+    "silent": "decoded to digital silence (every sample 0)",
+    "nan": "holds NaN or infinite samples",
+    "truncated": "truncated: the header declares",
+    "empty": "file is empty (0 bytes)",
+}
+
+
+@pytest.mark.parametrize("case", BAD_CLIP_PROBLEMS)
+def test_classify_of_a_bad_clip_is_one_line_naming_it(case, tiny_checkpoint, tmp_path, shared_dir, capsys):
+    clip = _bad_clips(tmp_path / "clips", shared_dir)[case]
+    line = _one_line_exit_2(
+        ["classify", str(clip), "--labels", "cat,dog", "--checkpoint", str(tiny_checkpoint)], capsys
+    )
+    assert line.startswith(f"audioclip: error: {clip}: {BAD_CLIP_PROBLEMS[case]}"), line
+
+
+def test_classify_of_a_folder_or_with_a_bad_template_is_one_line(tiny_checkpoint, audio_folder, capsys):
+    base = ["--labels", "cat,dog", "--checkpoint", str(tiny_checkpoint)]
+    line = _one_line_exit_2(["classify", str(audio_folder), *base], capsys)
+    assert line == f"audioclip: error: {audio_folder}: is a folder, not an audio file"
+    clip = str(next(audio_folder.iterdir()))
+    line = _one_line_exit_2(["classify", clip, *base, "--template", "the sound of {label}"], capsys)
+    assert line.startswith("audioclip: error: template 'the sound of {label}': not a usable template (KeyError")
+    line = _one_line_exit_2(["classify", clip, *base, "--template", "a sound"], capsys)
+    assert line == "audioclip: error: template 'a sound' must contain '{}' exactly once, where the class name goes"
+
+
+def test_index_skips_bad_clips_and_non_utf8_names_counts_and_lists_them(
+    tiny_checkpoint, audio_folder, tmp_path, shared_dir, capsys
+):
+    from audioclip.evaluation import load_index
+
+    clips = _bad_clips(audio_folder, shared_dir)
+    odd = Path(os.fsdecode(bytes(audio_folder) + b"/caf\xe9.wav"))  # Latin-1 name, not valid UTF-8
+    shutil.copy(shared_dir / "fixtures/audio/cat_3-95694-A-5.wav", odd)
+    out = tmp_path / "index.pt"
+    assert main(["index", str(audio_folder), "--out", str(out), "--checkpoint", str(tiny_checkpoint)]) == 0
+    printed = capsys.readouterr().out
+    index = load_index(out)
+    assert len(index["paths"]) == 2  # the good clip and the one with the Latin-1 name
+    assert f"skipped {len(clips)} unreadable file(s)" in printed
+    for case, clip in clips.items():
+        assert f"{clip}: {BAD_CLIP_PROBLEMS[case]}" in printed
+    assert sorted(index["skipped_files"]) == sorted(str(clip) for clip in clips.values())

@@ -76,6 +76,11 @@ def _pairs(specs: Sequence[str] | None) -> list[tuple[str, str]] | None:
     return pairs
 
 
+def _shown(text: str) -> str:
+    """A file name that is not valid UTF-8 printed with U+FFFD for its odd bytes, not a UnicodeEncodeError."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _percent(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
@@ -217,7 +222,7 @@ def index(argv: Sequence[str]) -> int:
     if stats["failed"]:
         print(f"skipped {len(stats['failed'])} unreadable file(s), tried again next run:")
         for path, reason in stats["failed"]:
-            print(f"  {reason}" if str(path) in reason else f"  {path}: {reason}")
+            print(_shown(f"  {reason}" if str(path) in reason else f"  {path}: {reason}"))
     return 0
 
 
@@ -241,5 +246,5 @@ def search_cli(argv: Sequence[str]) -> int:
     model = load(checkpoint, model_name=args.model, device=_device(args.device))
     hits = search(idx, model, args.text, args.audio, args.image, args.top, args.modality, args.template)
     for rank, (score, path, modality) in enumerate(hits, start=1):
-        print(f"{rank:>3}. {score:+.4f}  {modality:<5}  {path}")
+        print(_shown(f"{rank:>3}. {score:+.4f}  {modality:<5}  {path}"))
     return 0

@@ -152,6 +152,8 @@ def build_index(
         for number, batch in enumerate(tqdm(batches, desc=f"Indexing {folder}", unit="batch", disable=not progress)):
             done, failed = _embed_files(model, batch)
             stats["failed"] += failed
+            # the files left out by the latest run, kept with the index (they are tried again next run)
+            index["skipped_files"] = [str(path) for path, _ in stats["failed"]]
             for path, modality, emb in done:
                 index["paths"].append(str(path))
                 index["modality"].append(modality)
