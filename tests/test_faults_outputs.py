@@ -337,3 +337,13 @@ def test_index_skips_bad_clips_and_non_utf8_names_counts_and_lists_them(
     for case, clip in clips.items():
         assert f"{clip}: {BAD_CLIP_PROBLEMS[case]}" in printed
     assert sorted(index["skipped_files"]) == sorted(str(clip) for clip in clips.values())
+
+
+def test_a_broken_yaml_config_is_one_line_naming_its_file(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  init_args: [unclosed\n")
+    line = _one_line_exit_2(["fit", "--config", str(ROOT / "conf/trainer.yaml"), "--config", str(path)], capsys)
+    assert line == (
+        f"audioclip: error: --config {path}: not valid YAML (line 3, column 1: expected ',' or ']', but got "
+        "'<stream end>')"
+    )

@@ -19,9 +19,11 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -73,6 +75,24 @@ def apply_lightning_switches(config: dict[str, Any], callbacks: list[Callback]) 
     return [c for c in callbacks if keep(c)]
 
 
+def check_config_files(argv: Sequence[str]) -> None:
+    """Every `--config FILE` is readable YAML; ValueError naming the file and the place (jsonargparse names only
+    `<unicode string>`)."""
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.removeprefix("--config=")
+        if path == arg and not arg.startswith("--config="):
+            continue
+        if not Path(path).is_file():
+            continue  # jsonargparse's own message names a missing file
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"--config {path}: not valid YAML ({where}{problem})") from None
+
+
 class _DropLightningTips(logging.Filter):
     """Lightning's advertisements for its cloud products (`💡 Tip: ... litlogger` / `litmodels`)."""
 
@@ -97,6 +117,7 @@ class PreflightChecks(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         quiet_known_messages()
+        check_config_files(kwargs.get("args") or [])
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
