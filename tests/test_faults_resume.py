@@ -1,11 +1,14 @@
-"""Fault injection, preemption: real training processes are killed (SIGKILL) or warned (SIGTERM / SIGUSR1).
+"""Fault injection, preemption: real training processes are killed (SIGKILL) or warned (SIGTERM / SIGUSR1 /
+SIGINT), the warning sent to the whole process group as `timeout`, SLURM, Kubernetes and a terminal send it.
 
-Each run is a subprocess of `python -m audioclip.cli fit` with the tiny AudioCLIP on a synthetic ESC-50 (4 classes
-x 4 clips, batch 2: 4 steps an epoch), deterministic, one thread. A callback module written next to the test
-(`pause_at.PauseAt`) holds a run at a chosen step so that the signal lands at a known point.
+Each run is a subprocess of `python -m audioclip.cli fit` (or of `make finetune-esc50`) with the tiny AudioCLIP on a
+synthetic ESC-50 (4 classes x 4 clips, batch 2: 4 steps an epoch), deterministic, one thread. A callback module
+written next to the test (`pause_at.PauseAt`) holds a run at a chosen step so that the signal lands at a known point.
+Each run is the leader of its own process group (`start_new_session`), its DataLoader workers members of it.
 """
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -31,7 +34,9 @@ from lightning.pytorch.callbacks import Callback
 
 
 class PauseAt(Callback):
-    """Holds the run for `seconds` before the batch that makes global step `step + 1`, saying so on stdout."""
+    """Holds the run for `seconds` before the batch that makes global step `step + 1`, saying so on stdout.
+
+    A SIGTERM ends the pause early, as it would end a long batch."""
 
     def __init__(self, step: int, seconds: float) -> None:
         self.step, self.seconds = step, seconds
@@ -39,7 +44,9 @@ class PauseAt(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
             print(f"PAUSED epoch={trainer.current_epoch} batch={batch_idx}", flush=True)
-            time.sleep(self.seconds)
+            end = time.monotonic() + self.seconds
+            while time.monotonic() < end and not trainer.received_sigterm:
+                time.sleep(0.1)
 '''
 
 
@@ -57,12 +64,44 @@ def callbacks_dir(tmp_path_factory):
     return path
 
 
-def _fit(root: Path, run: Path, callbacks_dir: Path, *extra: str) -> subprocess.Popen:
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_runs():
+    """A failed test leaves no training process group (make, python, loader workers) behind."""
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+
+
+def _start(command: list[str], **kwargs) -> subprocess.Popen:
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs
+    )
+    _STARTED.append(process)
+    return process
+
+
+def _env(callbacks_dir: Path) -> dict[str, str]:
+    # each run starts its own W&B service, as a fresh job would (not the one of an in-process test before)
+    return {
+        **{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
+        "PYTHONPATH": os.pathsep.join([str(callbacks_dir), os.environ.get("PYTHONPATH", "")]),
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",  # the same float reduction order in every run
+    }
+
+
+def _fit(root: Path, run: Path, callbacks_dir: Path, *extra: str, workers: int = 0) -> subprocess.Popen:
     args = [
         sys.executable, "-m", "audioclip.cli", "fit",
         "--config", str(ROOT / "conf/trainer.yaml"), "--config", str(ROOT / "conf/demo.yaml"),
-        "--data.init_args.root", str(root), "--data.init_args.num_workers", "0",
-        "--data.init_args.persistent_workers", "false", "--data.init_args.batch_size", "2",
+        "--data.init_args.root", str(root), "--data.init_args.num_workers", str(workers),
+        "--data.init_args.persistent_workers", str(workers > 0).lower(), "--data.init_args.batch_size", "2",
         "--data.init_args.progress", "false", "--model.init_args.num_classes", "4",
         "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -70,14 +109,26 @@ def _fit(root: Path, run: Path, callbacks_dir: Path, *extra: str) -> subprocess.
         "--last_checkpoint.every_n_train_steps", "2",
         *extra,
     ]  # fmt: skip
-    # each run starts its own W&B service, as a fresh job would (not the one of an in-process test before)
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
-        "PYTHONPATH": os.pathsep.join([str(callbacks_dir), os.environ.get("PYTHONPATH", "")]),
-        "WANDB_MODE": "offline",
-        "OMP_NUM_THREADS": "1",  # the same float reduction order in every run
-    }
-    return subprocess.Popen(args, cwd=run.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return _start(args, cwd=run.parent, env=_env(callbacks_dir))
+
+
+def _make_finetune(root: Path, runs: Path, callbacks_dir: Path, *extra: str, resume: bool = False) -> subprocess.Popen:
+    """`make finetune-esc50` as a user runs it, the tiny model with two persistent loader workers through ARGS."""
+    args = [
+        "--model.init_args.model", "audioclip-tiny", "--model.init_args.num_classes", "4",
+        "--model.init_args.lr", "0.01", "--model.init_args.gamma", "0.95",
+        "--data.init_args.num_workers", "2", "--data.init_args.persistent_workers", "true",
+        "--data.init_args.batch_size", "2", "--data.init_args.val_fraction", "0.2",
+        "--data.init_args.progress", "false",
+        "--trainer.accelerator", "cpu", "--trainer.max_epochs", str(EPOCHS), "--trainer.deterministic", "true",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--last_checkpoint.every_n_train_steps", "2", *extra,
+    ]  # fmt: skip
+    command = [
+        "make", "--no-print-directory", "-C", str(ROOT), "finetune-esc50", f"DATA={root}", f"RUNS={runs}", "FOLD=1",
+        "INIT=", f"RESUME={int(resume)}", f"ARGS={shlex.join(args)}",
+    ]  # fmt: skip
+    return _start(command, env=_env(callbacks_dir))
 
 
 def _pause(step: int, seconds: float) -> list[str]:
@@ -134,6 +185,14 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(esc50
     assert uninterrupted.returncode == 0, out[-4000:]
 
     expected, actual = _load(reference / "checkpoints" / "last.ckpt"), _load(interrupted / "checkpoints" / "last.ckpt")
+    _assert_equal_training_state(actual, expected)
+
+    # the resumed process continued the killed process's W&B run: two offline directories, one run id
+    ids = _wandb_ids(interrupted)
+    assert len(ids) == 2 and ids[0] == ids[1] == actual[RESUME_KEY]["wandb_run_id"]
+
+
+def _assert_equal_training_state(actual: dict, expected: dict) -> None:
     assert actual["global_step"] == expected["global_step"] == EPOCHS * STEPS_PER_EPOCH
     assert expected["state_dict"].keys() == actual["state_dict"].keys()
     for key, value in expected["state_dict"].items():
@@ -143,26 +202,56 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(esc50
     assert all(torch.equal(a, b) for a, b in zip(momentum, resumed_momentum, strict=True))
     assert actual["lr_schedulers"] == expected["lr_schedulers"]
 
-    # the resumed process continued the killed process's W&B run: two offline directories, one run id
-    ids = _wandb_ids(interrupted)
-    assert len(ids) == 2 and ids[0] == ids[1] == actual[RESUME_KEY]["wandb_run_id"]
 
-
-@pytest.mark.parametrize(("signum", "name"), [(signal.SIGTERM, "SIGTERM"), (signal.SIGUSR1, "SIGUSR1")])
-def test_warning_signal_saves_last_checkpoint_at_the_batch_end_and_exits(
+@pytest.mark.parametrize(
+    ("signum", "name"), [(signal.SIGTERM, "SIGTERM"), (signal.SIGUSR1, "SIGUSR1"), (signal.SIGINT, "SIGINT")]
+)
+def test_group_signal_with_loader_workers_saves_last_checkpoint_at_the_batch_end_and_exits(
     signum, name, esc50_root, callbacks_dir, tmp_path
 ):
     run = tmp_path / "run"
     run.mkdir()
-    process = _fit(esc50_root, run, callbacks_dir, *_pause(5, 2), "--last_checkpoint.every_n_train_steps", "0")
+    process = _fit(
+        esc50_root, run, callbacks_dir, *_pause(5, 2), "--last_checkpoint.every_n_train_steps", "0", workers=2
+    )
     _wait_for_pause(process)
-    process.send_signal(signum)
+    os.killpg(process.pid, signum)  # the main process and its two persistent DataLoader workers
     out = _finish(process)
+    assert "killed by signal" not in out, out[-4000:]
     assert process.returncode == 128 + signum, out[-4000:]
     assert f"{name}: saved {run / 'checkpoints' / 'last.ckpt'} at global step 6" in out
     saved = _load(run / "checkpoints" / "last.ckpt")
     assert (saved["global_step"], saved["epoch"]) == (6, 1)  # the batch in flight finished, mid-epoch
     assert not (run / "test_metrics.json").exists()  # stopped, not finished
+
+
+def test_make_finetune_sigterm_to_the_process_group_then_resume_ends_with_the_uninterrupted_weights(
+    esc50_root, callbacks_dir, tmp_path
+):
+    runs, reference_runs = tmp_path / "runs", tmp_path / "reference"
+    run = runs / "finetune-esc50" / "fold1"
+    victim = _make_finetune(esc50_root, runs, callbacks_dir, *_pause(6, 600))
+    uninterrupted = _make_finetune(esc50_root, reference_runs, callbacks_dir)
+    paused, _ = _wait_for_pause(victim)
+    assert paused.strip() == "PAUSED epoch=1 batch=2"
+    # what `timeout -s TERM`, `scancel` and a pod deletion do: make, python and the loader workers all get it
+    os.killpg(victim.pid, signal.SIGTERM)
+    out = _finish(victim)
+    assert victim.returncode != 0
+    assert "killed by signal" not in out, out[-4000:]
+    assert "Error 143" in out, out[-4000:]  # make's report of the training process's exit code
+    assert f"SIGTERM: saved {run / 'checkpoints' / 'last.ckpt'} at global step 7" in out, out[-4000:]
+    saved = _load(run / "checkpoints" / "last.ckpt")
+    assert (saved["global_step"], saved["epoch"]) == (7, 1)  # mid-epoch: 3 of epoch 1's 4 batches
+
+    resumed = _make_finetune(esc50_root, runs, callbacks_dir, resume=True)
+    out = _finish(resumed)
+    assert resumed.returncode == 0, out[-4000:]
+    assert "not resumable" not in out
+    out = _finish(uninterrupted)
+    assert uninterrupted.returncode == 0, out[-4000:]
+    expected = _load(reference_runs / "finetune-esc50" / "fold1" / "checkpoints" / "last.ckpt")
+    _assert_equal_training_state(_load(run / "checkpoints" / "last.ckpt"), expected)
 
 
 def test_a_checkpoint_write_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path):

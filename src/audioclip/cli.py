@@ -15,6 +15,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from audioclip import __version__
+
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # subcommands implemented elsewhere: name -> "module:function" taking argv
 EXTERNAL = {
@@ -61,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audioclip", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"audioclip {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("classify", help="zero-shot classify audio files against a list of labels")
@@ -73,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_classify)
 
     p = sub.add_parser("weights", help="list or download the official weights")
-    p.add_argument("action", choices=["list", "download"])
+    p.add_argument("action", choices=["list", "download"], help="list: the tags and where they are; download: fetch")
     p.add_argument("tags", nargs="*", help="tags to download (default: all)")
     p.set_defaults(func=_weights)
 
@@ -82,11 +85,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    from audioclip.inference import InputError
-    from audioclip.models.pretrained import WeightsError
+def _user_error(exc: BaseException) -> bool:
+    """Bad input named in one line: ValueErrors (InputError, OutputError, bad settings), a missing file, and
+    WeightsError. Its module is looked up, not imported: an error of a module never loaded cannot be one."""
+    weights_error = getattr(sys.modules.get("audioclip.models.pretrained"), "WeightsError", ())
+    return isinstance(exc, (ValueError, FileNotFoundError, *([weights_error] if weights_error else [])))
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Nothing heavy (torch, Lightning) is imported before the arguments are parsed: `--help` answers at once."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
             from audioclip.tasks.cli import run_lightning_cli
@@ -98,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
         args = _parser().parse_args(argv)
         return args.func(args)
-    except (InputError, WeightsError, ValueError, FileNotFoundError) as exc:
+    except Exception as exc:
+        if not _user_error(exc):
+            raise
         print(f"audioclip: error: {exc}", file=sys.stderr)
         return 2
 

@@ -7,11 +7,13 @@ checkpoint selected on the validation split, and where the checkpoint and the of
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 from audioclip.lineage import data_kind, mark_synthetic
 from audioclip.tasks.cli import run_lightning_cli
+from audioclip.tasks.preflight import earlier_checkpoints
 
 DATA = Path("data/synthetic/esc50")
 RUN = Path("runs/demo/fold1")
@@ -25,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     if data_kind(DATA) != "synthetic":  # a tree written before the generators marked their trees
         mark_synthetic(DATA, "audioclip.data.synthetic (marked by the demo)")
     extra = list(sys.argv[1:] if argv is None else argv)
+    if earlier_checkpoints(RUN):  # the demo is meant to be run again; a real run directory is refused instead
+        print(f"make demo: replacing the previous demo's checkpoints in {RUN / 'checkpoints'}")
+        shutil.rmtree(RUN / "checkpoints")
     cli = run_lightning_cli(
         [
             "fit",

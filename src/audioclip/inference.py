@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
@@ -60,17 +59,41 @@ def load(
 
 
 def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
-    """Decode a file with soundfile: (channels, samples) float32 in [-1, 1], and its sample rate."""
+    """Decode a file with soundfile: (channels, samples) float32 in [-1, 1], and its sample rate.
+
+    The checks of the training data path (`audioclip.data.audio.read_audio`, `clip_problem`): an empty, truncated
+    or unreadable file and NaN or digitally silent audio are an InputError naming the file, never a confident label.
+    """
+    from audioclip.data.audio import read_audio as read_checked
+    from audioclip.data.common import BadFileError, clip_problem
+
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an audio file")
     if not path.is_file():
         raise InputError(f"{path}: no such audio file")
     try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise InputError(f"{path}: not a readable audio file ({exc})") from exc
-    if data.shape[0] == 0:
-        raise InputError(f"{path}: the file holds no audio samples")
-    return torch.from_numpy(data.T.copy()), rate
+        audio, rate = read_checked(path)
+    except BadFileError as exc:
+        raise InputError(str(exc)) from None
+    wave = torch.from_numpy(audio) / 32768.0
+    if problem := clip_problem(wave, wave.shape[-1], wave.shape[-1]):
+        raise InputError(f"{path}: {problem}")
+    return wave, rate
+
+
+def check_template(template: str) -> str:
+    """A text template holds `{}` exactly once, where the label goes, and no other placeholder."""
+    try:
+        template.format("label")
+    except (IndexError, KeyError, ValueError) as exc:
+        raise InputError(
+            f"template {template!r}: not a usable template ({type(exc).__name__}: {exc}); write e.g. "
+            "'the sound of {}'"
+        ) from None
+    if template.count("{}") != 1:
+        raise InputError(f"template {template!r} must contain '{{}}' exactly once, where the class name goes")
+    return template
 
 
 def prepare_audio(audio: str | Path | np.ndarray | torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
@@ -122,6 +145,7 @@ def embed_text(model: AudioCLIP, texts: Sequence[str], template: str = "{}") -> 
     """L2-normalised text embeddings (len(texts), embed_dim)."""
     if not texts:
         raise InputError("no text given")
+    check_template(template)
     emb = model.encode_text(model.tokenize(list(texts), template))
     return emb / emb.norm(dim=-1, keepdim=True)
 

@@ -7,7 +7,10 @@ Training AudioCLIP on AudioSet takes days on many GPUs, so preemption is routine
   Checkpoints are read back with `torch.load(weights_only=True)`: resuming never runs pickled code.
 - `StepCheckpoint`: `last.ckpt` every N optimizer steps, not only at epoch end.
 - `SaveOnSignal`: SIGTERM / SIGUSR1 (a scheduler's notice before preemption; SLURM: `sbatch --signal=USR1@90`)
-  write `last.ckpt` at the end of the current batch, then exit.
+  and SIGINT (Ctrl+C) write `last.ckpt` at the end of the current batch, then exit with 128 + the signal.
+- `IgnoreTerminationSignals`: the DataLoader workers' `worker_init_fn`. `timeout`, SLURM, Kubernetes and systemd
+  signal the whole process group; a worker that died of the signal would take the run down before the main process
+  could save. Workers ignore the termination signals, the main process decides and shuts them down.
 - `ResumableSampler` + `ResumableDataLoader`: an epoch's order is a function of (seed, epoch), every sample carries
   its own augmentation seed, and the samples consumed are part of the checkpoint. Lightning restores the state of
   a loader that has `state_dict`/`load_state_dict`; a plain DataLoader would replay the epoch from its start with a
@@ -26,7 +29,7 @@ import os
 import pathlib
 import random
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +37,14 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from audioclip.outputs import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +91,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, path)
+        except OSError as exc:  # a full disk or a folder gone read-only: the previous checkpoint stays whole
+            raise OutputError(
+                f"{path}: could not write the checkpoint ({exc.strerror or exc}); free space or move the run with "
+                "RUNS= or --trainer.default_root_dir"
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(path.parent)
@@ -142,8 +153,39 @@ def _signal_number(name: str) -> signal.Signals:
         raise ValueError(f"save_on_signal.signals: unknown signal {name!r}, e.g. SIGTERM or SIGUSR1") from None
 
 
+# what a scheduler or a terminal sends to a whole process group to stop a job; workers leave them to the main process
+WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class IgnoreTerminationSignals:
+    """A DataLoader `worker_init_fn`: the worker ignores SIGTERM, SIGUSR1 and SIGINT, then runs `then`.
+
+    A signal to the process group (`timeout`, `scancel`, a Kubernetes pod deletion, Ctrl+C) reaches every worker
+    too; a worker killed by it makes the main process fail with `DataLoader worker ... is killed by signal`
+    before `SaveOnSignal` can write `last.ckpt`. The main process ends its workers itself (a `None` on their index
+    queue); a worker whose parent is gone exits on its own within torch's 5 s watchdog interval; SIGKILL still
+    kills a worker. `then` defaults to Lightning's worker seeding when `seed_everything(workers=True)` asked for it
+    (Lightning adds that only to loaders without a `worker_init_fn`).
+
+    Args:
+        rank: the global rank, for Lightning's worker seeding.
+        then: another `worker_init_fn` to run after.
+    """
+
+    def __init__(self, rank: int = 0, then: Callable[[int], None] | None = None) -> None:
+        self.rank, self.then = rank, then
+
+    def __call__(self, worker_id: int) -> None:
+        for signum in WORKER_IGNORED_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        if self.then is not None:
+            self.then(worker_id)
+        elif int(os.environ.get("PL_SEED_WORKERS", 0)):
+            pl_worker_init_function(worker_id, rank=self.rank)
+
+
 class SaveOnSignal(Callback):
-    """On SIGTERM or SIGUSR1, write `last.ckpt` at the end of a batch and exit with 128 + the signal.
+    """On SIGTERM, SIGUSR1 or SIGINT, write `last.ckpt` at the end of a batch and exit with 128 + the signal.
 
     The handler only notes the signal; the decision is taken between batches. In one process that is the end of
     the batch the signal arrived in. Under DDP every rank must stop at the same batch, so the decision is
@@ -154,18 +196,23 @@ class SaveOnSignal(Callback):
 
     SIGTERM is taken over from Lightning, whose handler runs a collective inside the signal handler and, under
     DDP, stops every rank at the next batch without a checkpoint. SIGUSR1 is left to Lightning when its SLURM
-    plugin already handles it (auto-requeue: it saves and requeues).
+    plugin already handles it (auto-requeue: it saves and requeues). SIGINT (Ctrl+C, or `kill -INT`) would raise
+    KeyboardInterrupt mid-batch; it is noted instead, and a second SIGINT before the batch ends interrupts at once.
+    The DataLoader workers ignore these signals (`IgnoreTerminationSignals`), so a signal to the whole process
+    group acts like one to the main process.
 
     Args:
         signals: signal names to act on.
     """
 
-    def __init__(self, signals: Sequence[str] = ("SIGTERM", "SIGUSR1")) -> None:
+    def __init__(self, signals: Sequence[str] = ("SIGTERM", "SIGUSR1", "SIGINT")) -> None:
         self.signals = [_signal_number(name) for name in signals]
         self._received: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
 
     def _note(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self._received == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl+C twice: the user does not want to wait for the batch
         self._received = signal.Signals(signum)
 
     @property
@@ -174,9 +221,10 @@ class SaveOnSignal(Callback):
         return self._received
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._received = None
         # Lightning registered its own handlers just before
         for signum in self.signals:
-            if signum == signal.SIGTERM or signal.getsignal(signum) is signal.SIG_DFL:
+            if signum == signal.SIGTERM or signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
                 self._previous[signum] = signal.signal(signum, self._note)
 
     def save_and_stop(self, trainer: L.Trainer, signum: int) -> None:

@@ -1,16 +1,19 @@
 """Datasets of AudioCLIP as LightningDataModules yielding the dict batches of DESIGN.md ("The batch contract")."""
 
-from audioclip.data.common import (
-    BadFileError,
-    DatasetNotFoundError,
-    MetadataError,
-    MissingFileError,
-    collate,
-    per_device_batch_size,
-)
-from audioclip.data.esc50 import ESC50DataModule
-from audioclip.data.folder import AudioFolderDataModule
-from audioclip.data.us8k import US8KDataModule
+from importlib import import_module
+
+# imported on first use: `audioclip prepare --help` and `import audioclip.data.audioset.metadata` need no Lightning
+_LAZY = {
+    "BadFileError": "audioclip.data.common",
+    "DatasetNotFoundError": "audioclip.data.common",
+    "MetadataError": "audioclip.data.common",
+    "MissingFileError": "audioclip.data.common",
+    "collate": "audioclip.data.common",
+    "per_device_batch_size": "audioclip.data.common",
+    "ESC50DataModule": "audioclip.data.esc50",
+    "US8KDataModule": "audioclip.data.us8k",
+    "AudioFolderDataModule": "audioclip.data.folder",
+}
 
 __all__ = [
     "AudioFolderDataModule",
@@ -23,3 +26,9 @@ __all__ = [
     "collate",
     "per_device_batch_size",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'audioclip.data' has no attribute {name!r}")

@@ -9,6 +9,7 @@ so multiplying by 32768 gives back the stored samples bit for bit. Resampling us
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     if size == 0:
         raise BadFileError(path, "file is empty (0 bytes)")
     try:
-        with sf.SoundFile(path) as file:
+        # as bytes: a file name that is not valid UTF-8 (e.g. Latin-1 from an old archive) opens all the same
+        with sf.SoundFile(os.fsencode(path)) as file:
             log = file.extra_info
             audio = file.read(dtype="float32", always_2d=True)
             sample_rate = file.samplerate

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from audioclip.data.cache import CACHE_DIRNAME, CacheReader, CacheSpec, ClipCache, build_cache
 from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
-from audioclip.reliability import EvalShardSampler, ResumableDataLoader, ResumableSampler
+from audioclip.outputs import check_writable_dir
+from audioclip.reliability import EvalShardSampler, IgnoreTerminationSignals, ResumableDataLoader, ResumableSampler
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +390,10 @@ class FoldedAudioDataModule(L.LightningDataModule):
             raise error_type(record.path, f"{problem}{more}{hint}")
         return bad
 
+    def check_outputs(self) -> None:
+        """The decoded cache must be writable (a read-only dataset root needs `cache_dir`); OutputError if not."""
+        check_writable_dir(self.cache_dir, "--data.init_args.cache_dir (default: <root>/.audioclip-cache)")
+
     def prepare_data(self) -> None:
         """Decode new or changed files into the cache (once per node) and fail on bad files before training."""
         records = self._records()
@@ -455,6 +460,8 @@ class FoldedAudioDataModule(L.LightningDataModule):
             collate_fn=collate,
             pin_memory=pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
+            # a signal to the process group is the main process's to act on (save, then stop the workers)
+            worker_init_fn=IgnoreTerminationSignals(rank=getattr(self.trainer, "global_rank", 0)),
             # training drops the last incomplete batch: a contrastive loss over a handful of rows is a poor
             # signal, and every rank must gather batches of one size; evaluation sees every clip
             drop_last=sampler is not None,

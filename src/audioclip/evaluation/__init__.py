@@ -1,10 +1,22 @@
 """Evaluation and querying (Guzhov et al. 2021, sec. 4.4, Tables 2 and 4): zero-shot classification, cross-modal
 querying P@1 / R@1 / mAP, a paper-style report, and an embedding index with exact cosine search for users."""
 
-from audioclip.evaluation.datasets import DATASETS, EmbeddedSet, embed_dataset
-from audioclip.evaluation.index import build_index, fingerprint, load_index, search
-from audioclip.evaluation.query import query, retrieval_metrics
-from audioclip.evaluation.zeroshot import class_text_embeddings, zeroshot
+from importlib import import_module
+
+# imported on first use, so that `audioclip evaluate --help` does not load torch
+_LAZY = {
+    "DATASETS": "audioclip.evaluation.names",
+    "EmbeddedSet": "audioclip.evaluation.datasets",
+    "embed_dataset": "audioclip.evaluation.datasets",
+    "build_index": "audioclip.evaluation.index",
+    "fingerprint": "audioclip.evaluation.index",
+    "load_index": "audioclip.evaluation.index",
+    "search": "audioclip.evaluation.index",
+    "query": "audioclip.evaluation.query",
+    "retrieval_metrics": "audioclip.evaluation.query",
+    "class_text_embeddings": "audioclip.evaluation.zeroshot",
+    "zeroshot": "audioclip.evaluation.zeroshot",
+}
 
 __all__ = [
     "DATASETS",
@@ -19,3 +31,9 @@ __all__ = [
     "search",
     "zeroshot",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'audioclip.evaluation' has no attribute {name!r}")

@@ -20,23 +20,23 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+from audioclip.evaluation.names import DATASETS
+from audioclip.outputs import check_writable_dir, write_text
 
-from audioclip.data.folder import manifest_task
-from audioclip.evaluation.datasets import DATASETS, check_dataset, embed_dataset
-from audioclip.evaluation.index import build_index, fingerprint, load_index, search
-from audioclip.evaluation.query import default_pairs, query
-from audioclip.evaluation.zeroshot import check_templates, class_text_embeddings, evaluated_on, zeroshot
-from audioclip.inference import InputError, load
-from audioclip.lineage import data_kind, result_fields, weights_lineage
-from audioclip.metrics import caption_retrieval
+if TYPE_CHECKING:
+    import torch
+
+# torch, the models and the datasets are imported once the arguments are parsed: `--help` answers at once
 
 NUM_FOLDS = {"esc50": 5, "us8k": 10}
 
 
 def _device(name: str) -> torch.device:
+    import torch
+    import torch.distributed as dist
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and dist.is_initialized():
@@ -49,6 +49,9 @@ def _start_distributed() -> None:
 
     On GPUs each rank first takes its own device (LOCAL_RANK), as NCCL's collectives need, and the group carries
     both CPU tensors (gloo: the gathered embeddings, pickled objects) and CUDA tensors (nccl)."""
+    import torch
+    import torch.distributed as dist
+
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -58,6 +61,9 @@ def _start_distributed() -> None:
 
 
 def _templates(args: argparse.Namespace) -> list[str]:
+    from audioclip.evaluation.zeroshot import check_templates
+    from audioclip.inference import InputError
+
     templates = list(args.template or [])
     if args.templates_file:
         path = Path(args.templates_file)
@@ -79,11 +85,26 @@ def _pairs(specs: Sequence[str] | None) -> list[tuple[str, str]] | None:
     return pairs
 
 
+def _shown(text: str) -> str:
+    """A file name that is not valid UTF-8 printed with U+FFFD for its odd bytes, not a UnicodeEncodeError."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _percent(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from audioclip.data.folder import manifest_task
+    from audioclip.evaluation.datasets import check_dataset, embed_dataset
+    from audioclip.evaluation.index import fingerprint
+    from audioclip.evaluation.query import default_pairs, query
+    from audioclip.evaluation.zeroshot import evaluated_on, zeroshot
+    from audioclip.inference import InputError, load
+    from audioclip.lineage import data_kind, result_fields, weights_lineage
+
     check_dataset(args.dataset)
     templates = _templates(args)
     pairs = _pairs(args.pair) if args.task == "query" else None
@@ -98,6 +119,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--root: give the {args.dataset} location (a shard directory or an ImageFolder tree)")
     if args.fold is not None and args.dataset in NUM_FOLDS and not 1 <= args.fold <= NUM_FOLDS[args.dataset]:
         raise ValueError(f"--fold must be in 1..{NUM_FOLDS[args.dataset]} for {args.dataset}, got {args.fold}")
+    # a folder's results are named after the tree or manifest, so that two of them do not overwrite each other
+    default = f"{args.task}-{Path(root).stem if args.dataset == 'folder' else args.dataset}"
+    out = Path(args.out) / (args.name or default) / "results.json"
+    check_writable_dir(out.parent, "--out")  # before the model is loaded and the dataset embedded
     _start_distributed()
     is_main = not dist.is_initialized() or dist.get_rank() == 0
     model = load(args.checkpoint, model_name=args.model, device=_device(args.device))
@@ -126,7 +151,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.task == "zeroshot":
         result = {**zeroshot(model, data, templates, NUM_FOLDS.get(args.dataset)), **meta}
         if args.dataset == "folder" and args.fold is not None:
-            result["protocol"] = f"fold {args.fold} of {root} only ({len(data)} samples)"
+            result["evaluated_on"] = f"fold {args.fold} of {root} only ({len(data)} samples)"
     elif data.task == "caption":
         if args.pair:
             raise ValueError("--pair: caption retrieval always scores text -> audio and audio -> text")
@@ -145,11 +170,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             **meta,
         }
     if is_main:
-        # a folder's results are named after the tree or manifest, so that two of them do not overwrite each other
-        default = f"{args.task}-{Path(root).stem if args.dataset == 'folder' else args.dataset}"
-        out = Path(args.out) / (args.name or default) / "results.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_text(out, json.dumps(result, indent=2) + "\n", "--out")
         _print_result(result)
         print(f"Results: {out}")
     if dist.is_initialized():
@@ -159,6 +180,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _caption_query(model, data, templates: list[str], meta: dict) -> dict:
     """Audio-text retrieval of a caption manifest: every distinct caption a text query, every clip an audio query."""
+    import torch
+
+    from audioclip.evaluation.zeroshot import class_text_embeddings, evaluated_on
+    from audioclip.metrics import caption_retrieval
+
     text = class_text_embeddings(model, data.class_names, templates)
     ids = torch.tensor([labels[0] for labels in data.labels])
     metrics = caption_retrieval(data.embeddings["audio"], ids, text)
@@ -237,8 +263,8 @@ def _evaluate_parser() -> argparse.ArgumentParser:
         p.add_argument("--template", action="append", help='text template, repeatable (default "{}"); averaged')
         p.add_argument("--templates-file", help="a file of templates, one per line, averaged")
         p.add_argument("--class-names", help="imagefolder: class-name file (one name per line, or folder<TAB>name)")
-        p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--num-workers", type=int, default=0)
+        p.add_argument("--batch-size", type=int, default=32, help="clips embedded per forward pass (default 32)")
+        p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
         p.add_argument("--out", default="runs/eval", help="results go to OUT/NAME/results.json")
         p.add_argument("--name", help="result name (default: <task>-<dataset>; folder: <task>-<tree or manifest name>)")
         if task == "query":
@@ -257,9 +283,13 @@ def index(argv: Sequence[str]) -> int:
         "folder", help="folder searched recursively for audio and image files, or a CSV/TSV manifest of audio files"
     )
     parser.add_argument("--out", default="index.pt", help="index file; an existing one is resumed")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="files embedded per forward pass (default 16)")
     _model_args(parser)
     args = parser.parse_args(argv)
+    from audioclip.evaluation.index import build_index
+    from audioclip.inference import load
+
+    check_writable_dir(Path(args.out).absolute().parent, "--out")  # before the model is loaded and files embedded
     model = load(args.checkpoint, model_name=args.model, device=_device(args.device))
     # an absolute path, so that `search` finds the weights from any working directory
     checkpoint = str(Path(args.checkpoint).resolve()) if Path(args.checkpoint).is_file() else str(args.checkpoint)
@@ -268,7 +298,7 @@ def index(argv: Sequence[str]) -> int:
     if stats["failed"]:
         print(f"skipped {len(stats['failed'])} unreadable file(s), tried again next run:")
         for path, reason in stats["failed"]:
-            print(f"  {reason}" if str(path) in reason else f"  {path}: {reason}")
+            print(_shown(f"  {reason}" if str(path) in reason else f"  {path}: {reason}"))
     return 0
 
 
@@ -276,18 +306,21 @@ def search_cli(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="audioclip search", description="nearest items of an index")
     parser.add_argument("index", help="an index file written by `audioclip index`")
     query_group = parser.add_mutually_exclusive_group(required=True)
-    query_group.add_argument("--text")
+    query_group.add_argument("--text", help="a text query, e.g. 'dog barking'")
     query_group.add_argument("--audio", help="an audio file")
     query_group.add_argument("--image", help="an image file")
-    parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--top", type=int, default=10, help="how many results to print (default 10)")
     parser.add_argument("--modality", choices=["audio", "image"], help="only results of this modality")
     parser.add_argument("--template", default="{}", help="template for --text")
     _model_args(parser, checkpoint_default=None)
     args = parser.parse_args(argv)
+    from audioclip.evaluation.index import load_index, search
+    from audioclip.inference import load
+
     idx = load_index(args.index)
     checkpoint = args.checkpoint or idx["checkpoint"]  # the index remembers the weights it was built with
     model = load(checkpoint, model_name=args.model, device=_device(args.device))
     hits = search(idx, model, args.text, args.audio, args.image, args.top, args.modality, args.template)
     for rank, (score, path, modality, label) in enumerate(hits, start=1):
-        print(f"{rank:>3}. {score:+.4f}  {modality:<5}  " + (f"[{label}]  " if label else "") + str(path))
+        print(_shown(f"{rank:>3}. {score:+.4f}  {modality:<5}  " + (f"[{label}]  " if label else "") + str(path)))
     return 0

@@ -20,15 +20,9 @@ from tqdm import tqdm
 
 from audioclip.data import ESC50DataModule, US8KDataModule, collate
 from audioclip.data.common import class_text
+from audioclip.evaluation.names import DATASETS, MODALITIES
 from audioclip.inference import InputError
 from audioclip.models import AudioCLIP
-
-DATASETS = ("esc50", "us8k", "audioset", "imagefolder", "folder")
-# which embeddings each dataset yields besides the class-name text
-MODALITIES = {
-    "esc50": ("audio",), "us8k": ("audio",), "audioset": ("audio", "image"), "imagefolder": ("image",),
-    "folder": ("audio",),
-}  # fmt: skip
 
 
 @dataclass

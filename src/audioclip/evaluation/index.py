@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from audioclip.data.common import class_text
 from audioclip.inference import InputError, embed_image, embed_text, prepare_audio
 from audioclip.models import AudioCLIP
+from audioclip.outputs import write_with
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,8 @@ def load_index(path: str | Path) -> dict:
 
 
 def _save(index: dict, path: Path) -> None:
-    # write aside and rename, so an interrupted save never leaves a truncated index behind
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(index, tmp)
-    os.replace(tmp, path)
+    # written aside and renamed, so an interrupted save or a full disk never leaves a truncated index behind
+    write_with(path, "--out", lambda file: torch.save(index, file))
 
 
 def check_same_weights(index: dict, model_fingerprint: str, what: str) -> None:
@@ -180,6 +178,8 @@ def build_index(
         for number, batch in enumerate(tqdm(batches, desc=f"Indexing {folder}", unit="batch", disable=not progress)):
             done, failed = _embed_files(model, batch)
             stats["failed"] += failed
+            # the files left out by the latest run, kept with the index (they are tried again next run)
+            index["skipped_files"] = [str(path) for path, _ in stats["failed"]]
             for path, modality, emb in done:
                 index["paths"].append(str(path))
                 index["modality"].append(modality)

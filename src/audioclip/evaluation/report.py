@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from audioclip.outputs import make_dir, write_text
+
 TABLE_TITLES = {
     1: "Table 1: the standalone audio head (ESResNeXt-fbsp)",
     2: "Table 2: AudioCLIP after partial vs full training",
@@ -344,11 +346,10 @@ def build_report(runs: str | Path = "runs", out: str | Path | None = None) -> tu
     """Write REPORT.json, REPORT.md and the figures; return the Markdown's path and the tables and figures."""
     runs = Path(runs)
     out = Path(out) if out else runs / "REPORT.md"
-    fig_dir = out.parent / "report"
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir = make_dir(out.parent / "report", "--out (make report: RUNS=)")
     latest = latest_results(runs)
     rows = report_rows(training_measures(runs) + evaluation_measures(latest))
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    write_text(out.with_suffix(".json"), json.dumps({"rows": rows}, indent=2) + "\n", "--out (make report: RUNS=)")
 
     figures: list[Path] = []
     figure_lines: list[str] = []
@@ -363,7 +364,7 @@ def build_report(runs: str | Path = "runs", out: str | Path | None = None) -> tu
         figures += made
         figure_lines += [f"### {_source(path, result)}", ""]
         figure_lines += [f"![{p.stem}]({os.path.relpath(p, out.parent)})" for p in made] + [""]
-    out.write_text("\n".join(render_markdown(rows, figure_lines)).rstrip() + "\n")
+    write_text(out, "\n".join(render_markdown(rows, figure_lines)).rstrip() + "\n", "--out (make report: RUNS=)")
     keys = ["table", "dataset", "query", "result", "model", "trained_on_target", "metric", "paper", "ours",
             "comparable", "protocol", "source", "note"]  # fmt: skip
     tables = {

@@ -18,7 +18,7 @@ import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from audioclip.evaluation.datasets import EmbeddedSet
-from audioclip.inference import InputError
+from audioclip.inference import InputError, check_template
 from audioclip.metrics import AudioSetMAP, class_scores
 from audioclip.models import AudioCLIP
 
@@ -26,11 +26,7 @@ TEXT_BATCH = 256  # class names per text forward pass (ImageNet has 1,000)
 
 
 def check_templates(templates: Sequence[str]) -> list[str]:
-    templates = list(templates) or ["{}"]
-    for template in templates:
-        if template.count("{}") != 1:
-            raise InputError(f"template {template!r} must contain '{{}}' exactly once, where the class name goes")
-    return templates
+    return [check_template(template) for template in list(templates) or ["{}"]]
 
 
 @torch.no_grad()

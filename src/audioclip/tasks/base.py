@@ -102,6 +102,12 @@ class AudioCLIPTask(L.LightningModule):
 
     def configure_callbacks(self):
         metric, mode = self.monitor
+        # no checkpoint under enable_checkpointing=False or fast_dev_run; at `test` after `fit` the one attached
+        # for fit is kept (it knows the best path), instead of Lightning's note that a new one overrides it
+        if self.trainer.fast_dev_run or not self.trainer.checkpoint_callbacks:
+            return []
+        if any(cb.monitor == metric for cb in self.trainer.checkpoint_callbacks):
+            return []
         name = metric.replace("/", "_")
         dirpath = Path(self.trainer.default_root_dir) / "checkpoints"
         return [

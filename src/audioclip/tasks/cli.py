@@ -26,7 +26,7 @@ from jsonargparse import Namespace
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.loggers import WandbLogger
 
 from audioclip.data.common import per_device_batch_size
@@ -46,6 +46,7 @@ from audioclip.tasks.distributed import (
     decide_resume,
     smallest_batch_for_batchnorm,
 )
+from audioclip.tasks.preflight import PreflightChecks
 
 
 def _indent(line: str) -> int:
@@ -125,7 +126,7 @@ def _resume_wandb(logger_config: Any, run_id: str) -> None:
             config["init_args"] = init_args
 
 
-class AudioCLIPCLI(LightningCLI):
+class AudioCLIPCLI(PreflightChecks):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(StepCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(SaveOnSignal, "save_on_signal")

@@ -1,14 +1,15 @@
 """AudioSet (Gemmeke et al. 2017) for AudioCLIP: metadata readers, preparation into LitData shards, the DataModule."""
 
-from audioclip.data.audioset.datamodule import AudioSetDataModule
-from audioclip.data.audioset.metadata import (
-    NUM_CLASSES,
-    AudioSetClass,
-    Segment,
-    read_class_labels,
-    read_ontology,
-    read_segments,
-)
+from importlib import import_module
+
+# imported on first use: `audioclip prepare` needs neither Lightning nor CLIP
+_LAZY = {
+    "AudioSetDataModule": "audioclip.data.audioset.datamodule",
+    **dict.fromkeys(
+        ("NUM_CLASSES", "AudioSetClass", "Segment", "read_class_labels", "read_ontology", "read_segments"),
+        "audioclip.data.audioset.metadata",
+    ),
+}
 
 __all__ = [
     "NUM_CLASSES",
@@ -19,3 +20,9 @@ __all__ = [
     "read_ontology",
     "read_segments",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'audioclip.data.audioset' has no attribute {name!r}")

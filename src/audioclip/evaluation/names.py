@@ -1,0 +1,8 @@
+"""The evaluation datasets by name, importable without torch (the `audioclip evaluate --help` text uses them)."""
+
+DATASETS = ("esc50", "us8k", "audioset", "imagefolder", "folder")
+# which embeddings each dataset yields besides the class-name text
+MODALITIES = {
+    "esc50": ("audio",), "us8k": ("audio",), "audioset": ("audio", "image"), "imagefolder": ("image",),
+    "folder": ("audio",),
+}  # fmt: skip

@@ -1,0 +1,165 @@
+"""Checks `audioclip fit` makes once the arguments are parsed, before any class is built or W&B run started.
+
+- A run directory that already holds checkpoints is another run's: training into it without `--ckpt_path`
+  (`RESUME=1`) would overwrite its `last.ckpt` and mix two runs' `best-*.ckpt` files in one folder.
+- The run directory must be writable (`RUNS=`, `--trainer.default_root_dir`): a run that cannot save its first
+  checkpoint should not train for an hour first.
+- Lightning's own switches: no logger (`--trainer.logger false`), no checkpointing
+  (`--trainer.enable_checkpointing false`), `fast_dev_run`, `limit_*_batches`, `max_steps`. The callbacks that need
+  a logger or that write checkpoints are left out when those are off, instead of Lightning refusing the run.
+
+Known messages a user cannot act on are silenced one by one (`quiet_known_messages`), never all warnings; the README
+lists what remains.
+
+See docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+from audioclip.outputs import check_writable_dir, make_dir
+
+
+def earlier_checkpoints(root: Path) -> list[Path]:
+    """The checkpoint files a run directory already holds (`<root>/checkpoints/*.ckpt`)."""
+    directory = root / "checkpoints"
+    return sorted(directory.glob("*.ckpt")) if directory.is_dir() else []
+
+
+def refuse_earlier_run(root: Path) -> None:
+    """ValueError when `root` holds another run's checkpoints and the user did not ask to resume it."""
+    found = earlier_checkpoints(root)
+    if found:
+        raise ValueError(
+            f"{root}: holds the checkpoints of an earlier run ({len(found)} in {found[0].parent}); continue it with "
+            f"RESUME=1 (--ckpt_path last), or choose another run directory (RUNS=, --trainer.default_root_dir)"
+        )
+
+
+def _disabled(value: Any) -> bool:
+    return value is False or value == [] or value is None
+
+
+def apply_lightning_switches(config: dict[str, Any], callbacks: list[Callback]) -> list[Callback]:
+    """The trainer's callbacks (`config["callbacks"]`) and the CLI's (`callbacks`) that fit the switches.
+
+    `LearningRateMonitor` needs a logger: without one it goes. `enable_checkpointing: false` means no checkpoint
+    is written: every `ModelCheckpoint` (the step-interval `last.ckpt` too) goes, and the module's own checkpoint
+    callback is left out at fit time (`BaseTask.configure_callbacks`).
+    """
+    no_logger = _disabled(config.get("logger", True)) or bool(config.get("fast_dev_run"))
+    # fast_dev_run: Lightning's ModelCheckpoint skips its saves, but not `save_last` at the end of training
+    no_checkpoints = config.get("enable_checkpointing") is False or bool(config.get("fast_dev_run"))
+
+    def keep(callback: Callback) -> bool:
+        if no_logger and isinstance(callback, LearningRateMonitor):
+            rank_zero_info("no logger: LearningRateMonitor left out")
+            return False
+        return not (no_checkpoints and isinstance(callback, ModelCheckpoint))
+
+    given = config.get("callbacks") or []
+    config["callbacks"] = [c for c in (given if isinstance(given, list) else [given]) if keep(c)]
+    return [c for c in callbacks if keep(c)]
+
+
+def check_config_files(argv: Sequence[str]) -> None:
+    """Every `--config FILE` is readable YAML; ValueError naming the file and the place (jsonargparse names only
+    `<unicode string>`)."""
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.removeprefix("--config=")
+        if path == arg and not arg.startswith("--config="):
+            continue
+        if not Path(path).is_file():
+            continue  # jsonargparse's own message names a missing file
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"--config {path}: not valid YAML ({where}{problem})") from None
+
+
+class _DropLightningTips(logging.Filter):
+    """Lightning's advertisements for its cloud products (`💡 Tip: ... litlogger` / `litmodels`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_known_messages() -> None:
+    """Silence the messages of a training run that a user cannot act on, each by its text."""
+    # torch 2.11 deprecated LeafSpec; Lightning's own `_pytree.py` still uses it (nothing to change on our side)
+    warnings.filterwarnings("ignore", message=re.escape("`isinstance(treespec, LeafSpec)` is deprecated"))
+    # the frozen CLIP towers (and BatchNorm statistics of frozen parts) are in eval mode on purpose
+    # (`tasks.base.freeze`, kept by the phases' `train()`); Lightning warns of any module in eval mode at the start
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLightningTips())
+
+
+class PreflightChecks(LightningCLI):
+    """A LightningCLI layer with the checks above; `AudioCLIPCLI` derives from it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        quiet_known_messages()
+        check_config_files(kwargs.get("args") or [])
+        super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        # noted before `--ckpt_path last` is resolved (to nothing when the run has no last.ckpt yet)
+        self._resume_requested = bool(subcommand and self.config[subcommand].get("ckpt_path"))
+
+    def _check_run_directory(self) -> None:
+        config = self.config.fit
+        trainer = config.trainer
+        root = Path(trainer.default_root_dir or ".")
+        if trainer.get("fast_dev_run"):
+            make_dir(root, "RUNS= or --trainer.default_root_dir")  # only the test metrics go there
+            return  # no logger, no checkpoint: nothing of an earlier run is overwritten
+        check_writable_dir(root, "RUNS= or --trainer.default_root_dir")
+        for logger in trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]:
+            save_dir = logger.get("init_args", {}).get("save_dir") if isinstance(logger, Namespace) else None
+            if save_dir:
+                check_writable_dir(save_dir, "RUNS= or --trainer.logger.init_args.save_dir")
+        if trainer.get("enable_checkpointing") is not False and not self._resume_requested:
+            refuse_earlier_run(root)
+
+    def instantiate_classes(self) -> None:
+        """Outputs are checked after the settings (`ckpt_path` included) and before any class is built, any W&B run
+        started or any data decoded."""
+        if self.subcommand == "fit":
+            self._check_run_directory()
+        super().instantiate_classes()
+        # the decoded cache next to the dataset: the DataModule knows where it goes
+        check_outputs = getattr(self.datamodule, "check_outputs", None)
+        if self.subcommand == "fit" and callable(check_outputs):
+            check_outputs()
+        if self.subcommand == "fit":
+            # W&B looks for the git repository (the run's commit) from its `dir`: it must exist when the run starts
+            make_dir(self.trainer.default_root_dir, "RUNS= or --trainer.default_root_dir")
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                # Lightning passes `anonymous=None`, which W&B warns has no effect; a private dict, hence the guard
+                init = getattr(logger, "_wandb_init", {})
+                if init.get("anonymous", ...) is None:
+                    del init["anonymous"]
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
+        return super()._instantiate_trainer(config, apply_lightning_switches(config, callbacks))
