@@ -124,6 +124,11 @@ class AudioPretrainModule(AudioCLIPTask):
     offline it says so and keeps the random initialisation. `new_classifier` starts from an `init_from` classifier
     of another size (e.g. the 527-class `esrnxfbsp`): its `fc` is left freshly initialised for `num_classes`,
     every other key loads strictly.
+
+    `class_weighted_loss` weights each clip's BCE by the sum of its classes' weights (inverse training-set class
+    frequency, mean 1 over the classes present: `AudioSetDataModule.sample_weights`), as the reference trainer
+    weighted its AudioSet loss. It changes the loss's balance, not which clips are drawn; the sampling-side
+    alternative is `AudioSetDataModule(balanced=True)` (docs/audioset.md). Use one or the other.
     """
 
     def __init__(
@@ -138,9 +143,12 @@ class AudioPretrainModule(AudioCLIPTask):
         gamma: float = 0.95,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
+        class_weighted_loss: bool = False,
     ) -> None:
         if isinstance(get_config(model), AudioCLIPConfig):
             raise ValueError(f"model: AudioPretrainModule trains a standalone audio head, not {model!r}")
+        if class_weighted_loss and not multilabel:
+            raise ValueError("class_weighted_loss: weights AudioSet's multi-label BCE; set multilabel: true")
         if new_classifier and not init_from:
             raise ValueError("new_classifier: replaces the classifier of init_from weights, but init_from is not set")
         super().__init__(
@@ -198,16 +206,27 @@ class AudioPretrainModule(AudioCLIPTask):
         load_into(self.model, state, "torchvision resnext50_32x4d", ignore=("fc.", "att", "fbsp.", "window"))
         log.info("imagenet_init: body initialised from torchvision's ImageNet resnext50_32x4d")
 
-    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.hparams.multilabel:
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        if self.hparams.multilabel and weights is not None:
+            per_clip = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none").sum(-1)
+            loss = (per_clip * weights).sum() / logits.shape[0]
+        elif self.hparams.multilabel:
             # the reference: BCE summed over classes, averaged over the batch
             loss = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="sum") / logits.shape[0]
         else:
             loss = F.cross_entropy(logits, target)
         return loss + self.model.ttf_loss()
 
+    def _sample_weights(self, target: torch.Tensor) -> torch.Tensor | None:
+        if not self.hparams.class_weighted_loss:
+            return None
+        if getattr(self, "_class_weights", None) is None:  # read once: label_counts.json of the training shards
+            self._class_weights = self.trainer.datamodule.class_weights().to(target.device)
+        return self.trainer.datamodule.sample_weights(target, self._class_weights)
+
     def training_step(self, batch, batch_idx):
-        loss = self.check_finite(self._loss(self.model(batch["audio"]), batch["target"]), batch, batch_idx)
+        weights = self._sample_weights(batch["target"])
+        loss = self.check_finite(self._loss(self.model(batch["audio"]), batch["target"], weights), batch, batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["audio"]))
         return loss
 
