@@ -21,8 +21,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 VARIANTS = ("audio-head", "partial", "full", "other")
 OFFICIAL_VARIANTS = {"esrnxfbsp": "audio-head", "partial": "partial", "full": "full"}
 LINEAGE_KEY = "audioclip_lineage"
@@ -63,6 +61,8 @@ def weights_lineage(init_from: str | None) -> dict[str, Any]:
 
 def read_lineage(path: str | Path) -> dict[str, Any] | None:
     """The lineage a checkpoint of this project recorded, or None (a state dict, a foreign file)."""
+    import torch  # here: `audioclip prepare --help` imports this module and must not wait for torch
+
     try:
         # mmap: the tensors are not read, only the small lineage record is looked at
         content = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
