@@ -1,4 +1,5 @@
-"""AudioSet mAP against a plain NumPy average precision, including the DDP gather of torchmetrics."""
+"""AudioSet mAP against a plain NumPy average precision and a case worked out by hand, including the DDP gather of
+torchmetrics."""
 
 import os
 from pathlib import Path
@@ -33,6 +34,26 @@ def random_case(seed: int, n: int = 64, k: int = 527) -> tuple[torch.Tensor, ...
     audio = torch.rand(n, k, generator=g) + 0.3 * target
     image = torch.rand(n, k, generator=g) + 0.1 * target
     return target, audio, image
+
+
+def hand_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """4 clips x 3 classes. Class 0: positives ranked 1st and 3rd, AP = (1/1 + 2/3) / 2 = 5/6. Class 1: its one
+    positive ranked 1st, AP = 1. Class 2: no positive clip, no AP. Macro mAP = (5/6 + 1) / 2 = 11/12 = 0.9167
+    (counting class 2 as AP 0 would give 0.6111)."""
+    target = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
+    scores = torch.tensor([[0.9, 0.2, 0.5], [0.8, 0.9, 0.4], [0.7, 0.1, 0.3], [0.1, 0.3, 0.2]])
+    return target, scores
+
+
+def test_a_class_without_a_positive_is_left_out_of_the_mean_and_counted() -> None:
+    target, scores = hand_case()
+    metric = AudioSetMAP(num_classes=3)
+    metric.update(target, audio=scores, image=scores.flip(0))
+    result = metric.compute()
+    assert result["audio"].item() == pytest.approx(11 / 12, abs=1e-6)
+    assert metric.classes_left_out == 1
+    # image: clip order reversed. Class 0's positives rank 2nd and 4th: (1/2 + 2/4) / 2 = 1/2; class 1's ranks 4th: 1/4
+    assert result["image"].item() == pytest.approx((1 / 2 + 1 / 4) / 2, abs=1e-6)
 
 
 def test_map_matches_numpy_for_audio_image_and_both() -> None:
@@ -75,7 +96,12 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
         target, audio, image = random_case(2)
         metric = AudioSetMAP()
         metric.update(target[rank::2], audio=audio[rank::2], image=image[rank::2])
-        torch.save(metric.compute(), Path(out) / f"rank{rank}.pt")
+        hand = AudioSetMAP(num_classes=3)
+        target, scores = hand_case()
+        # rank 0 holds clips 0 and 2 (no positive of class 1), rank 1 clips 1 and 3 (no positive of class 0)
+        hand.update(target[rank::2], audio=scores[rank::2])
+        result = {"random": metric.compute(), "hand": hand.compute()["audio"], "left_out": hand.classes_left_out}
+        torch.save(result, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -86,4 +112,6 @@ def test_ranks_agree_on_the_map_of_all_their_samples(tmp_path: Path) -> None:
     target, audio, _ = random_case(2)
     expected = macro_map(audio.numpy(), target.numpy())
     for rank in range(2):
-        assert torch.load(tmp_path / f"rank{rank}.pt")["audio"].item() == pytest.approx(expected, abs=1e-5)
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        assert result["random"]["audio"].item() == pytest.approx(expected, abs=1e-5)
+        assert result["hand"].item() == pytest.approx(11 / 12, abs=1e-6) and result["left_out"] == 1

@@ -15,7 +15,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MultilabelAveragePrecision
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from audioclip.metrics import AudioSetMAP, class_scores
 from audioclip.models import AudioCLIP, AudioCLIPConfig, get_config
@@ -125,8 +125,8 @@ class AudioPretrainModule(AudioCLIPTask):
         if imagenet_init and not init_from:
             self._imagenet_init()
         if multilabel:
-            self.val_metric = MultilabelAveragePrecision(num_labels=num_classes, average="macro")
-            self.test_metric = MultilabelAveragePrecision(num_labels=num_classes, average="macro")
+            self.val_metric = AudioSetMAP(num_classes)  # leaves classes without a positive clip out of the mean
+            self.test_metric = AudioSetMAP(num_classes)
         else:
             self.val_metric = MulticlassAccuracy(num_classes=num_classes, average="micro")
             self.test_metric = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -164,14 +164,29 @@ class AudioPretrainModule(AudioCLIPTask):
         logits = self.model(batch["audio"])
         target = batch["target"]
         self.log(f"{stage}/loss", self._loss(logits, target), sync_dist=True, batch_size=len(logits))
-        metric.update(torch.sigmoid(logits) if self.hparams.multilabel else logits, target.long())
-        self.log(f"{stage}/{self.metric_name}", metric, on_epoch=True, prog_bar=True)
+        if self.hparams.multilabel:
+            metric.update(target, audio=torch.sigmoid(logits))
+        else:
+            metric.update(logits, target.long())
+            self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True)
+
+    def _log_map(self, stage: str, metric: AudioSetMAP) -> None:
+        if self.hparams.multilabel:
+            self.log(f"{stage}/map", metric.compute()["audio"], prog_bar=True)
+            self.log(f"{stage}/map_classes_left_out", float(metric.classes_left_out))
+            metric.reset()
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val", self.val_metric)
 
+    def on_validation_epoch_end(self) -> None:
+        self._log_map("val", self.val_metric)
+
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, "test", self.test_metric)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map("test", self.test_metric)
 
 
 class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
@@ -240,6 +255,7 @@ class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
     def _log_map(self, stage: str, metric: AudioSetMAP) -> None:
         for name, value in metric.compute().items():
             self.log(f"{stage}/map_{name}", value, prog_bar=name == "audio")
+        self.log(f"{stage}/map_classes_left_out", float(metric.classes_left_out))
         metric.reset()
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             log_audioset_examples(self.loggers, stage, list(self.trainer.datamodule.class_names), self._examples)

@@ -1,0 +1,238 @@
+"""Cases small enough to check on paper: the expected numbers below are worked out by hand (or with `math` from the
+hand-written logits), never by the code under test.
+
+Zero-shot evaluation and `classify` run with stub encoders whose embeddings are known, so the logits are known;
+`FinetuneModule` is validated and tested through a real Trainer on batches whose logits are known; the contrastive
+loss, the pretraining BCE and the learning-rate schedule are checked against their formulas.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import audioclip
+from audioclip.evaluation.datasets import EmbeddedSet
+from audioclip.evaluation.zeroshot import zeroshot
+from audioclip.losses import contrastive_loss, symmetric_contrastive
+from audioclip.models import create_model
+from audioclip.tasks import AudioPretrainModule, FinetuneModule
+
+CLASSES = ["dog", "rain", "siren"]
+E = torch.eye(3)  # class k's text embedding is the unit vector e_k
+
+
+def stub_text_encoder(model, names: list[str], vectors: torch.Tensor) -> None:
+    """`model.encode_text` returns `vectors[k]` for the tokens of `names[k]` (template "{}")."""
+    table = {tuple(model.tokenize([name])[0].tolist()): vectors[k] for k, name in enumerate(names)}
+    model.encode_text = lambda tokens: torch.stack([table[tuple(row.tolist())] for row in tokens])
+
+
+def softmax(logits: list[float]) -> list[float]:
+    exps = [math.exp(x) for x in logits]
+    return [x / sum(exps) for x in exps]
+
+
+def cross_entropy(rows: list[list[float]], labels: list[int]) -> float:
+    """Mean over rows of -log softmax(row)[label]."""
+    return sum(-math.log(softmax(row)[y]) for row, y in zip(rows, labels, strict=True)) / len(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return create_model("audioclip-tiny").eval()
+
+
+# ---------------------------------------------------------------- zero-shot evaluation and classify
+
+
+def test_classify_gives_the_softmax_of_the_known_logits_most_probable_first(tiny, monkeypatch):
+    # audio embedding (0.6, 0.8, 0) * 5 (normalised by classify): cosines 0.6, 0.8, 0; logit scale 10
+    monkeypatch.setattr(tiny, "encode_audio", lambda audio: torch.tensor([[3.0, 4.0, 0.0]]))
+    stub_text_encoder(tiny, CLASSES, 2 * E)
+    with torch.no_grad():
+        tiny.logit_scale_at.fill_(math.log(10.0))
+    probs = audioclip.classify(tiny, torch.zeros(1, 44100), CLASSES, sample_rate=44100)
+    expected = softmax([6.0, 8.0, 0.0])  # dog, rain, siren
+    assert list(probs) == ["rain", "dog", "siren"]
+    assert [probs[name] for name in CLASSES] == pytest.approx(expected, abs=1e-6)
+    assert probs["rain"] == pytest.approx(0.8805, abs=1e-4)  # e^8 / (e^6 + e^8 + 1)
+
+
+def test_zeroshot_accuracy_fold_accuracy_and_confusion_from_known_embeddings(tiny):
+    stub_text_encoder(tiny, CLASSES, E)
+    # six clips, two per class; the last "siren" clip lies closer to "dog" (cos 0.8 vs 0.6): 5 of 6 right
+    audio = torch.tensor(
+        [[1.0, 0, 0], [0.8, 0.6, 0], [0, 1.0, 0], [0, 0.8, 0.6], [0, 0, 1.0], [0.8, 0, 0.6]]
+    )
+    data = EmbeddedSet(
+        "esc50", "-", CLASSES, [(0,), (0,), (1,), (1,), (2,), (2,)], [1, 2, 1, 2, 1, 2],
+        [str(i) for i in range(6)], {"audio": audio},
+    )  # fmt: skip
+    result = zeroshot(tiny, data, num_folds=5)
+    assert result["accuracy"] == pytest.approx(5 / 6)
+    assert result["fold_accuracy"] == {1: 1.0, 2: pytest.approx(2 / 3)}
+    assert result["confusion"] == [[2, 0, 0], [0, 2, 0], [1, 0, 1]]
+    assert result["per_class_accuracy"] == [1.0, 1.0, 0.5]
+
+
+# ---------------------------------------------------------------- FinetuneModule on known logits
+
+
+class KnownBatches(L.LightningDataModule):
+    """The 'audio' of a clip is its embedding (the stub audio encoder returns it), so its logits are known."""
+
+    class_names = CLASSES
+
+    def __init__(self, batches: list[dict]) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def val_dataloader(self):
+        return DataLoader(self.batches, batch_size=None)
+
+    test_dataloader = val_dataloader
+
+
+def test_finetune_validation_and_test_accuracy_and_loss_on_known_logits(tmp_path):
+    torch.manual_seed(0)
+    module = FinetuneModule(model="audioclip-tiny", num_classes=3)
+    model = module.clip_model
+    model.encode_audio = lambda audio: audio[:, 0, :3]
+    stub_text_encoder(model, CLASSES, E)
+    with torch.no_grad():
+        model.logit_scale_at.fill_(math.log(2.0))
+    # clips 0-2 nearest their own class; clip 3 (a dog) is the unit vector of "rain": 3 of 4 right
+    emb = [[1.0, 0, 0], [0, 1.0, 0], [0.6, 0, 0.8], [0, 1.0, 0]]
+    target = [0, 1, 2, 0]
+    batch = {"audio": torch.tensor(emb)[:, None, :], "target": torch.tensor(target), "id": list("abcd")}
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    dm = KnownBatches([batch])
+    val = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    test = trainer.test(module, datamodule=dm, verbose=False)[0]
+    assert val["val/acc"] == pytest.approx(0.75) and test["test/acc"] == pytest.approx(0.75)
+    logits = [[2.0 * x for x in row] for row in emb]  # scale 2 times the cosines
+    assert val["val/loss"] == pytest.approx(cross_entropy(logits, target), abs=1e-5)
+    assert module._examples[3]["pred"] == 1 and module._examples[3]["prob"] == pytest.approx(
+        softmax([0.0, 2.0, 0.0])[1], abs=1e-6
+    )
+
+
+# ---------------------------------------------------------------- the contrastive loss
+
+
+def test_symmetric_contrastive_2x2_by_hand():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    # S = a b^T = [[1, 0.6], [0, 0.8]]; rows of S score a_i against every b_j, rows of S^T b_i against every a_j
+    a_to_b = (-math.log(math.e / (math.e + math.exp(0.6))) - math.log(math.exp(0.8) / (1 + math.exp(0.8)))) / 2
+    b_to_a = (-math.log(math.e / (math.e + 1)) - math.log(math.exp(0.8) / (math.exp(0.6) + math.exp(0.8)))) / 2
+    assert a_to_b == pytest.approx(0.4421, abs=1e-4) and b_to_a == pytest.approx(0.4557, abs=1e-4)
+    assert symmetric_contrastive(a, b, torch.tensor(1.0)).item() == pytest.approx(a_to_b + b_to_a, abs=1e-6)
+    # the logit scale multiplies S: at scale 3, S = [[3, 1.8], [0, 2.4]]
+    scaled = cross_entropy([[3, 1.8], [0, 2.4]], [0, 1]) + cross_entropy([[3, 0], [1.8, 2.4]], [0, 1])
+    assert symmetric_contrastive(a, b, torch.tensor(3.0)).item() == pytest.approx(scaled, abs=1e-6)
+
+
+def _unit(rows: list[list[float]]) -> torch.Tensor:
+    t = torch.tensor(rows)
+    return t / t.norm(dim=-1, keepdim=True)
+
+
+AUDIO = [[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]
+IMAGE = [[0.8, 0.6, 0], [0, 1.0, 0], [0.6, 0, 0.8]]
+TEXT = [[1.0, 0, 0], [0, 0.8, 0.6], [0, 0.6, 0.8]]
+# distinct scales, so that a pair scored with another pair's scale is caught: 2 (a-i), 3 (a-t), 5 (i-t)
+SCALES = {"logit_scale_ai": math.log(2.0), "logit_scale_at": math.log(3.0), "logit_scale": math.log(5.0)}
+
+
+def _pair_by_hand(x: list[list[float]], y: list[list[float]], scale: float) -> float:
+    """CE(S, y) + CE(S^T, y) for S_ij = scale * x_i . y_j (rows already unit length)."""
+    s = [[scale * sum(p * q for p, q in zip(xi, yj, strict=True)) for yj in y] for xi in x]
+    labels = list(range(len(x)))
+    return cross_entropy(s, labels) + cross_entropy([list(col) for col in zip(*s, strict=True)], labels)
+
+
+@pytest.mark.parametrize(
+    "present, pairs",
+    [
+        (("audio", "image"), [("audio", "image", 2.0)]),
+        (("audio", "text"), [("audio", "text", 3.0)]),
+        (("image", "text"), [("image", "text", 5.0)]),
+        (("audio", "image", "text"), [("audio", "image", 2.0), ("audio", "text", 3.0), ("image", "text", 5.0)]),
+    ],
+)
+def test_contrastive_loss_3x3_for_every_modality_subset_divided_by_n_factorial(present, pairs):
+    rows = {"audio": AUDIO, "image": IMAGE, "text": TEXT}
+    emb = {name: _unit(rows[name]) if name in present else None for name in rows}
+    total = sum(_pair_by_hand(rows[x], rows[y], scale) for x, y, scale in pairs)
+    expected = total / math.factorial(len(pairs))  # 1 pair: / 1; 3 pairs: / 6
+    loss = contrastive_loss(emb, {k: torch.tensor(v) for k, v in SCALES.items()})
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_contrastive_loss_with_one_modality_is_none_and_scales_are_clamped_to_1_100():
+    one = {"audio": _unit(AUDIO), "image": None, "text": None}
+    assert contrastive_loss(one, {k: torch.tensor(v) for k, v in SCALES.items()}) is None
+    pair = {"audio": _unit(AUDIO), "text": _unit(TEXT)}
+    high = contrastive_loss(pair, {"logit_scale_at": torch.tensor(math.log(500.0))})
+    low = contrastive_loss(pair, {"logit_scale_at": torch.tensor(math.log(0.1))})
+    assert high.item() == pytest.approx(_pair_by_hand(AUDIO, TEXT, 100.0), abs=1e-4)
+    assert low.item() == pytest.approx(_pair_by_hand(AUDIO, TEXT, 1.0), abs=1e-5)
+
+
+def test_two_clips_of_one_class_count_each_others_text_as_a_negative():
+    # fine-tuning pairs clip i with its class's text row, so two dog clips bring two identical "dog" rows: each
+    # clip's positive is its own row only, the other "dog" row is a negative that scores exactly as high
+    audio = [[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]]
+    text = [[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]]
+    scale = 10.0
+    # audio->text rows: dog clips [10, 10, 0] (label = own row), the rain clip [0, 0, 10]; text->audio alike
+    row_dog = -math.log(math.exp(10) / (2 * math.exp(10) + 1))
+    row_rain = -math.log(math.exp(10) / (math.exp(10) + 2))
+    expected = 2 * (2 * row_dog + row_rain) / 3
+    assert expected == pytest.approx(2 * 2 * math.log(2) / 3, abs=1e-3)  # perfect embeddings, yet log 2 per dog row
+    loss = symmetric_contrastive(_unit(audio), _unit(text), torch.tensor(scale))
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+# ---------------------------------------------------------------- the pretraining loss and the schedule
+
+
+def test_pretraining_bce_is_summed_over_classes_and_averaged_over_clips():
+    torch.manual_seed(0)
+    module = AudioPretrainModule(model="esresnext-fbsp-tiny", num_classes=2, imagenet_init=False)
+    logits = torch.tensor([[0.0, 2.0], [-1.0, 0.0]])
+    target = torch.tensor([[1, 0], [0, 1]])
+    # -log sigmoid(0) = log 2; -log(1 - sigmoid(2)) = log(1 + e^2); -log(1 - sigmoid(-1)) = log(1 + e^-1)
+    expected = (math.log(2) + math.log(1 + math.e**2) + math.log(1 + math.exp(-1)) + math.log(2)) / 2
+    assert expected == pytest.approx(1.9132, abs=1e-4)
+    ttf = module.model.ttf_loss().item()
+    assert module._loss(logits, target).item() == pytest.approx(expected + ttf, abs=1e-5)
+
+
+class _LRSeen(L.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_learning_rate_after_k_epochs_is_lr_times_gamma_to_the_k_through_the_trainer(tmp_path):
+    torch.manual_seed(0)
+    module = AudioPretrainModule(model="esresnext-fbsp-tiny", num_classes=2, imagenet_init=False, lr=0.1, gamma=0.5)
+    batch = {"audio": torch.randn(2, 1, 4410) * 1000, "target": torch.tensor([[1, 0], [0, 1]])}
+    seen = _LRSeen()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[seen], default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, train_dataloaders=DataLoader([batch], batch_size=None))
+    assert seen.lrs == pytest.approx([0.1, 0.05, 0.025])
+    assert all(g["lr"] == pytest.approx(0.1 * 0.5**3) for g in trainer.optimizers[0].param_groups)
