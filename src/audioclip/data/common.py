@@ -229,7 +229,7 @@ class ClipDataset(Dataset):
         texts: Sequence[str],
         transform: AudioTransform,
         on_bad_file: OnBadFile = "error",
-    ) -> None:
+    ) -> None:  # pragma: no mutate block
         self.reader = reader
         self.rows = rows
         self.lengths = lengths
@@ -307,7 +307,7 @@ class FoldedAudioDataModule(L.LightningDataModule):
         on_bad_file: OnBadFile = "error",
         cache_dir: str | Path | None = None,
         progress: bool = True,
-    ) -> None:
+    ) -> None:  # pragma: no mutate block
         super().__init__()
         if not 1 <= fold <= self.num_folds:
             raise ValueError(
