@@ -124,6 +124,21 @@ def test_finetune_validation_and_test_accuracy_and_loss_on_known_logits(tmp_path
     )
 
 
+def test_finetune_training_loss_pairs_each_clip_with_its_class_text_row():
+    torch.manual_seed(0)
+    module = FinetuneModule(model="audioclip-tiny", num_classes=3)
+    model = module.clip_model
+    model.encode_audio = lambda audio: audio[:, 0, :3]
+    module._class_text = E
+    with torch.no_grad():
+        model.logit_scale_at.fill_(math.log(2.0))
+    emb = [[1.0, 0, 0], [0, 0.6, 0.8], [0, 0.8, 0.6]]
+    batch = {"audio": torch.tensor(emb)[:, None, :], "target": torch.tensor([0, 2, 1]), "id": list("abc")}
+    # the text rows are the class texts of the targets: e_0, e_2, e_1; one audio-text pair, so no n! division
+    expected = _pair_by_hand(emb, [[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]], 2.0) + model.audio.ttf_loss().item()
+    assert module.training_step(batch, 0).item() == pytest.approx(expected, abs=1e-5)
+
+
 # ---------------------------------------------------------------- the contrastive loss
 
 
@@ -145,9 +160,10 @@ def _unit(rows: list[list[float]]) -> torch.Tensor:
     return t / t.norm(dim=-1, keepdim=True)
 
 
-AUDIO = [[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]
-IMAGE = [[0.8, 0.6, 0], [0, 1.0, 0], [0.6, 0, 0.8]]
-TEXT = [[1.0, 0, 0], [0, 0.8, 0.6], [0, 0.6, 0.8]]
+# 3 clips with 4-d embeddings (the batch size differs from the width, so that a mixed-up dimension shows)
+AUDIO = [[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]]
+IMAGE = [[0.8, 0.6, 0, 0], [0, 1.0, 0, 0], [0.6, 0, 0.8, 0]]
+TEXT = [[1.0, 0, 0, 0], [0, 0.8, 0.6, 0], [0, 0.6, 0.8, 0]]
 # distinct scales, so that a pair scored with another pair's scale is caught: 2 (a-i), 3 (a-t), 5 (i-t)
 SCALES = {"logit_scale_ai": math.log(2.0), "logit_scale_at": math.log(3.0), "logit_scale": math.log(5.0)}
 
@@ -180,11 +196,27 @@ def test_contrastive_loss_3x3_for_every_modality_subset_divided_by_n_factorial(p
 def test_contrastive_loss_with_one_modality_is_none_and_scales_are_clamped_to_1_100():
     one = {"audio": _unit(AUDIO), "image": None, "text": None}
     assert contrastive_loss(one, {k: torch.tensor(v) for k, v in SCALES.items()}) is None
-    pair = {"audio": _unit(AUDIO), "text": _unit(TEXT)}
-    high = contrastive_loss(pair, {"logit_scale_at": torch.tensor(math.log(500.0))})
-    low = contrastive_loss(pair, {"logit_scale_at": torch.tensor(math.log(0.1))})
-    assert high.item() == pytest.approx(_pair_by_hand(AUDIO, TEXT, 100.0), abs=1e-4)
-    assert low.item() == pytest.approx(_pair_by_hand(AUDIO, TEXT, 1.0), abs=1e-5)
+    # nearly parallel rows (cosines 1/sqrt(2) and 0.7036 apart by 0.0035), so that every scale moves the loss
+    audio, text = [[1.0, 0, 0], [0, 1.0, 0]], [[0.7071, 0.7036, 0.0705], [0.7036, 0.7071, 0.0705]]
+    pair = {"audio": _unit(audio), "text": _unit(text)}
+    text = _unit(text).tolist()
+    for log_scale, scale in ((math.log(500.0), 100.0), (math.log(0.1), 1.0), (math.log(40.0), 40.0)):
+        loss = contrastive_loss(pair, {"logit_scale_at": torch.tensor(log_scale)})
+        assert loss.item() == pytest.approx(_pair_by_hand(audio, text, scale), abs=1e-5), scale
+    assert _pair_by_hand(audio, text, 100.0) - _pair_by_hand(audio, text, 101.0) > 1e-3
+
+
+def test_under_ddp_a_rank_scores_its_rows_against_the_global_batch_with_offset_labels(monkeypatch):
+    # rank 1 of 2 holds clip 1 of the 2x2 example above; the gather puts rank 0's row first
+    import audioclip.losses as losses
+
+    rank0_row = torch.tensor([[1.0, 0.0, 0.0]])  # rank 0's clip: a_0 = b_0 = e_0
+    monkeypatch.setattr(losses, "_distributed", lambda: (1, 2))
+    monkeypatch.setattr(losses, "gather_with_grad", lambda x: torch.cat([rank0_row, x]))
+    a, b = torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[0.6, 0.8, 0.0]])
+    # this rank's row of S = [0, 0.8] and of S^T = [0.6, 0.8]; its label is 1 (offset by rank x local batch)
+    expected = math.log(1 + math.exp(-0.8)) + math.log(1 + math.exp(-0.2))
+    assert losses.symmetric_contrastive(a, b, torch.tensor(1.0)).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_two_clips_of_one_class_count_each_others_text_as_a_negative():

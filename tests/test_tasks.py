@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -135,7 +136,8 @@ def test_tiny_fit_writes_config_checkpoints_test_metrics_and_wandb_summary(esc50
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert Path(metrics["checkpoint"]).name.startswith("best-")  # tested: the checkpoint selected on validation
     # the reported accuracy is that checkpoint's (that training raises it above chance: tests/test_learning.py)
-    again = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=metrics["checkpoint"], verbose=False)
+    tester = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    again = tester.test(cli.model, datamodule=cli.datamodule, ckpt_path=metrics["checkpoint"], verbose=False)
     assert again[0]["test/acc"] == pytest.approx(metrics["test/acc"])
     assert cli.trainer.global_step > 0
 
