@@ -75,10 +75,53 @@ def test_zeroshot_accuracy_fold_accuracy_and_confusion_from_known_embeddings(tin
         [str(i) for i in range(6)], {"audio": audio},
     )  # fmt: skip
     result = zeroshot(tiny, data, num_folds=5)
-    assert result["accuracy"] == pytest.approx(5 / 6)
-    assert result["fold_accuracy"] == {1: 1.0, 2: pytest.approx(2 / 3)}
-    assert result["confusion"] == [[2, 0, 0], [0, 2, 0], [1, 0, 1]]
-    assert result["per_class_accuracy"] == [1.0, 1.0, 0.5]
+    assert result == {
+        "task": "zeroshot",
+        "dataset": "esc50",
+        "root": "-",
+        "templates": ["{}"],
+        "protocol": "folds 1, 2 of 5 only (6 samples)",
+        "folds": [1, 2],
+        "num_samples": 6,
+        "class_names": CLASSES,
+        "modality": "audio",
+        "accuracy": pytest.approx(5 / 6),
+        "fold_accuracy": {1: 1.0, 2: pytest.approx(2 / 3)},
+        "fold_mean": pytest.approx(5 / 6),
+        "fold_std": pytest.approx(math.sqrt(2 * (1 / 6) ** 2)),  # sample std of 1 and 2/3
+        "per_class_accuracy": [1.0, 1.0, 0.5],
+        "class_counts": [2, 2, 2],
+        "confusion": [[2, 0, 0], [0, 2, 0], [1, 0, 1]],
+    }
+    one_fold = EmbeddedSet("esc50", "-", CLASSES, [(0,), (1,)], [3, 3], ["a", "b"], {"audio": audio[[0, 2]]})
+    single = zeroshot(tiny, one_fold, num_folds=5)
+    assert single["protocol"] == "fold 3 of 5 only (2 samples)"
+    assert single["fold_mean"] == 1.0 and single["fold_std"] is None  # no spread from one fold
+    assert zeroshot(tiny, one_fold)["protocol"] == "whole set (2 samples)" and zeroshot(tiny, one_fold)["folds"] == []
+    every = EmbeddedSet("esc50", "-", CLASSES, [(0,)] * 5, [1, 2, 3, 4, 5], list("abcde"), {"audio": audio[[0] * 5]})
+    assert zeroshot(tiny, every, num_folds=5)["protocol"] == (
+        "every fold (all 5 official folds = the whole dataset, 5 samples)"
+    )
+
+
+def test_zeroshot_audioset_map_from_known_embeddings(tiny):
+    stub_text_encoder(tiny, CLASSES, E)
+    # class 0: cosines [1, 0.7, 0.6, 0], positives clips 0 and 2 (ranks 1, 3): AP = (1 + 2/3) / 2 = 5/6
+    # class 1: cosines [0, 0.714, 0.8, 0], its positive clip 1 ranks 2nd: AP = 1/2; class 2: no positive
+    audio = _unit([[1.0, 0, 0], [0.7, 0.714, 0], [0.6, 0.8, 0], [0, 0, 1.0]])
+    data = EmbeddedSet("audioset", "-", CLASSES, [(0,), (1,), (0,), ()], [0] * 4, list("abcd"), {"audio": audio})
+    result = zeroshot(tiny, data)
+    assert result["map"] == {"audio": pytest.approx((5 / 6 + 1 / 2) / 2)}
+    assert result["map_classes_left_out"] == 1 and result["protocol"] == "whole set (4 samples)"
+
+
+def test_templates_must_hold_one_placeholder():
+    from audioclip.evaluation.zeroshot import check_templates
+    from audioclip.inference import InputError
+
+    assert check_templates([]) == ["{}"] and check_templates(["a {}", "{}"]) == ["a {}", "{}"]
+    with pytest.raises(InputError, match=r"^template 'a \{\} \{\}' must contain '\{\}' exactly once, where the class"):
+        check_templates(["a {} {}"])
 
 
 # ---------------------------------------------------------------- FinetuneModule on known logits
@@ -99,7 +142,15 @@ class KnownBatches(L.LightningDataModule):
     test_dataloader = val_dataloader
 
 
-def test_finetune_validation_and_test_accuracy_and_loss_on_known_logits(tmp_path):
+def test_finetune_validation_and_test_accuracy_and_loss_on_known_logits(tmp_path, monkeypatch):
+    import audioclip.tasks.phases as phases
+
+    shown = {}  # what the test epoch hands to W&B: the confusion matrix and the example predictions
+
+    def show(loggers, classes, confusion, examples) -> None:
+        shown.update(classes=classes, confusion=confusion.tolist(), examples=examples)
+
+    monkeypatch.setattr(phases, "log_classification_to_wandb", show)
     torch.manual_seed(0)
     module = FinetuneModule(model="audioclip-tiny", num_classes=3)
     model = module.clip_model
@@ -111,17 +162,26 @@ def test_finetune_validation_and_test_accuracy_and_loss_on_known_logits(tmp_path
     emb = [[1.0, 0, 0], [0, 1.0, 0], [0.6, 0, 0.8], [0, 1.0, 0]]
     target = [0, 1, 2, 0]
     batch = {"audio": torch.tensor(emb)[:, None, :], "target": torch.tensor(target), "id": list("abcd")}
+    # then 16 "siren" clips, all right: 19 of 20 right, and W&B shows the first 16 clips only
+    sirens = {"audio": torch.tensor([[0.0, 0, 1.0]] * 16)[:, None, :], "target": torch.full((16,), 2),
+              "id": [f"s{i}" for i in range(16)]}  # fmt: skip
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp_path)  # fmt: skip
-    dm = KnownBatches([batch])
+    dm = KnownBatches([batch, sirens])
     val = trainer.validate(module, datamodule=dm, verbose=False)[0]
     test = trainer.test(module, datamodule=dm, verbose=False)[0]
-    assert val["val/acc"] == pytest.approx(0.75) and test["test/acc"] == pytest.approx(0.75)
+    assert val["val/acc"] == pytest.approx(19 / 20) and test["test/acc"] == pytest.approx(19 / 20)
     logits = [[2.0 * x for x in row] for row in emb]  # scale 2 times the cosines
-    assert val["val/loss"] == pytest.approx(cross_entropy(logits, target), abs=1e-5)
-    assert module._examples[3]["pred"] == 1 and module._examples[3]["prob"] == pytest.approx(
-        softmax([0.0, 2.0, 0.0])[1], abs=1e-6
-    )
+    siren_loss = -math.log(softmax([0.0, 0.0, 2.0])[2])
+    expected_loss = (4 * cross_entropy(logits, target) + 16 * siren_loss) / 20  # the mean over the clips
+    assert val["val/loss"] == pytest.approx(expected_loss, abs=1e-5)
+    assert shown["classes"] == CLASSES and shown["confusion"] == [[1, 1, 0], [0, 1, 0], [0, 0, 17]]
+    examples = shown["examples"]
+    assert [e["id"] for e in examples] == list("abcd") + [f"s{i}" for i in range(12)]
+    assert [e["target"] for e in examples] == target + [2] * 12
+    assert [e["pred"] for e in examples] == [0, 1, 2, 1] + [2] * 12
+    assert examples[3]["prob"] == pytest.approx(softmax([0.0, 2.0, 0.0])[1], abs=1e-6)
+    assert torch.equal(examples[2]["audio"], batch["audio"][2])
 
 
 def test_finetune_training_loss_pairs_each_clip_with_its_class_text_row():
@@ -136,6 +196,16 @@ def test_finetune_training_loss_pairs_each_clip_with_its_class_text_row():
     batch = {"audio": torch.tensor(emb)[:, None, :], "target": torch.tensor([0, 2, 1]), "id": list("abc")}
     # the text rows are the class texts of the targets: e_0, e_2, e_1; one audio-text pair, so no n! division
     expected = _pair_by_hand(emb, [[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]], 2.0) + model.audio.ttf_loss().item()
+    assert module.training_step(batch, 0).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_standalone_finetune_training_loss_is_cross_entropy_plus_ttf():
+    torch.manual_seed(0)
+    module = FinetuneModule(model="esresnext-fbsp-tiny", standalone=True, num_classes=3)
+    logits = [[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    module.model.forward = lambda audio: torch.tensor(logits)
+    batch = {"audio": torch.zeros(2, 1, 10), "target": torch.tensor([0, 1]), "id": ["a", "b"]}
+    expected = cross_entropy(logits, [0, 1]) + module.model.ttf_loss().item()
     assert module.training_step(batch, 0).item() == pytest.approx(expected, abs=1e-5)
 
 
@@ -247,6 +317,14 @@ def test_pretraining_bce_is_summed_over_classes_and_averaged_over_clips():
     assert expected == pytest.approx(1.9132, abs=1e-4)
     ttf = module.model.ttf_loss().item()
     assert module._loss(logits, target).item() == pytest.approx(expected + ttf, abs=1e-5)
+
+
+def test_single_label_pretraining_loss_is_cross_entropy_plus_ttf():
+    torch.manual_seed(0)
+    module = AudioPretrainModule(model="esresnext-fbsp-tiny", num_classes=3, multilabel=False, imagenet_init=False)
+    logits = [[1.0, 0.0, 0.0], [0.0, 3.0, 1.0]]
+    expected = cross_entropy(logits, [0, 2]) + module.model.ttf_loss().item()
+    assert module._loss(torch.tensor(logits), torch.tensor([0, 2])).item() == pytest.approx(expected, abs=1e-5)
 
 
 class _LRSeen(L.Callback):
