@@ -56,6 +56,12 @@ def test_a_class_without_a_positive_is_left_out_of_the_mean_and_counted() -> Non
     assert result["image"].item() == pytest.approx((1 / 2 + 1 / 4) / 2, abs=1e-6)
 
 
+def test_no_positive_at_all_gives_nan_and_every_class_left_out() -> None:
+    metric = AudioSetMAP(num_classes=3)
+    metric.update(torch.zeros(2, 3, dtype=torch.int), audio=torch.rand(2, 3))
+    assert torch.isnan(metric.compute()["audio"]) and metric.classes_left_out == 3
+
+
 def test_map_matches_numpy_for_audio_image_and_both() -> None:
     target, audio, image = random_case(0)
     metric = AudioSetMAP()
@@ -74,10 +80,16 @@ def test_audio_only_and_bad_shapes() -> None:
     metric = AudioSetMAP()
     metric.update(target, audio=audio)
     assert set(metric.compute()) == {"audio"}
-    with pytest.raises(ValueError, match="image scores"):
+    with pytest.raises(ValueError, match=r"^AudioSetMAP: image scores \(16, 10\) vs target \(16, 527\)$"):
         metric.update(target, audio=audio, image=audio[:, :10])
-    with pytest.raises(ValueError, match="audio and/or image"):
+    with pytest.raises(ValueError, match="^AudioSetMAP.update needs audio and/or image class scores$"):
         metric.update(target)
+    with pytest.raises(ValueError, match="^AudioSetMAP: target has 527 classes, expected 3$"):
+        AudioSetMAP(num_classes=3).update(target, audio=audio)
+    both = AudioSetMAP()
+    both.update(target, audio=audio, image=audio)
+    with pytest.raises(ValueError, match="^AudioSetMAP: image scores were given before; give them for every batch$"):
+        both.update(target, audio=audio)
 
 
 def test_class_scores_are_the_references_sigmoid_of_cosine_minus_half() -> None:
