@@ -26,9 +26,9 @@ CLASSES = ["dog", "rain", "siren"]
 E = torch.eye(3)  # class k's text embedding is the unit vector e_k
 
 
-def stub_text_encoder(model, names: list[str], vectors: torch.Tensor) -> None:
-    """`model.encode_text` returns `vectors[k]` for the tokens of `names[k]` (template "{}")."""
-    table = {tuple(model.tokenize([name])[0].tolist()): vectors[k] for k, name in enumerate(names)}
+def stub_text_encoder(model, names: list[str], vectors: torch.Tensor, template: str = "{}") -> None:
+    """`model.encode_text` returns `vectors[k]` for the tokens of `names[k]` in `template` (others: KeyError)."""
+    table = {tuple(model.tokenize([name], template)[0].tolist()): vectors[k] for k, name in enumerate(names)}
     model.encode_text = lambda tokens: torch.stack([table[tuple(row.tolist())] for row in tokens])
 
 
@@ -62,6 +62,29 @@ def test_classify_gives_the_softmax_of_the_known_logits_most_probable_first(tiny
     assert list(probs) == ["rain", "dog", "siren"]
     assert [probs[name] for name in CLASSES] == pytest.approx(expected, abs=1e-6)
     assert probs["rain"] == pytest.approx(0.8805, abs=1e-4)  # e^8 / (e^6 + e^8 + 1)
+
+
+def test_classify_clamps_the_logit_scale_to_1_100_and_uses_the_template(tiny, monkeypatch):
+    # audio e_0; "dog" e_0, "rain" at cosine 0.995 from it, "siren" orthogonal: logits scale * [1, 0.995, 0]
+    monkeypatch.setattr(tiny, "encode_audio", lambda audio: torch.tensor([[1.0, 0.0, 0.0]]))
+    stub_text_encoder(tiny, CLASSES, torch.tensor([[1.0, 0, 0], [0.995, math.sqrt(1 - 0.995**2), 0], [0, 0, 1.0]]),
+                      template="the sound of {}")  # fmt: skip
+    for log_scale, scale in ((math.log(500.0), 100.0), (math.log(0.5), 1.0)):
+        with torch.no_grad():
+            tiny.logit_scale_at.fill_(log_scale)
+        probs = audioclip.classify(tiny, torch.zeros(1, 44100), CLASSES, "the sound of {}", sample_rate=44100)
+        expected = softmax([scale, scale * 0.995, 0.0])
+        assert [probs[name] for name in CLASSES] == pytest.approx(expected, abs=1e-5), scale
+    assert softmax([100.0, 99.5, 0.0])[0] == pytest.approx(0.6225, abs=1e-4)  # 101 would give 0.6230
+
+
+def test_classify_names_what_is_wrong_with_the_labels(tiny):
+    from audioclip.inference import InputError
+
+    with pytest.raises(InputError, match="^no labels given: pass at least one class name$"):
+        audioclip.classify(tiny, torch.zeros(1, 44100), [" ", ""], sample_rate=44100)
+    with pytest.raises(InputError, match="^duplicate labels: dog, rain$"):
+        audioclip.classify(tiny, torch.zeros(1, 44100), ["rain", "dog", "siren", "dog", "rain "], sample_rate=44100)
 
 
 def test_zeroshot_accuracy_fold_accuracy_and_confusion_from_known_embeddings(tiny):
