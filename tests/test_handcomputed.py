@@ -162,7 +162,7 @@ class KnownBatches(L.LightningDataModule):
     def val_dataloader(self):
         return DataLoader(self.batches, batch_size=None)
 
-    test_dataloader = val_dataloader
+    test_dataloader = train_dataloader = val_dataloader
 
 
 def test_finetune_validation_and_test_accuracy_and_loss_on_known_logits(tmp_path, monkeypatch):
@@ -207,19 +207,36 @@ def test_finetune_validation_and_test_accuracy_and_loss_on_known_logits(tmp_path
     assert torch.equal(examples[2]["audio"], batch["audio"][2])
 
 
-def test_finetune_training_loss_pairs_each_clip_with_its_class_text_row():
+def test_finetune_training_loss_pairs_each_clip_with_its_class_text_row(tmp_path):
     torch.manual_seed(0)
     module = FinetuneModule(model="audioclip-tiny", num_classes=3)
     model = module.clip_model
     model.encode_audio = lambda audio: audio[:, 0, :3]
-    module._class_text = E
+    stub_text_encoder(model, CLASSES, E)
     with torch.no_grad():
         model.logit_scale_at.fill_(math.log(2.0))
     emb = [[1.0, 0, 0], [0, 0.6, 0.8], [0, 0.8, 0.6]]
     batch = {"audio": torch.tensor(emb)[:, None, :], "target": torch.tensor([0, 2, 1]), "id": list("abc")}
     # the text rows are the class texts of the targets: e_0, e_2, e_1; one audio-text pair, so no n! division
     expected = _pair_by_hand(emb, [[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]], 2.0) + model.audio.ttf_loss().item()
-    assert module.training_step(batch, 0).item() == pytest.approx(expected, abs=1e-5)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, datamodule=KnownBatches([batch]))
+    logged = trainer.callback_metrics  # what the progress bar and W&B show
+    assert logged["train/loss_step"].item() == pytest.approx(expected, abs=1e-5)
+    assert logged["train/loss_epoch"].item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_finetune_logits_are_the_clamped_scale_times_the_cosines():
+    torch.manual_seed(0)
+    module = FinetuneModule(model="audioclip-tiny", num_classes=3)
+    module.clip_model.encode_audio = lambda audio: audio[:, 0, :3]
+    module._class_text = E
+    audio = torch.tensor([[3.0, 4.0, 0.0]])[:, None, :]  # cosines 0.6, 0.8, 0
+    for log_scale, scale in ((math.log(500.0), 100.0), (math.log(0.5), 1.0), (math.log(7.0), 7.0)):
+        with torch.no_grad():
+            module.clip_model.logit_scale_at.fill_(log_scale)
+        assert module._logits(audio)[0].tolist() == pytest.approx([0.6 * scale, 0.8 * scale, 0.0], abs=1e-4)
 
 
 def test_standalone_finetune_training_loss_is_cross_entropy_plus_ttf():
@@ -230,6 +247,7 @@ def test_standalone_finetune_training_loss_is_cross_entropy_plus_ttf():
     batch = {"audio": torch.zeros(2, 1, 10), "target": torch.tensor([0, 1]), "id": ["a", "b"]}
     expected = cross_entropy(logits, [0, 1]) + module.model.ttf_loss().item()
     assert module.training_step(batch, 0).item() == pytest.approx(expected, abs=1e-5)
+    assert module._logits(batch["audio"]).tolist() == logits  # the classifier's own logits at evaluation
 
 
 # ---------------------------------------------------------------- the contrastive loss
@@ -297,6 +315,13 @@ def test_contrastive_loss_with_one_modality_is_none_and_scales_are_clamped_to_1_
         loss = contrastive_loss(pair, {"logit_scale_at": torch.tensor(log_scale)})
         assert loss.item() == pytest.approx(_pair_by_hand(audio, text, scale), abs=1e-5), scale
     assert _pair_by_hand(audio, text, 100.0) - _pair_by_hand(audio, text, 101.0) > 1e-3
+
+
+def test_without_a_process_group_the_gather_is_the_identity_and_the_loss_local():
+    import audioclip.losses as losses
+
+    x = torch.ones(2, 3)
+    assert losses._distributed() == (0, 1) and losses.gather_with_grad(x) is x
 
 
 def test_under_ddp_a_rank_scores_its_rows_against_the_global_batch_with_offset_labels(monkeypatch):
