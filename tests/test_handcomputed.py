@@ -357,12 +357,13 @@ def test_two_clips_of_one_class_count_each_others_text_as_a_negative():
 
 def test_pretraining_bce_is_summed_over_classes_and_averaged_over_clips():
     torch.manual_seed(0)
-    module = AudioPretrainModule(model="esresnext-fbsp-tiny", num_classes=2, imagenet_init=False)
-    logits = torch.tensor([[0.0, 2.0], [-1.0, 0.0]])
-    target = torch.tensor([[1, 0], [0, 1]])
-    # -log sigmoid(0) = log 2; -log(1 - sigmoid(2)) = log(1 + e^2); -log(1 - sigmoid(-1)) = log(1 + e^-1)
-    expected = (math.log(2) + math.log(1 + math.e**2) + math.log(1 + math.exp(-1)) + math.log(2)) / 2
-    assert expected == pytest.approx(1.9132, abs=1e-4)
+    module = AudioPretrainModule(model="esresnext-fbsp-tiny", num_classes=3, imagenet_init=False)
+    logits = torch.tensor([[0.0, 2.0, 0.0], [-1.0, 0.0, 0.0]])  # 2 clips x 3 classes
+    target = torch.tensor([[1, 0, 0], [0, 1, 0]])
+    # -log sigmoid(0) = -log(1 - sigmoid(0)) = log 2 (four of them); -log(1 - sigmoid(2)) = log(1 + e^2);
+    # -log(1 - sigmoid(-1)) = log(1 + e^-1); summed over the classes, averaged over the 2 clips
+    expected = (4 * math.log(2) + math.log(1 + math.e**2) + math.log(1 + math.exp(-1))) / 2
+    assert expected == pytest.approx(2.6064, abs=1e-4)
     ttf = module.model.ttf_loss().item()
     assert module._loss(logits, target).item() == pytest.approx(expected + ttf, abs=1e-5)
 
