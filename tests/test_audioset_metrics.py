@@ -78,8 +78,14 @@ def test_map_matches_numpy_for_audio_image_and_both() -> None:
 def test_audio_only_and_bad_shapes() -> None:
     target, audio, _ = random_case(1, n=16)
     metric = AudioSetMAP()
+    assert metric.classes_left_out is None  # known only after compute
     metric.update(target, audio=audio)
     assert set(metric.compute()) == {"audio"}
+    image_only = AudioSetMAP()
+    image_only.update(target, image=audio)
+    assert set(image_only.compute()) == {"image"}
+    with pytest.raises(ValueError, match=r"^AudioSetMAP: audio scores \(16, 10\) vs target \(16, 527\)$"):
+        metric.update(target, audio=audio[:, :10])
     with pytest.raises(ValueError, match=r"^AudioSetMAP: image scores \(16, 10\) vs target \(16, 527\)$"):
         metric.update(target, audio=audio, image=audio[:, :10])
     with pytest.raises(ValueError, match="^AudioSetMAP.update needs audio and/or image class scores$"):
