@@ -131,6 +131,11 @@ def test_zeroshot_accuracy_fold_accuracy_and_confusion_from_known_embeddings(tin
     single = zeroshot(tiny, one_fold, num_folds=5)
     assert single["protocol"] == "fold 3 of 5 only (2 samples)"
     assert single["fold_mean"] == 1.0 and single["fold_std"] is None  # no spread from one fold
+    assert single["per_class_accuracy"] == [1.0, 1.0, 0.0]  # a class with one clip; one with none
+    no_folds = EmbeddedSet("imagefolder", "-", CLASSES, [(0,), (2,)], [0, 0], ["a", "b"], {"image": audio[[0, 4]]})
+    unfolded = zeroshot(tiny, no_folds)
+    assert unfolded["modality"] == "image" and unfolded["accuracy"] == 1.0
+    assert unfolded["fold_accuracy"] == {} and unfolded["fold_mean"] is None and unfolded["fold_std"] is None
     assert zeroshot(tiny, one_fold)["protocol"] == "whole set (2 samples)" and zeroshot(tiny, one_fold)["folds"] == []
     every = EmbeddedSet("esc50", "-", CLASSES, [(0,)] * 5, [1, 2, 3, 4, 5], list("abcde"), {"audio": audio[[0] * 5]})
     assert zeroshot(tiny, every, num_folds=5)["protocol"] == (
