@@ -163,6 +163,39 @@ def test_templates_must_hold_one_placeholder():
         check_templates(["a {} {}"])
 
 
+def test_text_queries_are_the_label_sets_formatted_into_the_template(tiny):
+    from audioclip.evaluation.query import query
+
+    names = ["dog", "dog, rain", "rain", "siren"]  # the unique label sets, sorted, as text
+    stub_text_encoder(tiny, names, _unit([[1.0, 0, 0], [1.0, 1.0, 0], [0, 1.0, 0], [0, 0, 1.0]]), "a {} sound")
+    audio = _unit([[1.0, 0, 0], [0, 1.0, 0], [1.0, 0.5, 0], [0, 0, 1.0]])
+    data = EmbeddedSet("audioset", "-", CLASSES, [(0,), (1,), (0, 1), (2,)], [0] * 4, list("abcd"), {"audio": audio})
+    row = query(tiny, data, "text", "audio", ["a {} sound"])
+    # each label set's text is nearest to its one clip ("dog, rain": cosine 0.949 with clip 2, 0.707 with 0 and 1)
+    assert (row["num_queries"], row["num_results"], row["num_queries_with_relevant"]) == (4, 4, 4)
+    assert (row["p@1"], row["r@1"], row["map"]) == (1.0, 1.0, 1.0)
+    back = query(tiny, data, "audio", "text", ["a {} sound"])
+    assert (back["num_queries"], back["num_results"], back["p@1"]) == (4, 4, 1.0)
+    # one label set only: every result is relevant to every query
+    same = EmbeddedSet("audioset", "-", CLASSES, [(2,)] * 3, [0] * 3, list("abc"), {"audio": audio[:3]})
+    everything = query(tiny, same, "audio", "text", ["a {} sound"])
+    assert everything["num_queries_with_relevant"] == 3 and everything["pr_curve"]["precision"] == [1.0] * 11
+
+
+def test_precision_recall_curve_by_hand():
+    from audioclip.evaluation.query import precision_recall_curve
+
+    # query 0 ranks relevant, not, relevant, not: precision 1, 1/2, 2/3, 1/2 at recall 1/2, 1/2, 1, 1; the best
+    # precision at recall >= r is 1 up to r = 0.5 and 2/3 above; query 1 has nothing relevant and is left out
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.9, 0.8, 0.7, 0.1]])
+    relevant = torch.tensor([[True, False, True, False], [False, False, False, False]])
+    curve = precision_recall_curve(scores, relevant)
+    assert curve["recall"] == pytest.approx([k / 10 for k in range(11)])
+    assert curve["precision"] == pytest.approx([1.0] * 6 + [2 / 3] * 5)
+    one = precision_recall_curve(scores[:1], torch.tensor([[False, True, False, False]]))
+    assert one["precision"] == pytest.approx([0.5] * 11)  # one relevant result, ranked 2nd
+
+
 # ---------------------------------------------------------------- FinetuneModule on known logits
 
 
