@@ -413,7 +413,8 @@ def test_pretraining_bce_is_summed_over_classes_and_averaged_over_clips():
     # -log(1 - sigmoid(-1)) = log(1 + e^-1); summed over the classes, averaged over the 2 clips
     expected = (4 * math.log(2) + math.log(1 + math.e**2) + math.log(1 + math.exp(-1))) / 2
     assert expected == pytest.approx(2.6064, abs=1e-4)
-    assert module._loss(logits, target).item() == pytest.approx(expected + away_from_init(module.model), abs=1e-5)
+    ttf = away_from_init(module.model)
+    assert module._loss(logits, target).item() == pytest.approx(expected + ttf, abs=1e-5)
 
 
 def test_single_label_pretraining_loss_is_cross_entropy_plus_ttf():
