@@ -229,7 +229,7 @@ class ClipDataset(Dataset):
         texts: Sequence[str],
         transform: AudioTransform,
         on_bad_file: OnBadFile = "error",
-    ) -> None:  # pragma: no mutate block
+    ) -> None:
         self.reader = reader
         self.rows = rows
         self.lengths = lengths
