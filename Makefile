@@ -18,7 +18,7 @@ ARGS    ?=
 DATA    ?=
 RESUME  ?= 0
 
-.PHONY: help install test test-fast test-gpu test-faults lint demo demo-data weights bench-data bench-train \
+.PHONY: help install test test-fast test-gpu test-faults mutation lint demo demo-data weights bench-data bench-train \
         finetune finetune-esc50 finetune-us8k cv-esc50 cv-us8k finetune-esc50-audio-head finetune-us8k-audio-head \
         cv-esc50-audio-head cv-us8k-audio-head data-audioset bench-audioset pretrain-audio train-partial train-full
 
@@ -45,6 +45,19 @@ test-gpu: $(STAMP)  ## the checks that need CUDA (NCCL DDP + SyncBatchNorm, 16/b
 
 test-faults: $(STAMP)  ## fault injection: kill/resume, signals, bad data, unsafe weights, bad config (docs/reliability.md)
 	$(PY) -m pytest tests -q -m faults
+
+# the functions where a wrong number is silent (docs/testing.md); `mutmut run` takes fnmatch patterns of mutant names
+MUTATION_SCOPE ?= 'audioclip.losses.*' 'audioclip.metrics.*' 'audioclip.evaluation.zeroshot.*' \
+  'audioclip.evaluation.query.*' 'audioclip.data.common.x_split_folds__*' 'audioclip.inference.x_classify__*' \
+  'audioclip.tasks.phases.xǁFinetuneModuleǁ_logits__*' 'audioclip.tasks.phases.xǁFinetuneModuleǁtraining_step__*' \
+  'audioclip.tasks.phases.xǁFinetuneModuleǁvalidation_step__*' 'audioclip.tasks.phases.xǁFinetuneModuleǁtest_step__*' \
+  'audioclip.tasks.phases.xǁAudioPretrainModuleǁ_loss__*'
+JOBS ?= 2
+
+mutation: $(STAMP)  ## mutation score per module + surviving mutants (mutmut over the fast tests; ~30 min on 2 cores)
+	@$(PY) -c "import mutmut" 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[mutation]'
+	AUDIOCLIP_SHARED=$(abspath ../shared) $(VENV)/bin/mutmut run --max-children $(JOBS) $(MUTATION_SCOPE)
+	$(PY) tools/mutation_report.py $(MUTATION_SCOPE)
 
 lint: $(STAMP)  ## ruff check of src and tests
 	$(VENV)/bin/ruff check src tests

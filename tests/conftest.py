@@ -1,5 +1,6 @@
 """Fixtures shared by every test module."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,8 +9,9 @@ import torch
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    """The read-only shared material (``shared/fixtures``) next to the repository root."""
-    path = Path(__file__).resolve().parents[1].parent / "shared"
+    """The read-only shared material (``shared/fixtures``) next to the repository root, or at $AUDIOCLIP_SHARED
+    (`make mutation` runs the tests from a copy of the repository in mutants/)."""
+    path = Path(os.environ.get("AUDIOCLIP_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
     if not path.is_dir():
         pytest.fail(f"shared material not found at {path}: the tests need the 'shared' folder next to the repository")
     return path

@@ -1,4 +1,5 @@
-"""AudioSet mAP against a plain NumPy average precision, including the DDP gather of torchmetrics."""
+"""AudioSet mAP against a plain NumPy average precision and a case worked out by hand, including the DDP gather of
+torchmetrics."""
 
 import os
 from pathlib import Path
@@ -35,6 +36,32 @@ def random_case(seed: int, n: int = 64, k: int = 527) -> tuple[torch.Tensor, ...
     return target, audio, image
 
 
+def hand_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """4 clips x 3 classes. Class 0: positives ranked 1st and 3rd, AP = (1/1 + 2/3) / 2 = 5/6. Class 1: its one
+    positive ranked 1st, AP = 1. Class 2: no positive clip, no AP. Macro mAP = (5/6 + 1) / 2 = 11/12 = 0.9167
+    (counting class 2 as AP 0 would give 0.6111)."""
+    target = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
+    scores = torch.tensor([[0.9, 0.2, 0.5], [0.8, 0.9, 0.4], [0.7, 0.1, 0.3], [0.1, 0.3, 0.2]])
+    return target, scores
+
+
+def test_a_class_without_a_positive_is_left_out_of_the_mean_and_counted() -> None:
+    target, scores = hand_case()
+    metric = AudioSetMAP(num_classes=3)
+    metric.update(target, audio=scores, image=scores.flip(0))
+    result = metric.compute()
+    assert result["audio"].item() == pytest.approx(11 / 12, abs=1e-6)
+    assert metric.classes_left_out == 1
+    # image: clip order reversed. Class 0's positives rank 2nd and 4th: (1/2 + 2/4) / 2 = 1/2; class 1's ranks 4th: 1/4
+    assert result["image"].item() == pytest.approx((1 / 2 + 1 / 4) / 2, abs=1e-6)
+
+
+def test_no_positive_at_all_gives_nan_and_every_class_left_out() -> None:
+    metric = AudioSetMAP(num_classes=3)
+    metric.update(torch.zeros(2, 3, dtype=torch.int), audio=torch.rand(2, 3))
+    assert torch.isnan(metric.compute()["audio"]) and metric.classes_left_out == 3
+
+
 def test_map_matches_numpy_for_audio_image_and_both() -> None:
     target, audio, image = random_case(0)
     metric = AudioSetMAP()
@@ -51,12 +78,24 @@ def test_map_matches_numpy_for_audio_image_and_both() -> None:
 def test_audio_only_and_bad_shapes() -> None:
     target, audio, _ = random_case(1, n=16)
     metric = AudioSetMAP()
+    assert metric.classes_left_out is None  # known only after compute
     metric.update(target, audio=audio)
     assert set(metric.compute()) == {"audio"}
-    with pytest.raises(ValueError, match="image scores"):
+    image_only = AudioSetMAP()
+    image_only.update(target, image=audio)
+    assert set(image_only.compute()) == {"image"}
+    with pytest.raises(ValueError, match=r"^AudioSetMAP: audio scores \(16, 10\) vs target \(16, 527\)$"):
+        metric.update(target, audio=audio[:, :10])
+    with pytest.raises(ValueError, match=r"^AudioSetMAP: image scores \(16, 10\) vs target \(16, 527\)$"):
         metric.update(target, audio=audio, image=audio[:, :10])
-    with pytest.raises(ValueError, match="audio and/or image"):
+    with pytest.raises(ValueError, match="^AudioSetMAP.update needs audio and/or image class scores$"):
         metric.update(target)
+    with pytest.raises(ValueError, match="^AudioSetMAP: target has 527 classes, expected 3$"):
+        AudioSetMAP(num_classes=3).update(target, audio=audio)
+    both = AudioSetMAP()
+    both.update(target, audio=audio, image=audio)
+    with pytest.raises(ValueError, match="^AudioSetMAP: image scores were given before; give them for every batch$"):
+        both.update(target, audio=audio)
 
 
 def test_class_scores_are_the_references_sigmoid_of_cosine_minus_half() -> None:
@@ -75,7 +114,12 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
         target, audio, image = random_case(2)
         metric = AudioSetMAP()
         metric.update(target[rank::2], audio=audio[rank::2], image=image[rank::2])
-        torch.save(metric.compute(), Path(out) / f"rank{rank}.pt")
+        hand = AudioSetMAP(num_classes=3)
+        target, scores = hand_case()
+        # rank 0 holds clips 0 and 2 (no positive of class 1), rank 1 clips 1 and 3 (no positive of class 0)
+        hand.update(target[rank::2], audio=scores[rank::2])
+        result = {"random": metric.compute(), "hand": hand.compute()["audio"], "left_out": hand.classes_left_out}
+        torch.save(result, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -86,4 +130,6 @@ def test_ranks_agree_on_the_map_of_all_their_samples(tmp_path: Path) -> None:
     target, audio, _ = random_case(2)
     expected = macro_map(audio.numpy(), target.numpy())
     for rank in range(2):
-        assert torch.load(tmp_path / f"rank{rank}.pt")["audio"].item() == pytest.approx(expected, abs=1e-5)
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        assert result["random"]["audio"].item() == pytest.approx(expected, abs=1e-5)
+        assert result["hand"].item() == pytest.approx(11 / 12, abs=1e-6) and result["left_out"] == 1

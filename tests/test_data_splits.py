@@ -87,3 +87,9 @@ def test_esc50_datamodule_splits_on_real_metadata(shared_dir, tmp_path):
     batch = next(iter(dm.test_dataloader()))
     assert batch["audio"].shape == (4, 1, 220500)
     assert all(Path(root / "audio" / i).exists() for i in batch["id"])
+
+
+def test_a_split_with_nothing_outside_the_test_fold_is_empty_index_arrays():
+    train, val, test = split_folds(np.array([2, 2, 2]), np.array([0, 1, 1]), test_fold=2, val_fraction=0.5, seed=0)
+    assert test.tolist() == [0, 1, 2] and len(train) == len(val) == 0
+    assert train.dtype == val.dtype == np.int64  # usable as row indices

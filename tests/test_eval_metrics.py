@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from audioclip.evaluation.datasets import EmbeddedSet
-from audioclip.evaluation.query import precision_recall_curve, query, retrieval_metrics
+from audioclip.evaluation.query import default_pairs, precision_recall_curve, query, retrieval_metrics
 
 
 def numpy_retrieval(scores: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
@@ -59,6 +59,11 @@ def test_precision_recall_curve_is_one_for_a_perfect_ranking_and_starts_at_the_b
     assert curve[0] == pytest.approx(0.5) and curve[-1] == pytest.approx(0.5)
 
 
+def test_precision_recall_curve_without_any_relevant_result_is_zero():
+    curve = precision_recall_curve(torch.rand(2, 3), torch.zeros(2, 3, dtype=torch.bool))
+    assert curve["recall"] == pytest.approx([k / 10 for k in range(11)]) and curve["precision"] == [0.0] * 11
+
+
 def _two_modality_set(n: int = 24, classes: int = 4, seed: int = 0) -> EmbeddedSet:
     gen = torch.Generator().manual_seed(seed)
     labels = [(i % classes,) for i in range(n)]
@@ -74,6 +79,26 @@ def test_sample_queries_use_label_set_equality_as_relevance():
     row = query(None, data, "audio", "image")
     # the top result is the query's own pair: relevant; 6 relevant images per query
     assert row["p@1"] == 1.0 and row["r@1"] == pytest.approx(1 / 6) and row["num_queries"] == 24
+
+
+def test_query_result_fields_pairs_and_errors():
+    data = _two_modality_set(n=4, classes=2)
+    data.labels[3] = (0, 1)  # a label set of its own, relevant to nothing else
+    data.embeddings["image"] = data.embeddings["audio"].clone()
+    row = query(None, data, "audio", "image")
+    assert {k: v for k, v in row.items() if k not in ("p@1", "r@1", "map", "pr_curve")} == {
+        "query": "audio", "result": "image", "num_queries": 4, "num_results": 4, "num_queries_with_relevant": 4,
+    }  # fmt: skip
+    # each clip's own image ranks first; clips 0 and 2 share a class (2 relevant images), 1 and 3 have one each
+    assert row["p@1"] == 1.0 and row["r@1"] == pytest.approx((1 / 2 + 1 + 1 / 2 + 1) / 4)
+    assert len(row["pr_curve"]["precision"]) == 11
+    assert default_pairs(data) == [("text", "audio"), ("text", "image"), ("audio", "text"), ("audio", "image"),
+                                   ("image", "text"), ("image", "audio")]  # fmt: skip
+    with pytest.raises(ValueError, match="^query and result modality are both audio; pick two different ones$"):
+        query(None, data, "audio", "audio")
+    audio_only = EmbeddedSet("esc50", "-", ["a"], [(0,)], [1], ["x"], {"audio": data.embeddings["audio"][:1]})
+    with pytest.raises(ValueError, match="^esc50 has no image; its modalities are text, audio$"):
+        query(None, audio_only, "image", "audio")
 
 
 def _ddp_worker(rank: int, store: Path, out: Path) -> None:

@@ -84,10 +84,15 @@ def test_query_text_and_audio_both_ways(tiny_checkpoint, esc50, tmp_path, capsys
     assert code == 0 and "text -> audio" in out
     rows = json.loads((tmp_path / "query-esc50" / "results.json").read_text())["results"]
     assert [(r["query"], r["result"]) for r in rows] == [("text", "audio"), ("audio", "text")]
-    text_audio = rows[0]
+    text_audio, audio_text = rows
     assert text_audio["num_queries"] == 3 and text_audio["num_results"] == 15
-    # 5 relevant clips per class: R@1 is at most 1/5
-    assert text_audio["r@1"] <= 0.2 + 1e-6 and 0 <= text_audio["map"] <= 1
+    # 5 relevant clips per class: a right top-1 is 1/5 of the recall, and AP is at least that of ranking the 5
+    # relevant clips last, (1/11 + 2/12 + ... + 5/15) / 5
+    assert text_audio["r@1"] == pytest.approx(text_audio["p@1"] / 5)
+    assert text_audio["map"] >= np.mean([k / (10 + k) for k in range(1, 6)]) - 1e-6
+    # one relevant class name among 3 per clip: R@1 = P@1, and AP = 1 / (rank of the right name) >= 1/3
+    assert audio_text["num_queries"] == 15 and audio_text["r@1"] == pytest.approx(audio_text["p@1"])
+    assert audio_text["map"] >= max(audio_text["p@1"], 1 / 3) - 1e-6
     assert len(text_audio["pr_curve"]["precision"]) == 11
 
 

@@ -41,7 +41,9 @@ def test_finetune_esc50_target_runs_end_to_end_on_a_synthetic_root(tmp_path):
     run = runs / "finetune-esc50" / "fold3"
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     metrics = json.loads((run / "test_metrics.json").read_text())
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+    # the target's wiring: fold 3 is the test split of 4 clips (one per class); the accuracy that training
+    # reaches is asserted through the same configuration in tests/test_learning.py
+    assert metrics["test/acc"] * 4 == pytest.approx(round(metrics["test/acc"] * 4))
     assert "fold: 3" in (run / "config.yaml").read_text()
 
 

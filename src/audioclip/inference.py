@@ -150,7 +150,6 @@ def embed_text(model: AudioCLIP, texts: Sequence[str], template: str = "{}") -> 
     return emb / emb.norm(dim=-1, keepdim=True)
 
 
-@torch.no_grad()
 def classify(
     model: AudioCLIP, audio, labels: Sequence[str], template: str = "{}", sample_rate: int | None = None
 ) -> dict[str, float]:
@@ -160,7 +159,9 @@ def classify(
         raise InputError("no labels given: pass at least one class name")
     if len(set(labels)) != len(labels):
         raise InputError(f"duplicate labels: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
-    scale = model.logit_scale_at.exp().clamp(1.0, 100.0)
-    logits = scale * embed_audio(model, audio, sample_rate) @ embed_text(model, labels, template).T
+    # no_grad as a block, not a decorator: mutmut (`make mutation`) leaves decorated functions unmutated
+    with torch.no_grad():
+        scale = model.logit_scale_at.exp().clamp(1.0, 100.0)
+        logits = scale * embed_audio(model, audio, sample_rate) @ embed_text(model, labels, template).T
     probs = logits.softmax(-1).tolist()
     return dict(sorted(zip(labels, probs, strict=True), key=lambda kv: -kv[1]))

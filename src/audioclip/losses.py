@@ -8,6 +8,10 @@ References:
 - open_clip's `ClipLoss(local_loss=True, gather_with_grad=True)`: under DDP each rank scores its own rows
   against the embeddings of the *global* batch, gathered with gradients, with labels offset by the rank. With
   DDP's gradient averaging this gives exactly the loss and gradients of one process seeing the whole batch.
+
+Duplicates: the positive of row i is column i only. When two rows of a batch share a class (fine-tuning pairs each
+clip with its class's text, so two dog clips bring two identical "dog" text rows), the other row counts as a
+negative that scores as high as the positive, and each such row's term cannot go below log 2.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ class is ``sigmoid(logits / scale - 0.5)`` where ``logits = scale * e @ t.T`` fo
 and the unit-norm text embedding ``t`` of the class name, so the score is ``sigmoid(cos(e, t) - 0.5)`` whatever the
 logit scale. "Both" averages the audio and image class scores. The metric keeps the scores of every sample and
 torchmetrics gathers them across DDP ranks before ``compute``, so the mAP is the one of the whole evaluation set.
+
+A class without a positive clip in the evaluation set has no average precision (no recall level is ever reached),
+so it is left out of the macro mean, and the number left out is reported beside the mAP. Counting it as AP 0, as
+torchmetrics' ``multilabel_average_precision(average="macro")`` does, would lower the mAP of every evaluation
+subset that misses a few of the 527 classes: per-class AP [0.833, 1.0, no positive] is 0.917, not 0.611.
 """
 
 from __future__ import annotations
@@ -19,6 +24,20 @@ from torchmetrics.utilities import dim_zero_cat
 NUM_AUDIOSET_CLASSES = 527
 
 
+def macro_average_precision(scores: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(macro AP over the classes with at least one positive, number of classes without one) of (N, K) scores and a
+    multi-hot (N, K) target; the AP is NaN when no class has a positive."""
+    has_positive = target.sum(0) > 0
+    left_out = int((~has_positive).sum())
+    if not has_positive.any():
+        return torch.tensor(float("nan")), left_out
+    kept = int(has_positive.sum())
+    per_class = multilabel_average_precision(
+        scores[:, has_positive], target[:, has_positive], num_labels=kept, average="none"
+    )
+    return per_class.mean(), left_out
+
+
 def class_scores(embeddings: torch.Tensor, class_text_embeddings: torch.Tensor) -> torch.Tensor:
     """Multi-label class scores (B, K) of embeddings (B, D) against class-name text embeddings (K, D)."""
     cosine = F.normalize(embeddings.float(), dim=-1) @ F.normalize(class_text_embeddings.float(), dim=-1).T
@@ -30,7 +49,8 @@ class AudioSetMAP(Metric):
 
     ``update(target, audio=..., image=...)`` takes a multi-hot target (B, K) and class scores (B, K) for either or
     both modalities (see ``class_scores``); ``compute()`` returns ``{"audio", "image", "both"}`` for the modalities
-    that were given. Classes without a positive sample have no AP and are left out of the mean, as in torchmetrics.
+    that were given. Classes without a positive sample have no AP and are left out of the mean; after ``compute``,
+    ``classes_left_out`` holds how many (of the samples of every rank) they were.
     """
 
     full_state_update = False
@@ -39,6 +59,7 @@ class AudioSetMAP(Metric):
     def __init__(self, num_classes: int = NUM_AUDIOSET_CLASSES, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_classes = num_classes
+        self.classes_left_out: int | None = None
         for name in ("target", "audio", "image"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
@@ -69,10 +90,10 @@ class AudioSetMAP(Metric):
         scores = {name: dim_zero_cat(getattr(self, name)) for name in ("audio", "image") if self._given(name)}
         if len(scores) == 2:
             scores["both"] = (scores["audio"] + scores["image"]) / 2
-        return {
-            name: multilabel_average_precision(s, target, num_labels=self.num_classes, average="macro")
-            for name, s in scores.items()
-        }
+        result = {}
+        for name, s in scores.items():
+            result[name], self.classes_left_out = macro_average_precision(s, target)
+        return result
 
 
 def retrieval_at_k(

@@ -318,7 +318,7 @@ class FoldedAudioDataModule(L.LightningDataModule):
         cache_dir: str | Path | None = None,
         progress: bool = True,
         protocol: Protocol = "honest",
-    ) -> None:
+    ) -> None:  # pragma: no mutate block
         super().__init__()
         self._check_fold(fold)
         if not 0.0 < val_fraction < 1.0:

@@ -216,6 +216,8 @@ def _print_result(result: dict) -> None:
               f"evaluated on {result['evaluated_on']}")  # fmt: skip
         if "map" in result:
             print("  mAP " + "  ".join(f"{k}: {_percent(v)}" for k, v in result["map"].items()))
+            if result.get("map_classes_left_out"):
+                print(f"  {result['map_classes_left_out']} class(es) without a positive clip left out of the mean")
             return
         print(f"  accuracy: {_percent(result['accuracy'])}")
         if len(result["fold_accuracy"]) > 1:

@@ -11,7 +11,6 @@ manifests report macro mAP with the reference's class scores (``audioclip.metric
 from __future__ import annotations
 
 import statistics
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -78,10 +77,8 @@ def zeroshot(
         for row, labels in enumerate(data.labels):
             target[row, list(labels)] = 1
         metric.update(target, **{m: class_scores(e, text) for m, e in data.embeddings.items()})
-        with warnings.catch_warnings():
-            # classes without a positive clip are left out of the mean (audioclip.metrics); one warning each is noise
-            warnings.filterwarnings("ignore", message="No positive samples found in target")
-            result["map"] = {name: float(value) for name, value in metric.compute().items()}
+        result["map"] = {name: float(value) for name, value in metric.compute().items()}
+        result["map_classes_left_out"] = metric.classes_left_out  # classes without a positive clip
         return result
 
     (modality,) = data.embeddings  # single-label sets have one sample modality

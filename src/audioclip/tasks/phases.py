@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MultilabelAveragePrecision
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from audioclip.lineage import weights_lineage
 from audioclip.metrics import AudioSetMAP, class_scores
@@ -144,7 +144,7 @@ class AudioPretrainModule(AudioCLIPTask):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         class_weighted_loss: bool = False,
-    ) -> None:
+    ) -> None:  # pragma: no mutate block
         if isinstance(get_config(model), AudioCLIPConfig):
             raise ValueError(f"model: AudioPretrainModule trains a standalone audio head, not {model!r}")
         if class_weighted_loss and not multilabel:
@@ -157,8 +157,8 @@ class AudioPretrainModule(AudioCLIPTask):
         if imagenet_init and not init_from:
             self._imagenet_init()
         if multilabel:
-            self.val_metric = MultilabelAveragePrecision(num_labels=num_classes, average="macro")
-            self.test_metric = MultilabelAveragePrecision(num_labels=num_classes, average="macro")
+            self.val_metric = AudioSetMAP(num_classes)  # leaves classes without a positive clip out of the mean
+            self.test_metric = AudioSetMAP(num_classes)
         else:
             self.val_metric = MulticlassAccuracy(num_classes=num_classes, average="micro")
             self.test_metric = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -234,12 +234,24 @@ class AudioPretrainModule(AudioCLIPTask):
         logits = self.model(batch["audio"])
         target = batch["target"]
         self.log(f"{stage}/loss", self._loss(logits, target), sync_dist=True, batch_size=len(logits))
-        metric.update(torch.sigmoid(logits) if self.hparams.multilabel else logits, target.long())
-        self.log(f"{stage}/{self.metric_name}", metric, on_epoch=True, prog_bar=True)
+        if self.hparams.multilabel:
+            metric.update(target, audio=torch.sigmoid(logits))
+        else:
+            metric.update(logits, target.long())
+            self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True)
         return logits
+
+    def _log_map(self, stage: str, metric: AudioSetMAP) -> None:
+        if self.hparams.multilabel:
+            self.log(f"{stage}/map", metric.compute()["audio"], prog_bar=True)
+            self.log(f"{stage}/map_classes_left_out", float(metric.classes_left_out))
+            metric.reset()
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val", self.val_metric)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map("val", self.val_metric)
 
     def test_step(self, batch, batch_idx):
         logits = self._eval_step(batch, "test", self.test_metric)
@@ -252,6 +264,7 @@ class AudioPretrainModule(AudioCLIPTask):
 
     def on_test_epoch_end(self) -> None:
         if self.hparams.multilabel:
+            self._log_map("test", self.test_metric)
             return
         confusion = self.test_confusion.compute().cpu()  # synced across ranks
         self.test_confusion.reset()
@@ -281,7 +294,7 @@ class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         template: str = "{}",
-    ) -> None:
+    ) -> None:  # pragma: no mutate block
         if not isinstance(get_config(model), AudioCLIPConfig):
             raise ValueError(f"model: {type(self).__name__} needs an AudioCLIP model, got {model!r}")
         super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template)
@@ -332,6 +345,7 @@ class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
     def _log_map(self, stage: str, metric: AudioSetMAP) -> None:
         for name, value in metric.compute().items():
             self.log(f"{stage}/map_{name}", value, prog_bar=name == "audio")
+        self.log(f"{stage}/map_classes_left_out", float(metric.classes_left_out))
         metric.reset()
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             log_audioset_examples(self.loggers, stage, list(self.trainer.datamodule.class_names), self._examples)
@@ -355,7 +369,9 @@ class PartialTrainingModule(_ContrastiveAudioSetModule):
 
     produces = "partial"
 
-    def __init__(self, model: str = "audioclip", init_from: str | None = "clip-rn50", **kwargs) -> None:
+    def __init__(
+        self, model: str = "audioclip", init_from: str | None = "clip-rn50", **kwargs
+    ) -> None:  # pragma: no mutate block
         super().__init__(model, init_from, **kwargs)
         self._freeze_clip(self.clip_model, include_image=True)
 
@@ -385,7 +401,7 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
         weight_decay: float = 5e-4,
         template: str = "{}",
         num_classes: int | None = None,
-    ) -> None:
+    ) -> None:  # pragma: no mutate block
         if not isinstance(get_config(model), AudioCLIPConfig):
             raise ValueError(
                 f"model: FinetuneModule needs an AudioCLIP model, got {model!r} (the standalone audio head is "

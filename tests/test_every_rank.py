@@ -1,0 +1,109 @@
+"""Every rank of a 2-process run: the resumable training sampler's shares and resume positions, and the evaluation
+sets that each rank embeds a share of and then gathers (gloo on CPU)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import Dataset
+
+from audioclip.data.synthetic import write_esc50
+from audioclip.evaluation.datasets import embed_dataset
+from audioclip.evaluation.zeroshot import zeroshot
+from audioclip.reliability import ResumableDataLoader, ResumableSampler
+
+
+class Keys(Dataset):
+    """Item = the (index, augmentation seed) key the sampler hands out."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, int]:
+        return key
+
+
+def _epoch(rank: int, epoch: int = 1) -> list[tuple[int, int]]:
+    sampler = ResumableSampler(Keys(), num_replicas=2, rank=rank, seed=3)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_two_replicas_share_the_epoch_disjointly_and_each_sample_keeps_its_seed():
+    share = [_epoch(0), _epoch(1)]
+    indices = [[i for i, _ in s] for s in share]
+    assert len(indices[0]) == len(indices[1]) == 6
+    assert set(indices[0]).isdisjoint(indices[1]) and set(indices[0]) | set(indices[1]) == set(range(12))
+    seeds = dict(share[0] + share[1])
+    assert len(set(seeds.values())) == 12  # one augmentation seed per sample
+    assert [i for i, _ in _epoch(0, epoch=2)] != indices[0]  # a new order every epoch
+    assert dict(_epoch(0, epoch=2) + _epoch(1, epoch=2)) != seeds  # and new augmentations
+
+
+def _loader(rank: int) -> ResumableDataLoader:
+    sampler = ResumableSampler(Keys(), num_replicas=2, rank=rank, seed=3)
+    return ResumableDataLoader(Keys(), sampler=sampler, batch_size=2, collate_fn=list, drop_last=True)
+
+
+def test_each_rank_resumes_after_its_own_share_of_the_consumed_samples():
+    for rank in range(2):
+        uninterrupted = _epoch(rank)
+        loader = _loader(rank)
+        loader.sampler.set_epoch(1)
+        batches = iter(loader)
+        assert next(batches) == uninterrupted[:2]  # one step of 2 per rank: 4 samples of the epoch consumed
+        state = loader.state_dict()
+        assert state == {"epoch": 1, "samples": 4}
+
+        resumed = _loader(rank)
+        resumed.load_state_dict(state)
+        assert [key for batch in resumed for key in batch] == uninterrupted[2:], rank
+        assert resumed.state_dict() == {"epoch": 1, "samples": 12}  # the whole epoch, both ranks' rows
+        resumed.sampler.set_epoch(2)
+        assert [key for batch in resumed for key in batch] == _epoch(rank, epoch=2)  # the next epoch is whole
+
+
+# ---------------------------------------------------------------- evaluation: shards embedded, then gathered
+
+
+def _embed_worker(rank: int, store: Path, root: Path, checkpoint: Path, out: Path) -> None:
+    import audioclip
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=120))  # fmt: skip
+    try:
+        model = audioclip.load(checkpoint)
+        data = embed_dataset(model, "esc50", root, folds=[1, 2], batch_size=2, progress=False)
+        result = zeroshot(model, data, num_folds=5)
+        torch.save({"data": data, "accuracy": result["accuracy"], "confusion": result["confusion"]},
+                   out / f"rank{rank}.pt")  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_two_ranks_embed_disjoint_shares_and_both_end_with_the_whole_set(tiny_checkpoint, tmp_path):
+    import audioclip
+
+    # 3 classes x 5 clips: 3 clips per fold, split 2 + 1 over the ranks (an uneven share); folds 1 and 2 only
+    root = write_esc50(tmp_path / "esc50", clips_per_class=5, classes=3, progress=False)
+    model = audioclip.load(tiny_checkpoint)
+    single = embed_dataset(model, "esc50", root, folds=[1, 2], batch_size=2, progress=False)  # builds the cache
+    expected = zeroshot(model, single, num_folds=5)
+    mp.spawn(_embed_worker, args=(tmp_path / "store", root, tiny_checkpoint, tmp_path), nprocs=2, join=True)
+    by_id = {i: k for k, i in enumerate(single.ids)}
+    assert len(by_id) == 6
+    for rank in range(2):
+        saved = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        data = saved["data"]
+        assert sorted(data.ids) == sorted(single.ids)  # every clip once: no clip lost or embedded twice
+        rows = [by_id[i] for i in data.ids]
+        assert data.labels == [single.labels[k] for k in rows] and data.folds == [single.folds[k] for k in rows]
+        assert torch.allclose(data.embeddings["audio"], single.embeddings["audio"][rows], atol=1e-5)
+        assert saved["accuracy"] == pytest.approx(expected["accuracy"]) and saved["confusion"] == expected["confusion"]
