@@ -121,7 +121,9 @@ def test_data_audioset_holds_out_one_percent_unless_told_otherwise() -> None:
     repo = Path(__file__).resolve().parents[1]
 
     def command(*assignments: str) -> str:
-        out = subprocess.run(["make", "-n", "data-audioset", *assignments], cwd=repo, capture_output=True, text=True)
+        # --no-print-directory: under `make test` MAKELEVEL is set and make would print "Leaving directory" last
+        cmd = ["make", "--no-print-directory", "-n", "data-audioset", *assignments]
+        out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
         return out.stdout.strip().splitlines()[-1]
 
     assert "--val-fraction 0.01" in command("AUDIOSET_SEGMENTS=meta/balanced_train_segments.csv")

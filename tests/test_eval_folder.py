@@ -49,7 +49,7 @@ def test_zeroshot_on_a_multilabel_manifest_is_map_and_a_fold_restricts_it(own_da
                             own_data["labels"], "--fold", 2)  # fmt: skip
     result = json.loads((tmp_path / "zeroshot-labels" / "results.json").read_text())
     assert code == 0 and "mAP audio" in out and 0.0 < result["map"]["audio"] <= 1.0
-    assert result["num_samples"] == 2 and "fold 2" in result["protocol"]  # clips 1 and 5 of 9 are in fold 2
+    assert result["num_samples"] == 2 and "fold 2" in result["evaluated_on"]  # clips 1 and 5 of 9 are in fold 2
 
 
 def test_query_on_a_caption_manifest_scores_both_directions(own_data, tiny_checkpoint, tmp_path, capsys):

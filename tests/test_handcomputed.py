@@ -114,7 +114,7 @@ def test_zeroshot_accuracy_fold_accuracy_and_confusion_from_known_embeddings(tin
         "dataset": "esc50",
         "root": "-",
         "templates": ["{}"],
-        "protocol": "folds 1, 2 of 5 only (6 samples)",
+        "evaluated_on": "folds 1, 2 of 5 only (6 samples)",
         "folds": [1, 2],
         "num_samples": 6,
         "class_names": CLASSES,
@@ -129,16 +129,17 @@ def test_zeroshot_accuracy_fold_accuracy_and_confusion_from_known_embeddings(tin
     }
     one_fold = EmbeddedSet("esc50", "-", CLASSES, [(0,), (1,)], [3, 3], ["a", "b"], {"audio": audio[[0, 2]]})
     single = zeroshot(tiny, one_fold, num_folds=5)
-    assert single["protocol"] == "fold 3 of 5 only (2 samples)"
+    assert single["evaluated_on"] == "fold 3 of 5 only (2 samples)"
     assert single["fold_mean"] == 1.0 and single["fold_std"] is None  # no spread from one fold
     assert single["per_class_accuracy"] == [1.0, 1.0, 0.0]  # a class with one clip; one with none
     no_folds = EmbeddedSet("imagefolder", "-", CLASSES, [(0,), (2,)], [0, 0], ["a", "b"], {"image": audio[[0, 4]]})
     unfolded = zeroshot(tiny, no_folds)
     assert unfolded["modality"] == "image" and unfolded["accuracy"] == 1.0
     assert unfolded["fold_accuracy"] == {} and unfolded["fold_mean"] is None and unfolded["fold_std"] is None
-    assert zeroshot(tiny, one_fold)["protocol"] == "whole set (2 samples)" and zeroshot(tiny, one_fold)["folds"] == []
+    one = zeroshot(tiny, one_fold)
+    assert one["evaluated_on"] == "whole set (2 samples)" and one["folds"] == []
     every = EmbeddedSet("esc50", "-", CLASSES, [(0,)] * 5, [1, 2, 3, 4, 5], list("abcde"), {"audio": audio[[0] * 5]})
-    assert zeroshot(tiny, every, num_folds=5)["protocol"] == (
+    assert zeroshot(tiny, every, num_folds=5)["evaluated_on"] == (
         "every fold (all 5 official folds = the whole dataset, 5 samples)"
     )
 
@@ -151,7 +152,7 @@ def test_zeroshot_audioset_map_from_known_embeddings(tiny):
     data = EmbeddedSet("audioset", "-", CLASSES, [(0,), (1,), (0,), ()], [0] * 4, list("abcd"), {"audio": audio})
     result = zeroshot(tiny, data)
     assert result["map"] == {"audio": pytest.approx((5 / 6 + 1 / 2) / 2)}
-    assert result["map_classes_left_out"] == 1 and result["protocol"] == "whole set (4 samples)"
+    assert result["map_classes_left_out"] == 1 and result["evaluated_on"] == "whole set (4 samples)"
 
 
 def test_templates_must_hold_one_placeholder():
@@ -290,13 +291,13 @@ def test_finetune_logits_are_the_clamped_scale_times_the_cosines():
 
 def test_standalone_finetune_training_loss_is_cross_entropy_plus_ttf():
     torch.manual_seed(0)
-    module = FinetuneModule(model="esresnext-fbsp-tiny", standalone=True, num_classes=3)
+    # the audio head fine-tuned on a single-label dataset (paper Tables 1/3 "Audio-Head")
+    module = AudioPretrainModule(model="esresnext-fbsp-tiny", num_classes=3, multilabel=False, imagenet_init=False)
     logits = [[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
     module.model.forward = lambda audio: audio[:, 0, :]  # the "audio" of a clip is its logits
     batch = {"audio": torch.tensor(logits)[:, None, :], "target": torch.tensor([0, 1]), "id": ["a", "b"]}
     expected = cross_entropy(logits, [0, 1]) + away_from_init(module.model)
     assert module.training_step(batch, 0).item() == pytest.approx(expected, abs=1e-5)
-    assert module._logits(batch["audio"]).tolist() == logits  # the classifier's own logits at evaluation
 
 
 # ---------------------------------------------------------------- the contrastive loss

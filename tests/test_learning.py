@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from audioclip.data.common import collate
 from audioclip.data.synthetic import class_sound, write_esc50
-from audioclip.tasks import FinetuneModule
+from audioclip.tasks import AudioPretrainModule
 from audioclip.tasks.cli import run_lightning_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,9 @@ class ToneData(L.LightningDataModule):
 
 def test_the_tiny_classifier_learns_to_tell_four_tones_apart(tmp_path, one_thread):
     L.seed_everything(0, verbose=False)
-    module = FinetuneModule(model="esresnext-fbsp-tiny", standalone=True, num_classes=4, lr=0.01)
+    module = AudioPretrainModule(
+        model="esresnext-fbsp-tiny", num_classes=4, multilabel=False, imagenet_init=False, lr=0.01, gamma=0.96
+    )
     trainer = L.Trainer(accelerator="cpu", max_epochs=15, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         default_root_dir=tmp_path)  # fmt: skip

@@ -84,6 +84,8 @@ def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
 
 def check_template(template: str) -> str:
     """A text template holds `{}` exactly once, where the label goes, and no other placeholder."""
+    if template.count("{}") > 1:
+        raise InputError(f"template {template!r} must contain '{{}}' exactly once, where the class name goes")
     try:
         template.format("label")
     except (IndexError, KeyError, ValueError) as exc:
