@@ -36,7 +36,8 @@ from lightning.pytorch.callbacks import Callback
 class PauseAt(Callback):
     """Holds the run for `seconds` before the batch that makes global step `step + 1`, saying so on stdout.
 
-    A SIGTERM ends the pause early, as it would end a long batch."""
+    A signal the run acts on ends the pause early, as it would end a long batch (SaveOnSignal notes SIGTERM itself,
+    so Lightning's `received_sigterm` stays False)."""
 
     def __init__(self, step: int, seconds: float) -> None:
         self.step, self.seconds = step, seconds
@@ -45,7 +46,8 @@ class PauseAt(Callback):
         if trainer.global_step == self.step:
             print(f"PAUSED epoch={trainer.current_epoch} batch={batch_idx}", flush=True)
             end = time.monotonic() + self.seconds
-            while time.monotonic() < end and not trainer.received_sigterm:
+            signalled = lambda: any(getattr(cb, "pending", None) for cb in trainer.callbacks)  # noqa: E731
+            while time.monotonic() < end and not (trainer.received_sigterm or signalled()):
                 time.sleep(0.1)
 '''
 
