@@ -80,10 +80,17 @@ def _kill_leftover_runs():
             process.communicate()
 
 
+def _restore_sigint() -> None:
+    # a job run in the background by a non-interactive shell (CI may run the suite so) starts with SIGINT ignored,
+    # which its children inherit and which the run rightly respects; a user's terminal run has the default
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(command: list[str], **kwargs) -> subprocess.Popen:
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs
-    )
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=_restore_sigint, **kwargs,
+    )  # fmt: skip
     _STARTED.append(process)
     return process
 
