@@ -58,6 +58,19 @@ def test_cold_build_stores_every_clip(clips):
     assert all(np.array_equal(row, expected) for row, expected in zip(read_rows(cache), data, strict=True))
 
 
+@pytest.mark.parametrize("in_process", [64, 0], ids=["in-process", "process-pool"])
+def test_cold_build_stores_every_clip_in_process_or_in_a_pool(clips, in_process, monkeypatch):
+    """A few clips are decoded in this process, many in a process pool: the cache is the same either way."""
+    import audioclip.data.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "IN_PROCESS_CLIPS", in_process)
+    monkeypatch.setattr(cache_module, "_available_cores", lambda: 2)
+    paths, data = clips
+    cache = build(paths)
+    assert cache.errors == [None] * 4 and list(cache.lengths) == [1000] * 4
+    assert all(np.array_equal(row, expected) for row, expected in zip(read_rows(cache), data, strict=True))
+
+
 def test_warm_cache_decodes_nothing(clips):
     paths, data = clips
     build(paths)

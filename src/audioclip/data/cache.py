@@ -236,16 +236,31 @@ def _load_fresh(cache_dir: Path, spec: CacheSpec, names: Sequence[str]) -> ClipC
     )
 
 
+# Up to this many clips are decoded in this process: faster than starting a pool, and no fork of a process that
+# may already run threads (W&B, a loader's persistent workers), where a forked child can hang on a lock.
+IN_PROCESS_CLIPS = 64
+
+
 def _decode_rows(cache: ClipCache, spec: CacheSpec, tasks: list[tuple[int, Path]], progress: bool) -> None:
     processes = max(1, min(_available_cores(), len(tasks)))
-    with (
-        multiprocessing.get_context().Pool(processes, _init_worker, (spec.decoder, cache)) as pool,
-        tqdm(total=len(tasks), desc=f"Decoding {spec.name} into the cache", unit="clip", disable=not progress) as bar,
-    ):
-        for row, length, error in pool.imap_unordered(_decode_row, tasks, chunksize=4):
-            cache.lengths[row] = length
-            cache.errors[row] = error
-            bar.update()
+    with tqdm(
+        total=len(tasks), desc=f"Decoding {spec.name} into the cache", unit="clip", disable=not progress
+    ) as bar:
+        if len(tasks) <= IN_PROCESS_CLIPS or processes == 1:
+            _worker.update(decoder=spec.decoder, cache=cache, fd=os.open(cache.array_path, os.O_WRONLY))
+            try:
+                results = map(_decode_row, tasks)
+                for row, length, error in results:
+                    cache.lengths[row], cache.errors[row] = length, error
+                    bar.update()
+            finally:
+                os.close(_worker.pop("fd"))
+                _worker.clear()
+            return
+        with multiprocessing.get_context().Pool(processes, _init_worker, (spec.decoder, cache)) as pool:
+            for row, length, error in pool.imap_unordered(_decode_row, tasks, chunksize=4):
+                cache.lengths[row], cache.errors[row] = length, error
+                bar.update()
 
 
 class CacheReader:
