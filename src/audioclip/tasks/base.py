@@ -194,13 +194,13 @@ class AudioCLIPTask(L.LightningModule):
     def _raise_nonfinite(self, what: str) -> None:
         raise NonFiniteLossError(f"{what}; `--skip_nonfinite_loss true` skips such steps instead")
 
-    def run_step_checks(self, force: bool = False) -> None:
-        """Read the NaN/Inf flags every `check_every_n_steps` steps (or now, with `force`) and act on a pending
+    def run_step_checks(self) -> None:
+        """Read the NaN/Inf flags every `check_every_n_steps` steps and at an epoch's last batch, and act on a pending
         signal (`SaveOnSignal`): every step in one process (a host flag, free), with the flags under DDP."""
         savers = [cb for cb in self.trainer.callbacks if isinstance(cb, SaveOnSignal)]
         signum = next((cb.pending for cb in savers if cb.pending is not None), None)
         world = self.trainer.world_size
-        due = force or (self.global_step % self.check_every_n_steps == 0) or self.trainer.is_last_batch
+        due = self.global_step % self.check_every_n_steps == 0 or self.trainer.is_last_batch
         if world > 1 and not due:
             return
         where = self._first_nonfinite() if due else None

@@ -119,8 +119,11 @@ def smallest_batch_for_batchnorm(per_device_batch: int, world_size: int, sync: b
         )
 
 
-def broadcast_object(obj: object, trainer: L.Trainer) -> object:
-    return trainer.strategy.broadcast(obj, src=0)
+def _every_rank_sees(path: Path, trainer: L.Trainer) -> bool:
+    """Whether `path` is a file on every rank (one all-reduce)."""
+    seen = torch.tensor([1 if path.is_file() else 0], device=trainer.strategy.root_device)
+    trainer.strategy.reduce(seen, reduce_op="min")
+    return bool(seen.item())
 
 
 def decide_resume(trainer: L.Trainer, wanted: str | None) -> str | None:
@@ -130,11 +133,9 @@ def decide_resume(trainer: L.Trainer, wanted: str | None) -> str | None:
     """
     if trainer.world_size == 1:
         return wanted
-    chosen = broadcast_object(wanted, trainer)
+    chosen = trainer.strategy.broadcast(wanted, src=0)
     if chosen is not None and "://" not in str(chosen):
-        seen = torch.tensor([1 if Path(chosen).is_file() else 0], device=trainer.strategy.root_device)
-        trainer.strategy.reduce(seen, reduce_op="min")
-        if not int(seen.item()):
+        if not _every_rank_sees(Path(chosen), trainer):
             raise ValueError(
                 f"ckpt_path: rank 0 resumes from {chosen}, which rank {trainer.global_rank} or another cannot read: "
                 "the run directory must be on a file system every node shares (--trainer.default_root_dir / RUNS=)"
@@ -152,14 +153,13 @@ def check_shared_run_dir(trainer: L.Trainer) -> None:
         token = uuid.uuid4().hex
         root.mkdir(parents=True, exist_ok=True)
         (root / f".shared-check-{token}").write_text(f"{os.uname().nodename}\n")
-    token = broadcast_object(token, trainer)
+    token = trainer.strategy.broadcast(token, src=0)
     path = root / f".shared-check-{token}"
-    seen = torch.tensor([1 if path.is_file() else 0], device=trainer.strategy.root_device)
-    trainer.strategy.reduce(seen, reduce_op="min")
+    shared = _every_rank_sees(path, trainer)
     trainer.strategy.barrier("shared-run-dir")
     if trainer.is_global_zero:
         path.unlink(missing_ok=True)
-    if not int(seen.item()):
+    if not shared:
         raise ValueError(
             f"trainer.default_root_dir: {root} is not shared by every node (rank 0 writes the checkpoints there, so "
             "the other nodes could never resume): put it on a shared file system (RUNS=/shared/path)"
