@@ -215,6 +215,18 @@ class KnownBatches(L.LightningDataModule):
     test_dataloader = train_dataloader = val_dataloader
 
 
+def stub_finetune_module() -> FinetuneModule:
+    """A tiny FinetuneModule whose audio "embedding" is the clip's first 3 samples, whose class texts are the rows
+    of E and whose audio-text scale is 2."""
+    torch.manual_seed(0)
+    module = FinetuneModule(model="audioclip-tiny", num_classes=3)
+    module.clip_model.encode_audio = lambda audio: audio[:, 0, :3]
+    stub_text_encoder(module.clip_model, CLASSES, E)
+    with torch.no_grad():
+        module.clip_model.logit_scale_at.fill_(math.log(2.0))
+    return module
+
+
 def test_finetune_validation_and_test_accuracy_and_loss_on_known_logits(tmp_path, monkeypatch):
     import audioclip.tasks.phases as phases
 
@@ -224,13 +236,7 @@ def test_finetune_validation_and_test_accuracy_and_loss_on_known_logits(tmp_path
         shown.update(classes=classes, confusion=confusion.tolist(), examples=examples)
 
     monkeypatch.setattr(phases, "log_classification_to_wandb", show)
-    torch.manual_seed(0)
-    module = FinetuneModule(model="audioclip-tiny", num_classes=3)
-    model = module.clip_model
-    model.encode_audio = lambda audio: audio[:, 0, :3]
-    stub_text_encoder(model, CLASSES, E)
-    with torch.no_grad():
-        model.logit_scale_at.fill_(math.log(2.0))
+    module = stub_finetune_module()
     # clips 0-2 nearest their own class; clip 3 (a dog) is the unit vector of "rain": 3 of 4 right
     emb = [[1.0, 0, 0], [0, 1.0, 0], [0.6, 0, 0.8], [0, 1.0, 0]]
     target = [0, 1, 2, 0]
@@ -258,17 +264,12 @@ def test_finetune_validation_and_test_accuracy_and_loss_on_known_logits(tmp_path
 
 
 def test_finetune_training_loss_pairs_each_clip_with_its_class_text_row(tmp_path):
-    torch.manual_seed(0)
-    module = FinetuneModule(model="audioclip-tiny", num_classes=3)
-    model = module.clip_model
-    model.encode_audio = lambda audio: audio[:, 0, :3]
-    stub_text_encoder(model, CLASSES, E)
-    with torch.no_grad():
-        model.logit_scale_at.fill_(math.log(2.0))
+    module = stub_finetune_module()
     emb = [[1.0, 0, 0], [0, 0.6, 0.8], [0, 0.8, 0.6]]
     batch = {"audio": torch.tensor(emb)[:, None, :], "target": torch.tensor([0, 2, 1]), "id": list("abc")}
     # the text rows are the class texts of the targets: e_0, e_2, e_1; one audio-text pair, so no n! division
-    expected = _pair_by_hand(emb, [[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]], 2.0) + away_from_init(model.audio)
+    rows = [[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]]
+    expected = _pair_by_hand(emb, rows, 2.0) + away_from_init(module.clip_model.audio)
     trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)  # fmt: skip
     trainer.fit(module, datamodule=KnownBatches([batch]))
