@@ -234,6 +234,23 @@ def test_group_signal_with_loader_workers_saves_last_checkpoint_at_the_batch_end
     assert not (run / "test_metrics.json").exists()  # stopped, not finished
 
 
+def test_a_process_exits_while_workers_that_ignore_sigterm_still_run():
+    """Python ends daemonic children at exit with SIGTERM and joins them; loader workers ignore SIGTERM, so a loader
+    still referenced at exit (persistent workers, never shut down) once kept a finished test run from exiting."""
+    script = textwrap.dedent(
+        """
+        from torch.utils.data import DataLoader
+        from audioclip.reliability import IgnoreTerminationSignals
+        loader = DataLoader(list(range(8)), batch_size=2, num_workers=2, persistent_workers=True,
+                            worker_init_fn=IgnoreTerminationSignals())
+        batches = iter(loader)
+        print(next(batches).tolist(), flush=True)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "[0, 1]\n"), done.stderr[-2000:]
+
+
 def test_make_finetune_sigterm_to_the_process_group_then_resume_ends_with_the_uninterrupted_weights(
     esc50_root, callbacks_dir, tmp_path
 ):

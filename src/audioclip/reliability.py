@@ -25,7 +25,9 @@ Training AudioCLIP on AudioSet takes days on many GPUs, so preemption is routine
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing
 import os
 import pathlib
 import signal
@@ -157,6 +159,15 @@ def _signal_number(name: str) -> signal.Signals:
 WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
+def _kill_daemonic_children() -> None:
+    """At exit Python ends its daemonic children with SIGTERM, then joins them. A loader worker ignores SIGTERM (see
+    below), so a worker whose loader was never shut down (persistent workers of a loader still referenced at exit)
+    would keep that join, and the process, waiting forever; SIGKILL ends it, and a worker holds nothing to save."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
 class IgnoreTerminationSignals:
     """A DataLoader `worker_init_fn`: the worker ignores SIGTERM, SIGUSR1 and SIGINT, then runs `then`.
 
@@ -164,7 +175,7 @@ class IgnoreTerminationSignals:
     too; a worker killed by it makes the main process fail with `DataLoader worker ... is killed by signal`
     before `SaveOnSignal` can write `last.ckpt`. The main process ends its workers itself (a `None` on their index
     queue); a worker whose parent is gone exits on its own within torch's 5 s watchdog interval; SIGKILL still
-    kills a worker. `then` defaults to Lightning's worker seeding when `seed_everything(workers=True)` asked for it
+    kills a worker, and the process's exit kills those still running. `then` defaults to Lightning's worker seeding when `seed_everything(workers=True)` asked for it
     (Lightning adds that only to loaders without a `worker_init_fn`).
 
     Args:
@@ -172,8 +183,14 @@ class IgnoreTerminationSignals:
         then: another `worker_init_fn` to run after.
     """
 
+    _exit_hook_registered = False
+
     def __init__(self, rank: int = 0, then: Callable[[int], None] | None = None) -> None:
         self.rank, self.then = rank, then
+        if not IgnoreTerminationSignals._exit_hook_registered:
+            # registered after multiprocessing's own exit hook, so it runs before it (atexit is last in, first out)
+            atexit.register(_kill_daemonic_children)
+            IgnoreTerminationSignals._exit_hook_registered = True
 
     def __call__(self, worker_id: int) -> None:
         for signum in WORKER_IGNORED_SIGNALS:
