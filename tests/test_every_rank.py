@@ -79,7 +79,8 @@ def _embed_worker(rank: int, store: Path, root: Path, checkpoint: Path, out: Pat
                             timeout=timedelta(seconds=120))  # fmt: skip
     try:
         model = audioclip.load(checkpoint)
-        data = embed_dataset(model, "esc50", root, folds=[1, 2], batch_size=2, progress=False)
+        # one loader worker: it starts from the fork server, so the dataset must survive pickling
+        data = embed_dataset(model, "esc50", root, folds=[1, 2], batch_size=2, num_workers=1, progress=False)
         result = zeroshot(model, data, num_folds=5)
         torch.save({"data": data, "accuracy": result["accuracy"], "confusion": result["confusion"]},
                    out / f"rank{rank}.pt")  # fmt: skip
@@ -107,3 +108,28 @@ def test_two_ranks_embed_disjoint_shares_and_both_end_with_the_whole_set(tiny_ch
         assert data.labels == [single.labels[k] for k in rows] and data.folds == [single.folds[k] for k in rows]
         assert torch.allclose(data.embeddings["audio"], single.embeddings["audio"][rows], atol=1e-5)
         assert saved["accuracy"] == pytest.approx(expected["accuracy"]) and saved["confusion"] == expected["confusion"]
+
+
+# ---------------------------------------------------------------- loader workers under a process group
+
+
+def _context_worker(rank: int, store: Path, out: Path) -> None:
+    from audioclip.data.workers import worker_context
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=120))  # fmt: skip
+    try:
+        (out / f"rank{rank}.txt").write_text(f"{worker_context(2).get_start_method()} {worker_context(0)}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_workers_of_a_rank_start_from_a_fork_server_and_a_single_process_forks(tmp_path):
+    """A worker forked from a rank inherits the locks of gloo's and W&B's threads (a 2-rank run hung once on one);
+    one process has no such threads and keeps the faster fork."""
+    from audioclip.data.workers import worker_context
+
+    assert worker_context(2) is None
+    mp.spawn(_context_worker, args=(tmp_path / "store", tmp_path), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["forkserver None"] * 2

@@ -1,11 +1,10 @@
 """The users' own commands on 2 ranks (issue 17): `make <phase> GPUS=2` and `torchrun ... audioclip evaluate`.
 
 Each test runs the command a user types, as a subprocess, on 2 CPU ranks (gloo, Lightning's `ddp` strategy, which
-starts rank 1 by re-running the command), with the W&B offline logger on, tiny models and synthetic data. Loading
-stays in the rank processes (`num_workers 0`): a DataLoader worker forked from a rank that runs gloo's threads hung
-once in a rehearsal of CI (the child stuck on a lock right after fork); loader workers under signals are tested in
-test_faults_resume.py. No `find_unused_parameters`: a parameter that takes no part in the loss stops DDP at its second
-step, so every phase runs at least two steps here.
+starts rank 1 by re-running the command), with the W&B offline logger on, tiny models and synthetic data. One loader
+worker per rank: under a process group it starts from a fork server (`audioclip.data.workers`), since a worker forked
+from a rank running gloo's threads hung once in a rehearsal of CI. No `find_unused_parameters`: a parameter that
+takes no part in the loss stops DDP at its second step, so every phase runs at least two steps here.
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ def esc50(tmp_path_factory) -> Path:
 def _finetune_args(batch: int = 4, extra: str = "") -> str:
     return (
         f"--model.init_args.model audioclip-tiny --trainer.max_epochs 2 --data.init_args.batch_size {batch} "
-        f"--data.init_args.num_workers 0 --data.init_args.val_fraction 0.2 {TINY} {extra}"
+        f"--data.init_args.num_workers 1 --data.init_args.val_fraction 0.2 {TINY} {extra}"
     )
 
 
@@ -174,7 +173,7 @@ def audioset_shards(tmp_path_factory) -> Path:
 )  # fmt: skip
 def test_audioset_phases_on_two_ranks(audioset_shards: Path, tmp_path: Path, target: str, model_args: str) -> None:
     args = (
-        f"{model_args} --data.init_args.batch_size 4 --data.init_args.num_workers 0 --trainer.max_steps 2 "
+        f"{model_args} --data.init_args.batch_size 4 --data.init_args.num_workers 1 --trainer.max_steps 2 "
         f"--trainer.limit_val_batches 1 {TINY} --data.init_args.val_dir {audioset_shards / 'train'}"
     )
     done = _make(target, f"SHARDS={audioset_shards}", f"RUNS={tmp_path}", "GPUS=2", f"ARGS={args}")
@@ -270,7 +269,7 @@ def test_own_data_finetune_on_two_ranks(layout: str, tmp_path: Path) -> None:
         data = write_labels_manifest(tmp_path / "labels", clips=16, classes=3)
     args = (
         f"--model.init_args.model audioclip-tiny --trainer.max_epochs 2 --data.init_args.batch_size 4 "
-        f"--data.init_args.num_workers 0 --data.init_args.clip_seconds 1 --data.init_args.max_seconds 2 "
+        f"--data.init_args.num_workers 1 --data.init_args.clip_seconds 1 --data.init_args.max_seconds 2 "
         f"--data.init_args.val_fraction 0.34 {TINY}"
     )
     done = _make("finetune", f"DATA={data}", "INIT=", f"RUNS={tmp_path / 'runs'}", "GPUS=2", f"ARGS={args}")

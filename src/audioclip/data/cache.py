@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from audioclip.data.workers import worker_context
+
 CACHE_DIRNAME = ".audioclip-cache"
 _INDEX_FORMAT = 1
 
@@ -257,7 +259,8 @@ def _decode_rows(cache: ClipCache, spec: CacheSpec, tasks: list[tuple[int, Path]
                 os.close(_worker.pop("fd"))
                 _worker.clear()
             return
-        with multiprocessing.get_context().Pool(processes, _init_worker, (spec.decoder, cache)) as pool:
+        context = worker_context(processes) or multiprocessing.get_context()
+        with context.Pool(processes, _init_worker, (spec.decoder, cache)) as pool:
             for row, length, error in pool.imap_unordered(_decode_row, tasks, chunksize=4):
                 cache.lengths[row], cache.errors[row] = length, error
                 bar.update()

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from audioclip.data.cache import CACHE_DIRNAME, CacheReader, CacheSpec, ClipCache, build_cache
 from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
+from audioclip.data.workers import worker_context
 from audioclip.outputs import check_writable_dir
 from audioclip.reliability import EvalShardSampler, IgnoreTerminationSignals, ResumableDataLoader, ResumableSampler
 
@@ -460,6 +461,7 @@ class FoldedAudioDataModule(L.LightningDataModule):
             collate_fn=collate,
             pin_memory=pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
+            multiprocessing_context=worker_context(self.num_workers),
             # a signal to the process group is the main process's to act on (save, then stop the workers)
             worker_init_fn=IgnoreTerminationSignals(rank=getattr(self.trainer, "global_rank", 0)),
             # training drops the last incomplete batch: a contrastive loss over a handful of rows is a poor

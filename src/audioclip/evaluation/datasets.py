@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from audioclip.data import ESC50DataModule, US8KDataModule, collate
 from audioclip.data.common import class_text
+from audioclip.data.workers import worker_context
 from audioclip.evaluation.names import DATASETS, MODALITIES
 from audioclip.inference import InputError
 from audioclip.models import AudioCLIP
@@ -97,6 +98,14 @@ def _share(dataset: Dataset) -> Dataset:
     return dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
 
 
+def _rank_loader(dataset: Dataset, batch_size: int, num_workers: int, collate_fn) -> DataLoader:  # noqa: ANN001
+    """A loader over this rank's share, its workers started safely for a process group (``data.workers``)."""
+    return DataLoader(
+        _share(dataset), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
+        multiprocessing_context=worker_context(num_workers),
+    )  # fmt: skip
+
+
 def _gather(part: dict) -> dict:
     """Concatenate every rank's embedded share (lists and tensors) in rank order."""
     rank, world = _world()
@@ -147,7 +156,7 @@ def _folded(
         )
         dm.prepare_data()
         dm.setup("test")
-        loader = DataLoader(_share(dm.test_set), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+        loader = _rank_loader(dm.test_set, batch_size, num_workers, collate)
         yield fold, dm.class_names, loader
 
 
@@ -220,7 +229,7 @@ def embed_dataset(
         )  # fmt: skip
         items = dm.evaluation_set(folds[0] if folds else None)
         task, class_names = dm.task, dm.captions if dm.task == "caption" else dm.class_names
-        loader = DataLoader(_share(items), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+        loader = _rank_loader(items, batch_size, num_workers, collate)
         part = _embed_batches(model, loader, modalities, f"Embedding {dm.source.name}", progress)
         fold_of = dm.folds_by_id()
         part["folds"] = [fold_of[i] for i in part["ids"]]
@@ -246,7 +255,7 @@ def embed_dataset(
         if folds:
             raise ValueError("an ImageFolder tree has no folds; drop --fold")
         class_names, items = _image_folder(root, class_names_file, model.visual.input_resolution)
-        loader = DataLoader(_share(items), batch_size=batch_size, num_workers=num_workers, collate_fn=_image_collate)
+        loader = _rank_loader(items, batch_size, num_workers, _image_collate)
         parts.append(_embed_batches(model, loader, modalities, "Embedding images", progress))
     merged = _gather(
         {

@@ -41,6 +41,7 @@ from audioclip.data.common import (
     per_device_batch_size,
 )
 from audioclip.data.transforms import eval_audio_transform, train_audio_transform
+from audioclip.data.workers import worker_context
 from audioclip.reliability import IgnoreTerminationSignals
 
 # Ten frames sit at the centres of ten equal intervals (prepare.frame_times), so none is at the exact middle;
@@ -330,6 +331,7 @@ class AudioSetDataModule(L.LightningDataModule):
             collate_fn=collate_int16,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=worker_context(self.num_workers),
             # a signal to the process group is the main process's to act on (save, then stop the workers)
             worker_init_fn=IgnoreTerminationSignals(rank=getattr(self.trainer, "global_rank", 0)),
         )
