@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from audioclip.lineage import data_kind, mark_synthetic
+from audioclip.data.provenance import data_kind, mark_synthetic
 from audioclip.tasks.cli import run_lightning_cli
 from audioclip.tasks.preflight import earlier_checkpoints
 

@@ -19,43 +19,27 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
+from audioclip.constants import SAMPLE_RATE
 from audioclip.models import AudioCLIP, create_model
-from audioclip.models.pretrained import TAGS, WeightsError, normalize_keys, read_state_dict, resolve
-from audioclip.models.registry import MODELS, AudioCLIPConfig
-
-SAMPLE_RATE = 44_100
+from audioclip.models.pretrained import TAGS, WeightsError, load_state, read_state_dict, resolve
+from audioclip.models.registry import guess_model_name
 
 
 class InputError(ValueError):
     """Unusable input (a file that can't be read, empty audio, no labels), with the offending thing named."""
 
 
-def _model_name_for(state: dict[str, torch.Tensor]) -> str:
-    """The registered AudioCLIP whose state-dict layout the weights have."""
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    for name, config in MODELS.items():
-        if not isinstance(config, AudioCLIPConfig):
-            continue
-        with torch.device("meta"):
-            layout = {k: tuple(v.shape) for k, v in AudioCLIP(config).state_dict().items()}
-        if layout == shapes:
-            return name
-    raise WeightsError("the weights match no registered AudioCLIP model (audioclip, audioclip-tiny)")
-
-
 def load(
     tag_or_path: str | Path = "full", model_name: str | None = None, device: str | torch.device = "cpu"
 ) -> AudioCLIP:
     """A ready AudioCLIP in eval mode from an official tag or a file (state dict or Lightning checkpoint)."""
-    if isinstance(tag_or_path, str) and tag_or_path in TAGS:
-        if TAGS[tag_or_path].kind != "audioclip":
-            raise WeightsError(f"{tag_or_path!r} holds {TAGS[tag_or_path].kind} weights, not a whole AudioCLIP")
-        model = create_model(model_name or "audioclip", pretrained=tag_or_path)
-    else:
-        path, _ = resolve(tag_or_path)
-        state = normalize_keys(read_state_dict(path))
-        model = create_model(model_name or _model_name_for(state), pretrained=path)
-    return model.eval().to(device)
+    is_tag = isinstance(tag_or_path, str) and tag_or_path in TAGS
+    if is_tag and TAGS[tag_or_path].kind != "audioclip":
+        raise WeightsError(f"{tag_or_path!r} holds {TAGS[tag_or_path].kind} weights, not a whole AudioCLIP")
+    path, _ = resolve(tag_or_path)
+    state = read_state_dict(path)  # the file is read once: the architecture is guessed from the same tensors
+    model = create_model(model_name or ("audioclip" if is_tag else guess_model_name(state)))
+    return load_state(model, state, str(path)).eval().to(device)
 
 
 def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
@@ -65,7 +49,7 @@ def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
     or unreadable file and NaN or digitally silent audio are an InputError naming the file, never a confident label.
     """
     from audioclip.data.audio import read_audio as read_checked
-    from audioclip.data.common import BadFileError, clip_problem
+    from audioclip.data.errors import BadFileError, clip_problem
 
     path = Path(path)
     if path.is_dir():

@@ -18,9 +18,9 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from audioclip.data.common import BadFileError, MissingFileError
+from audioclip.constants import INT16_SCALE, SAMPLE_RATE
+from audioclip.data.errors import BadFileError, MissingFileError
 
-SAMPLE_RATE = 44100
 INT16_MIN, INT16_MAX = -32768, 32767
 
 # libsndfile logs "data : <declared> (should be <available>)" when a WAV/AIFF header promises
@@ -57,7 +57,7 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
         raise BadFileError(path, "holds no audio samples")
     if not np.isfinite(audio).all():
         raise BadFileError(path, "holds NaN or infinite samples")
-    return np.ascontiguousarray(audio.T) * 32768.0, sample_rate
+    return np.ascontiguousarray(audio.T) * INT16_SCALE, sample_rate
 
 
 def resample(audio: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -35,19 +35,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from audioclip.data.audio import SAMPLE_RATE, read_audio, resample, round_to_int16
+from audioclip.constants import SAMPLE_RATE
+from audioclip.data.audio import read_audio, resample, round_to_int16
+from audioclip.data.batch import class_text, per_device_batch_size
 from audioclip.data.cache import CacheReader, CacheSpec
-from audioclip.data.common import (
-    ClipDataset,
-    DatasetNotFoundError,
-    FoldedAudioDataModule,
-    MetadataError,
-    OnBadFile,
-    class_text,
-    parse_int,
-    per_device_batch_size,
-    split_folds,
-)
+from audioclip.data.errors import DatasetNotFoundError, MetadataError, OnBadFile
+from audioclip.data.folds import ClipDataset, FoldedAudioDataModule, parse_int, split_folds
 from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
 
 log = logging.getLogger(__name__)

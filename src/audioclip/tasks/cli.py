@@ -4,10 +4,10 @@ Every YAML key is a constructor argument of a LightningModule / DataModule / Tra
 so a misspelled key or a wrong type fails before any data is read. The resolved configuration is written into
 the run directory (`config.yaml`) and into W&B's run config.
 
-Reliability (issue 7, `audioclip.reliability`): checkpoints are written atomically and read with
-`weights_only=True`; `last.ckpt` is written every `--last_checkpoint.every_n_train_steps` steps and on SIGTERM /
-SIGUSR1; `--ckpt_path last` resumes the run directory's `last.ckpt` (or starts afresh when there is none) and
-continues its W&B run. A bad setting is one line naming it, before any data is read.
+Reliability (issue 7, `audioclip.tasks.callbacks`, `audioclip.tasks.checkpoints`): checkpoints are written
+atomically and read with `weights_only=True`; `last.ckpt` is written every `--last_checkpoint.every_n_train_steps`
+steps and on SIGTERM / SIGUSR1; `--ckpt_path last` resumes the run directory's `last.ckpt` (or starts afresh when
+there is none) and continues its W&B run. A bad setting is one line naming it, before any data is read.
 """
 
 from __future__ import annotations
@@ -29,17 +29,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.loggers import WandbLogger
 
-from audioclip.data.common import per_device_batch_size
-from audioclip.lineage import result_fields
-from audioclip.reliability import (
-    RESUME_KEY,
-    AtomicCheckpointIO,
-    BadDataLog,
-    ResumeState,
-    SaveOnSignal,
-    StepCheckpoint,
-    read_checkpoint,
-)
+from audioclip.data.batch import per_device_batch_size
+from audioclip.models.lineage import result_fields
+from audioclip.tasks.callbacks import BadDataLog, ResumeState, SaveOnSignal, StepCheckpoint
+from audioclip.tasks.checkpoints import RESUME_KEY, AtomicCheckpointIO, read_resume_checkpoint
 from audioclip.tasks.distributed import (
     SyncBatchNormPlugin,
     check_shared_run_dir,
@@ -172,7 +165,7 @@ class AudioCLIPCLI(PreflightChecks):
         if config.ckpt_path is None:
             print(f"audioclip: no {root}/checkpoints/last.ckpt yet: starting afresh", file=sys.stderr)
         elif "://" not in config.ckpt_path and config.ckpt_path not in ("best", "hpc"):  # else Lightning's
-            self._resume_run_id = read_checkpoint(config.ckpt_path).get(RESUME_KEY, {}).get("wandb_run_id")
+            self._resume_run_id = read_resume_checkpoint(config.ckpt_path).get(RESUME_KEY, {}).get("wandb_run_id")
 
     def before_instantiate_classes(self) -> None:
         """A resumed run continues the checkpoint's W&B run."""
@@ -265,7 +258,7 @@ class AudioCLIPCLI(PreflightChecks):
             if self.trainer.is_global_zero and results:
                 out = Path(self.trainer.default_root_dir) / "test_metrics.json"
                 record = {"checkpoint": best, **results[0]}
-                if hasattr(self.model, "lineage"):  # which variant, data, folds and protocol (audioclip.lineage)
+                if hasattr(self.model, "lineage"):  # which variant, data, folds and protocol (audioclip.models.lineage)
                     lineage = self.model.lineage()
                     record.update(result_fields(lineage, lineage["model"], lineage["steps"][-1]))
                     record["result"] = self.model.scores_against

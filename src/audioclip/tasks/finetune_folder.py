@@ -11,7 +11,8 @@ machinery: the audio head learns, CLIP's text and image heads stay frozen, and t
 
 The multi-label head scores a class by the cosine of the clip's and the class name's embeddings, with a learnable
 scale s (init 10) and bias b (init -10) as SigLIP's sigmoid loss (Zhai et al., 2023) does: with few positives per
-clip the bias starts every class near "absent". Caption retrieval scores follow `audioclip.metrics.retrieval_at_k`.
+clip the bias starts every class near "absent". Caption retrieval scores follow
+`audioclip.evaluation.metrics.retrieval_at_k`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MultilabelAveragePrecision
 
-from audioclip.metrics import caption_retrieval
+from audioclip.evaluation.metrics import caption_retrieval
 from audioclip.tasks.phases import FinetuneModule
 
 TASKS = ("class", "multilabel", "caption")

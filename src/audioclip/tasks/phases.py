@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,15 +21,15 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from audioclip.lineage import weights_lineage
-from audioclip.metrics import AudioSetMAP, class_scores
+from audioclip.constants import AUDIOSET_CLASSES
+from audioclip.evaluation.metrics import AudioSetMAP, class_scores
 from audioclip.models import AudioCLIP, AudioCLIPConfig, get_config
+from audioclip.models.lineage import weights_lineage
 from audioclip.models.pretrained import load_into
 from audioclip.tasks.base import AudioCLIPTask, freeze
 
 log = logging.getLogger(__name__)
 
-AUDIOSET_CLASSES = 527
 EXAMPLES = 16  # test predictions shown with their audio in W&B
 
 
@@ -174,15 +176,15 @@ class AudioPretrainModule(AudioCLIPTask):
         # trained on AudioSet's 527 classes it is the paper's audio head; a single-label fine-tune keeps its start's
         return "audio-head" if self.hparams.multilabel else None
 
-    def _init_weights(self, init_from: str) -> None:
+    def _init_weights(self, init_from: str) -> Mapping[str, Any]:
         if not self.hparams.new_classifier:
-            super()._init_weights(init_from)
-            return
-        super()._init_weights(init_from, fresh=("fc.",))
+            return super()._init_weights(init_from)
+        content = super()._init_weights(init_from, fresh=("fc.",))
         rank_zero_info(
             f"init_from {init_from}: classifier fc replaced by a freshly initialised {self.hparams.num_classes}-class "
             "layer; every other key loaded strictly"
         )
+        return content
 
     def setup(self, stage: str) -> None:
         names = getattr(self.trainer.datamodule, "class_names", None) if self._trainer is not None else None
@@ -276,7 +278,7 @@ class AudioPretrainModule(AudioCLIPTask):
 class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
     """AudioSet phases: contrastive loss over audio, one video frame and the class-name text; evaluation is
     macro mAP over the 527 classes for audio, image and both, with class scores from the text embeddings of the
-    class names (`audioclip.metrics`).
+    class names (`audioclip.evaluation.metrics`).
 
     `audio_init_from` loads an audio head on top of `init_from` (e.g. CLIP's `clip-rn50` for image and text, and
     the pretrain-audio phase's checkpoint or the official `esrnxfbsp` for audio).
@@ -299,8 +301,7 @@ class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
             raise ValueError(f"model: {type(self).__name__} needs an AudioCLIP model, got {model!r}")
         super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template)
         if audio_init_from:
-            self._init_weights(audio_init_from)
-            audio = weights_lineage(audio_init_from)
+            audio = weights_lineage(audio_init_from, self._init_weights(audio_init_from))
             self.init_lineage = {
                 "variant": self.init_lineage["variant"],
                 "origin": f"{self.init_lineage['origin']}, audio head from {audio['origin']}",

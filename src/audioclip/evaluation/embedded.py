@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from audioclip.data import ESC50DataModule, US8KDataModule, collate
-from audioclip.data.common import class_text
+from audioclip.data.batch import class_text
 from audioclip.evaluation.names import DATASETS, MODALITIES
 from audioclip.inference import InputError
 from audioclip.models import AudioCLIP
