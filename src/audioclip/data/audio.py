@@ -28,7 +28,7 @@ INT16_MIN, INT16_MAX = -32768, 32767
 _SHORT_CHUNK = re.compile(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
-def read_audio(path: Path) -> tuple[np.ndarray, int]:
+def read_audio_int16_range(path: Path) -> tuple[np.ndarray, int]:
     """Read a file as float32 (channels, samples) scaled so that int16 PCM gives its integer values.
 
     Raises ``BadFileError`` naming ``path`` when the file is empty, not audio, truncated or holds no

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from audioclip.constants import ESC50_FOLDS, SAMPLE_RATE
-from audioclip.data.audio import read_audio, resample, round_to_int16
+from audioclip.data.audio import read_audio_int16_range, resample, round_to_int16
 from audioclip.data.cache import CacheSpec
 from audioclip.data.folds import ClipRecord, FoldedAudioDataModule, parse_int, read_metadata_csv
 
@@ -37,7 +37,7 @@ ESC50_LENGTH = 5 * SAMPLE_RATE
 
 def decode_esc50(path: Path) -> np.ndarray:
     """One clip as int16 (1, <= 220,500): mono (channel mean), 44.1 kHz, the first 5 s."""
-    audio, sample_rate = read_audio(path)
+    audio, sample_rate = read_audio_int16_range(path)
     audio = resample(audio.mean(axis=0, keepdims=True), sample_rate)
     return round_to_int16(audio[:, :ESC50_LENGTH])
 

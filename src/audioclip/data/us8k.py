@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from audioclip.constants import SAMPLE_RATE, US8K_FOLDS
-from audioclip.data.audio import minmax_to_int16, read_audio, resample
+from audioclip.data.audio import minmax_to_int16, read_audio_int16_range, resample
 from audioclip.data.cache import CacheSpec
 from audioclip.data.errors import BadFileError
 from audioclip.data.folds import ClipRecord, FoldedAudioDataModule, parse_int, read_metadata_csv
@@ -31,7 +31,7 @@ US8K_LENGTH = 4 * SAMPLE_RATE
 
 def decode_us8k(path: Path) -> np.ndarray:
     """One clip as int16 (2, <= 176,400): 44.1 kHz, mono duplicated, the first 4 s, min-max scaled."""
-    audio, sample_rate = read_audio(path)
+    audio, sample_rate = read_audio_int16_range(path)
     if audio.shape[0] > 2:
         raise BadFileError(path, f"has {audio.shape[0]} channels; UrbanSound8K clips are mono or stereo")
     audio = resample(audio, sample_rate)

@@ -164,8 +164,9 @@ class _ImageFolderItems(Dataset):
 
 
 def _image_folder(root: Path, class_file: str | Path | None, resolution: int):
-    from clip.clip import _transform
     from torchvision.datasets import ImageFolder
+
+    from audioclip.models.preprocess import image_transform
 
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
@@ -173,7 +174,7 @@ def _image_folder(root: Path, class_file: str | Path | None, resolution: int):
     if not folders:
         raise InputError(f"{root}: empty: an ImageFolder tree is ROOT/<class folder>/<image files>")
     try:
-        folder = ImageFolder(str(root), transform=_transform(resolution))
+        folder = ImageFolder(str(root), transform=image_transform(resolution))
     except FileNotFoundError as exc:
         raise InputError(f"{root}: {str(exc).splitlines()[0]}") from None
     if class_file:

@@ -24,6 +24,7 @@ from audioclip.models.fbsp import normalize_fbsp_grads_
 from audioclip.models.lineage import LINEAGE_KEY, weights_lineage
 from audioclip.models.pretrained import WeightsError, load_state, read_checkpoint, resolve, state_dict_of
 from audioclip.tasks.callbacks import SaveOnSignal
+from audioclip.tasks.checkpoints import checkpoint_dir
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class AudioCLIPTask(L.LightningModule):
         if any(cb.monitor == metric for cb in self.trainer.checkpoint_callbacks):
             return []
         name = metric.replace("/", "_")
-        dirpath = Path(self.trainer.default_root_dir) / "checkpoints"
+        dirpath = checkpoint_dir(self.trainer.default_root_dir)
         return [
             ModelCheckpoint(
                 dirpath=dirpath,
@@ -139,6 +140,15 @@ class AudioCLIPTask(L.LightningModule):
         )
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.hparams.gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        """The loss of one training batch: the one thing the phases' training steps differ in."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        loss = self.check_finite(self.training_loss(batch), batch, batch_idx)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["audio"]))
+        return loss
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)

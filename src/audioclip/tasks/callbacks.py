@@ -62,7 +62,7 @@ class StepCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.dirpath is None:
-            self.dirpath = str(checkpoint_dir(trainer))
+            self.dirpath = str(checkpoint_dir(trainer.default_root_dir))
         super().setup(trainer, pl_module, stage)
 
 
@@ -119,7 +119,7 @@ class SaveOnSignal(Callback):
     def save_and_stop(self, trainer: L.Trainer, signum: int) -> None:
         """Write `last.ckpt` (every rank takes part) and stop with exit code 128 + signum."""
         signum = signal.Signals(signum)
-        path = last_checkpoint(trainer)
+        path = last_checkpoint(trainer.default_root_dir)
         trainer.save_checkpoint(path)
         rank_zero_info(f"{signum.name}: saved {path} at global step {trainer.global_step}; resume: --ckpt_path last")
         self._received = None

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -27,12 +26,17 @@ from audioclip.outputs import OutputError
 RESUME_KEY = "audioclip_resume_state"  # top-level checkpoint key written by ResumeState
 
 
-def checkpoint_dir(trainer: L.Trainer) -> Path:
-    return Path(trainer.default_root_dir) / "checkpoints"
+CHECKPOINTS_DIR = "checkpoints"  # a run directory's checkpoint folder (README, "Reproducing the paper")
 
 
-def last_checkpoint(trainer: L.Trainer) -> Path:
-    return checkpoint_dir(trainer) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+def checkpoint_dir(root: str | Path) -> Path:
+    """Where the run in `root` (its `default_root_dir`) keeps its checkpoints."""
+    return Path(root) / CHECKPOINTS_DIR
+
+
+def last_checkpoint(root: str | Path) -> Path:
+    """The run's `last.ckpt`, what `--ckpt_path last` and `RESUME=1` resume."""
+    return checkpoint_dir(root) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -32,7 +32,13 @@ from lightning.pytorch.loggers import WandbLogger
 from audioclip.data.batch import per_device_batch_size
 from audioclip.models.lineage import result_fields
 from audioclip.tasks.callbacks import BadDataLog, ResumeState, SaveOnSignal, StepCheckpoint
-from audioclip.tasks.checkpoints import RESUME_KEY, AtomicCheckpointIO, read_resume_checkpoint
+from audioclip.tasks.checkpoints import (
+    RESUME_KEY,
+    AtomicCheckpointIO,
+    checkpoint_dir,
+    last_checkpoint,
+    read_resume_checkpoint,
+)
 from audioclip.tasks.distributed import (
     SyncBatchNormPlugin,
     check_shared_run_dir,
@@ -103,7 +109,7 @@ def _instantiation_error(error: BaseException) -> BaseException:
 def _resolve_ckpt_path(ckpt_path: str, root: Path) -> str | None:
     """`last` -> the run directory's `last.ckpt`, or None (start afresh) when the run has none yet."""
     if ckpt_path == "last":
-        last = root / "checkpoints" / "last.ckpt"
+        last = last_checkpoint(root)
         return str(last) if last.is_file() else None
     return ckpt_path
 
@@ -238,7 +244,7 @@ class AudioCLIPCLI(PreflightChecks):
         root = Path(self.trainer.default_root_dir)
         for callback in self.trainer.callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
-                callback.dirpath = str(root / "checkpoints")
+                callback.dirpath = str(checkpoint_dir(root))
         for logger in self.trainer.loggers:
             # W&B runs on rank 0 only: elsewhere Lightning's experiment is a placeholder
             if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:

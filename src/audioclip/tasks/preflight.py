@@ -31,11 +31,12 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from audioclip.outputs import check_writable_dir, make_dir
+from audioclip.tasks.checkpoints import checkpoint_dir
 
 
 def earlier_checkpoints(root: Path) -> list[Path]:
     """The checkpoint files a run directory already holds (`<root>/checkpoints/*.ckpt`)."""
-    directory = root / "checkpoints"
+    directory = checkpoint_dir(root)
     return sorted(directory.glob("*.ckpt")) if directory.is_dir() else []
 
 

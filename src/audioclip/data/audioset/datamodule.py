@@ -23,7 +23,6 @@ import numpy as np
 import soundfile as sf
 import torch
 import torch.distributed as dist
-from clip.clip import _transform as clip_transform
 from litdata import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 from litdata.utilities.env import _WorkerEnv
@@ -37,6 +36,7 @@ from audioclip.data.batch import collate, per_device_batch_size
 from audioclip.data.errors import BadFileError, check_on_bad_file, clip_problem, first_usable
 from audioclip.data.samplers import IgnoreTerminationSignals
 from audioclip.data.transforms import eval_audio_transform, train_audio_transform
+from audioclip.models.preprocess import image_transform
 
 # Ten frames sit at the centres of ten equal intervals (prepare.frame_times), so none is at the exact middle;
 # frame 5 (55 % of the clip) is the one Python's ``len // 2`` convention calls central.
@@ -88,7 +88,7 @@ class AudioSetStreamingDataset(StreamingDataset):
         length = round(clip_seconds * SAMPLE_RATE)
         self.length = length
         self.audio_transform = train_audio_transform(length) if train else eval_audio_transform(length)
-        self.image_transform: Callable = clip_transform(224)
+        self.image_transform: Callable = image_transform(224)
 
     def __getitem__(self, index: Any) -> dict[str, Any]:
         """A bad sample (audio or frame that does not decode, NaN/Inf, silence, no samples) raises `BadFileError`
