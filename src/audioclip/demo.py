@@ -40,10 +40,6 @@ def main(argv: list[str] | None = None) -> int:
             "conf/demo.yaml",
             "--trainer.default_root_dir",
             str(RUN),
-            "--trainer.logger.init_args.save_dir",
-            str(RUN),
-            "--trainer.logger.init_args.name",
-            "demo-esc50-fold1",
             *extra,
         ]
     )

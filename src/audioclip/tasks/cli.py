@@ -125,6 +125,27 @@ def _resume_wandb(logger_config: Any, run_id: str) -> None:
             config["init_args"] = init_args
 
 
+def run_name(root: Path) -> str:
+    """The W&B name of the run in `root`: `<phase>-<run>`, e.g. runs/finetune-esc50/fold3 -> finetune-esc50-fold3."""
+    root = Path(root).absolute()
+    return f"{root.parent.name}-{root.name}"
+
+
+def loggers_follow_run_dir(trainer_config: Namespace) -> None:
+    """A W&B logger writes into the run directory and is named after it unless the configuration says otherwise,
+    so a run's folder is given once, as `--trainer.default_root_dir` (WandbLogger's own save_dir default is `.`)."""
+    root = Path(trainer_config.get("default_root_dir") or ".")
+    configs = trainer_config.get("logger")
+    for config in configs if isinstance(configs, list) else [configs]:
+        if isinstance(config, Namespace) and str(config.get("class_path", "")).endswith("WandbLogger"):
+            init_args = config.get("init_args") or Namespace()
+            if init_args.get("save_dir") in (None, "."):
+                init_args["save_dir"] = str(root)
+            if not init_args.get("name"):
+                init_args["name"] = run_name(root)
+            config["init_args"] = init_args
+
+
 class AudioCLIPCLI(PreflightChecks):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(StepCheckpoint, "last_checkpoint")
@@ -164,6 +185,7 @@ class AudioCLIPCLI(PreflightChecks):
         self._resume_run_id: str | None = None
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        loggers_follow_run_dir(config.trainer)
         if not config.get("ckpt_path"):
             return
         root = Path(config.trainer.default_root_dir or ".")
@@ -272,6 +294,27 @@ class AudioCLIPCLI(PreflightChecks):
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
                 logger.experiment.finish()  # flush the run now, also when the CLI is used from Python
+
+
+def fit(argv: Sequence[str]) -> int:
+    """`audioclip fit ...`: the `audioclip` command's entry (`audioclip.cli.COMMANDS`)."""
+    run_lightning_cli(["fit", *argv])
+    return 0
+
+
+def validate(argv: Sequence[str]) -> int:
+    run_lightning_cli(["validate", *argv])
+    return 0
+
+
+def test(argv: Sequence[str]) -> int:
+    run_lightning_cli(["test", *argv])
+    return 0
+
+
+def predict(argv: Sequence[str]) -> int:
+    run_lightning_cli(["predict", *argv])
+    return 0
 
 
 def run_lightning_cli(argv: Sequence[str]) -> AudioCLIPCLI:

@@ -8,6 +8,7 @@ name of its folder; runs of two datasets, or two runs of one fold, are refused.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -54,8 +55,9 @@ def log_to_wandb(phase_dir: Path, rows: list[tuple[int, float]], mean: float, st
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    phase_dir = Path(argv[0])
+    parser = argparse.ArgumentParser(prog="audioclip crossval", description=__doc__.splitlines()[0])
+    parser.add_argument("phase_dir", type=Path, help="the phase's run folder, e.g. runs/finetune-esc50")
+    phase_dir = parser.parse_args(sys.argv[1:] if argv is None else argv).phase_dir
     rows = collect(phase_dir)
     mean, std = write_tables(phase_dir, rows)
     print((phase_dir / "cv.md").read_text())
