@@ -21,9 +21,10 @@ import torchaudio.functional as AF
 
 from audioclip.constants import INT16_SCALE, SAMPLE_RATE
 from audioclip.models import AudioCLIP, create_model
+from audioclip.models.lineage import weights_lineage
 from audioclip.models.losses import clamp_scale
 from audioclip.models.preprocess import image_transform
-from audioclip.models.pretrained import TAGS, WeightsError, load_state, read_state_dict, resolve
+from audioclip.models.pretrained import TAGS, WeightsError, load_state, read_checkpoint, resolve, state_dict_of
 from audioclip.models.registry import guess_model_name
 
 
@@ -34,13 +35,17 @@ class InputError(ValueError):
 def load(
     tag_or_path: str | Path = "full", model_name: str | None = None, device: str | torch.device = "cpu"
 ) -> AudioCLIP:
-    """A ready AudioCLIP in eval mode from an official tag or a file (state dict or Lightning checkpoint)."""
+    """A ready AudioCLIP in eval mode from an official tag or a file (state dict or Lightning checkpoint); its
+    `lineage` (`audioclip.models.lineage.weights_lineage`) says which variant it is."""
     is_tag = isinstance(tag_or_path, str) and tag_or_path in TAGS
     if is_tag and TAGS[tag_or_path].kind != "audioclip":
         raise WeightsError(f"{tag_or_path!r} holds {TAGS[tag_or_path].kind} weights, not a whole AudioCLIP")
     path, _ = resolve(tag_or_path)
-    state = read_state_dict(path)  # the file is read once: the architecture is guessed from the same tensors
+    # the file is read once: the architecture is guessed from the same tensors, and the lineage read beside them
+    content = read_checkpoint(path)
+    state = state_dict_of(content, path)
     model = create_model(model_name or ("audioclip" if is_tag else guess_model_name(state)))
+    model.lineage = weights_lineage(str(tag_or_path), content)
     return load_state(model, state, str(path)).eval().to(device)
 
 

@@ -104,7 +104,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from audioclip.evaluation.query import default_pairs, query
     from audioclip.evaluation.zeroshot import evaluated_on, zeroshot
     from audioclip.inference import InputError, load
-    from audioclip.models.lineage import result_fields, weights_lineage
+    from audioclip.models.lineage import result_fields
 
     check_dataset(args.dataset)
     templates = _templates(args)
@@ -147,7 +147,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "fingerprint": fingerprint(model),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         # which variant, whether it was trained on this dataset, real or synthetic data (audioclip.models.lineage)
-        **result_fields(weights_lineage(str(args.checkpoint)), model.model_name, described),
+        **result_fields(model.lineage, model.model_name, described),
     }
     if args.task == "zeroshot":
         result = {**zeroshot(model, data, templates, FOLDS.get(args.dataset)), **meta}
