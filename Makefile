@@ -47,9 +47,9 @@ test-faults: $(STAMP)  ## fault injection: kill/resume, signals, bad data, unsaf
 	$(PY) -m pytest tests -q -m faults
 
 # the functions where a wrong number is silent (docs/testing.md); `mutmut run` takes fnmatch patterns of mutant names
-MUTATION_SCOPE ?= 'audioclip.losses.*' 'audioclip.metrics.*' 'audioclip.evaluation.zeroshot.*' \
-  'audioclip.evaluation.query.*' 'audioclip.data.common.x_split_folds__*' 'audioclip.inference.x_classify__*' \
-  'audioclip.tasks.phases.xǁFinetuneModuleǁ_logits__*' 'audioclip.tasks.phases.xǁFinetuneModuleǁtraining_step__*' \
+MUTATION_SCOPE ?= 'audioclip.models.losses.*' 'audioclip.evaluation.metrics.*' 'audioclip.evaluation.zeroshot.*' \
+  'audioclip.evaluation.query.*' 'audioclip.data.folds.x_split_folds__*' 'audioclip.inference.x_classify__*' \
+  'audioclip.tasks.phases.xǁFinetuneModuleǁ_logits__*' 'audioclip.tasks.phases.xǁFinetuneModuleǁtraining_loss__*' \
   'audioclip.tasks.phases.xǁFinetuneModuleǁvalidation_step__*' 'audioclip.tasks.phases.xǁFinetuneModuleǁtest_step__*' \
   'audioclip.tasks.phases.xǁAudioPretrainModuleǁ_loss__*'
 JOBS ?= 2
@@ -66,12 +66,12 @@ weights: $(STAMP)  ## download the official weights into ~/.cache/audioclip ($AU
 	$(AC) weights download
 
 demo: $(STAMP)  ## fine-tune the tiny AudioCLIP on synthetic ESC-50 data (CPU, ~2 min) and print test accuracy
-	$(PY) -m audioclip.demo $(ARGS)
+	$(AC) demo $(ARGS)
 
 demo-data: $(STAMP)  ## write tiny synthetic ESC-50, UrbanSound8K (official layouts) and own-data trees/manifests into data/synthetic/
-	$(PY) -m audioclip.data.synthetic --esc50 data/synthetic/esc50 --clips-per-class 30
-	$(PY) -m audioclip.data.synthetic --us8k data/synthetic/us8k
-	$(PY) -m audioclip.data.synthetic --folder data/synthetic/folder --multilabel data/synthetic/multilabel \
+	$(AC) synthetic --esc50 data/synthetic/esc50 --clips-per-class 30
+	$(AC) synthetic --us8k data/synthetic/us8k
+	$(AC) synthetic --folder data/synthetic/folder --multilabel data/synthetic/multilabel \
 	  --captions data/synthetic/captions
 
 bench-data: $(STAMP)  ## benchmark the ESC-50 data pipeline on 2,000 synthetic clips; prints one JSON line
@@ -85,18 +85,21 @@ INIT    ?= full
 FIT      = $(AC) fit --config conf/trainer.yaml --trainer.num_nodes $(NODES) --trainer.devices $(GPUS)
 # RESUME=1 continues an interrupted run from its last checkpoint
 resume   = $(if $(filter 1,$(RESUME)),$(if $(wildcard $(1)/checkpoints/last.ckpt),--ckpt_path $(1)/checkpoints/last.ckpt,),)
+# the run directory $(1): `audioclip fit` puts the W&B run there and names it <phase>-<run> (tasks/cli.py)
+run      = --trainer.default_root_dir $(1) $(call resume,$(1)) $(ARGS)
+# one fine-tuning fold: $(1) the phase (conf/$(1).yaml, runs/$(1)/fold$(FOLD)), $(2) the dataset root, $(3) init_from
+finetune_fold = $(FIT) --config conf/$(1).yaml --data.init_args.root $(or $(DATA),$(2)) --data.init_args.fold $(FOLD) \
+  --model.init_args.init_from $(3) $(call run,$(RUNS)/$(1)/fold$(FOLD))
+# every fold of $(2) (FOLDS= for some; the fold counts live in audioclip.constants), then the table
+folds_of = $(shell $(PY) -c 'from audioclip.constants import FOLDS; print(*range(1, FOLDS["$(1)"] + 1))')
+cross_validate = for k in $(or $(FOLDS),$(call folds_of,$(2))); do $(MAKE) --no-print-directory $(1) FOLD=$$k || exit 1; done; \
+  $(AC) crossval $(RUNS)/$(1)
 
 finetune-esc50: $(STAMP)  ## fine-tune on ESC-50 with fold FOLD as test split (DATA=, INIT=, GPUS=, NODES=, ARGS=)
-	$(FIT) --config conf/finetune-esc50.yaml --data.init_args.root $(or $(DATA),$(ESC50)) --data.init_args.fold $(FOLD) \
-	  --model.init_args.init_from $(or $(INIT),null) --trainer.default_root_dir $(RUNS)/finetune-esc50/fold$(FOLD) \
-	  --trainer.logger.init_args.save_dir $(RUNS)/finetune-esc50/fold$(FOLD) --trainer.logger.init_args.name finetune-esc50-fold$(FOLD) \
-	  $(call resume,$(RUNS)/finetune-esc50/fold$(FOLD)) $(ARGS)
+	$(call finetune_fold,finetune-esc50,$(ESC50),$(or $(INIT),null))
 
 finetune-us8k: $(STAMP)  ## fine-tune on UrbanSound8K with fold FOLD as test split (DATA=, INIT=, GPUS=, NODES=, ARGS=)
-	$(FIT) --config conf/finetune-us8k.yaml --data.init_args.root $(or $(DATA),$(US8K)) --data.init_args.fold $(FOLD) \
-	  --model.init_args.init_from $(or $(INIT),null) --trainer.default_root_dir $(RUNS)/finetune-us8k/fold$(FOLD) \
-	  --trainer.logger.init_args.save_dir $(RUNS)/finetune-us8k/fold$(FOLD) --trainer.logger.init_args.name finetune-us8k-fold$(FOLD) \
-	  $(call resume,$(RUNS)/finetune-us8k/fold$(FOLD)) $(ARGS)
+	$(call finetune_fold,finetune-us8k,$(US8K),$(or $(INIT),null))
 
 # own data: DATA is a class-folder tree or a .csv/.tsv manifest; FOLD only when given (else the split column or a
 # seeded split); the run goes to runs/finetune/<name of DATA>[-foldK]
@@ -107,39 +110,28 @@ finetune: $(STAMP)  ## fine-tune on your own data: DATA=<class-folder tree or CS
 	@test -n "$(DATA)" || { echo "make finetune: give DATA=<class-folder tree or .csv/.tsv manifest>" >&2; exit 2; }
 	$(FIT) --config conf/finetune-folder.yaml --data.init_args.$(if $(filter %.csv %.tsv,$(DATA)),manifest,root) $(DATA) \
 	  $(if $(FOLD_GIVEN),--data.init_args.fold $(FOLD)) --model.init_args.init_from $(or $(INIT),null) \
-	  --trainer.default_root_dir $(FINETUNE_RUN) --trainer.logger.init_args.save_dir $(FINETUNE_RUN) \
-	  --trainer.logger.init_args.name finetune-$(notdir $(FINETUNE_RUN)) $(call resume,$(FINETUNE_RUN)) $(ARGS)
+	  $(call run,$(FINETUNE_RUN))
 
 cv-esc50: $(STAMP)  ## all 5 ESC-50 folds (FOLDS="1 3" for some), then a table of per-fold and mean ± std test accuracy (runs/finetune-esc50/cv.*)
-	for k in $(or $(FOLDS),1 2 3 4 5); do $(MAKE) --no-print-directory finetune-esc50 FOLD=$$k || exit 1; done
-	$(PY) -m audioclip.tasks.crossval $(RUNS)/finetune-esc50
+	$(call cross_validate,finetune-esc50,esc50)
 
 cv-us8k: $(STAMP)  ## all 10 UrbanSound8K folds, then the per-fold and mean ± std table (runs/finetune-us8k/cv.*)
-	for k in $(or $(FOLDS),1 2 3 4 5 6 7 8 9 10); do $(MAKE) --no-print-directory finetune-us8k FOLD=$$k || exit 1; done
-	$(PY) -m audioclip.tasks.crossval $(RUNS)/finetune-us8k
+	$(call cross_validate,finetune-us8k,us8k)
 
 # the standalone audio head starts from the pretrain-audio phase's checkpoint when it exists, else the official tag
 AUDIO_HEAD_INIT = $(or $(INIT_AUDIO_HEAD),$(if $(wildcard $(RUNS)/pretrain-audio/main/checkpoints/last.ckpt),$(RUNS)/pretrain-audio/main/checkpoints/last.ckpt,esrnxfbsp))
 
 finetune-esc50-audio-head: $(STAMP)  ## paper Tables 1/3 audio head: ESResNeXt-fbsp, new 50-class classifier, fold FOLD as test (DATA=, INIT_AUDIO_HEAD=, ARGS=)
-	$(FIT) --config conf/finetune-esc50-audio-head.yaml --data.init_args.root $(or $(DATA),$(ESC50)) --data.init_args.fold $(FOLD) \
-	  --model.init_args.init_from $(AUDIO_HEAD_INIT) --trainer.default_root_dir $(RUNS)/finetune-esc50-audio-head/fold$(FOLD) \
-	  --trainer.logger.init_args.save_dir $(RUNS)/finetune-esc50-audio-head/fold$(FOLD) \
-	  --trainer.logger.init_args.name finetune-esc50-audio-head-fold$(FOLD) $(call resume,$(RUNS)/finetune-esc50-audio-head/fold$(FOLD)) $(ARGS)
+	$(call finetune_fold,finetune-esc50-audio-head,$(ESC50),$(AUDIO_HEAD_INIT))
 
 finetune-us8k-audio-head: $(STAMP)  ## paper Tables 1/3 audio head: ESResNeXt-fbsp, new 10-class classifier, fold FOLD as test (DATA=, INIT_AUDIO_HEAD=, ARGS=)
-	$(FIT) --config conf/finetune-us8k-audio-head.yaml --data.init_args.root $(or $(DATA),$(US8K)) --data.init_args.fold $(FOLD) \
-	  --model.init_args.init_from $(AUDIO_HEAD_INIT) --trainer.default_root_dir $(RUNS)/finetune-us8k-audio-head/fold$(FOLD) \
-	  --trainer.logger.init_args.save_dir $(RUNS)/finetune-us8k-audio-head/fold$(FOLD) \
-	  --trainer.logger.init_args.name finetune-us8k-audio-head-fold$(FOLD) $(call resume,$(RUNS)/finetune-us8k-audio-head/fold$(FOLD)) $(ARGS)
+	$(call finetune_fold,finetune-us8k-audio-head,$(US8K),$(AUDIO_HEAD_INIT))
 
 cv-esc50-audio-head: $(STAMP)  ## the audio head on all 5 ESC-50 folds, then per-fold and mean ± std (runs/finetune-esc50-audio-head/cv.*)
-	for k in $(or $(FOLDS),1 2 3 4 5); do $(MAKE) --no-print-directory finetune-esc50-audio-head FOLD=$$k || exit 1; done
-	$(PY) -m audioclip.tasks.crossval $(RUNS)/finetune-esc50-audio-head
+	$(call cross_validate,finetune-esc50-audio-head,esc50)
 
 cv-us8k-audio-head: $(STAMP)  ## the audio head on all 10 UrbanSound8K folds, then per-fold and mean ± std (runs/finetune-us8k-audio-head/cv.*)
-	for k in $(or $(FOLDS),1 2 3 4 5 6 7 8 9 10); do $(MAKE) --no-print-directory finetune-us8k-audio-head FOLD=$$k || exit 1; done
-	$(PY) -m audioclip.tasks.crossval $(RUNS)/finetune-us8k-audio-head
+	$(call cross_validate,finetune-us8k-audio-head,us8k)
 
 bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU, fp32 vs bf16-mixed + channels_last; one JSON line
 	@$(PY) benchmarks/bench_train.py
@@ -153,7 +145,7 @@ AUDIOSET_ROOT     ?= data/audioset/demo
 AUDIOSET_VAL_FRACTION ?= $(if $(filter data/audioset-demo/%,$(AUDIOSET_SEGMENTS)),0.25,0.01)
 
 data/audioset-demo/segments.csv: | $(STAMP)
-	$(PY) -m audioclip.data.audioset.testmedia data/audioset-demo --n 12
+	$(AC) testmedia data/audioset-demo --n 12
 
 data-audioset: $(STAMP) $(if $(filter data/audioset-demo/%,$(AUDIOSET_SEGMENTS)),$(AUDIOSET_SEGMENTS))  ## AudioSet shards: ingest AUDIOSET_CLIPS (empty: download with yt-dlp) -> extract -> pack into AUDIOSET_ROOT/shards/{train,val} (AUDIOSET_VAL_FRACTION=0.01)
 	$(AC) prepare audioset all --segments $(AUDIOSET_SEGMENTS) --root $(AUDIOSET_ROOT) $(if $(AUDIOSET_CLIPS),--clips $(AUDIOSET_CLIPS)) --val-fraction $(AUDIOSET_VAL_FRACTION) $(ARGS)
@@ -164,25 +156,21 @@ bench-audioset: $(STAMP)  ## AudioSet pipeline throughput: one JSON line (extrac
 SHARDS ?= $(AUDIOSET_ROOT)/shards
 AUDIOSET_DATA = --data.init_args.train_dir $(SHARDS)/train --data.init_args.val_dir $(SHARDS)/val
 
+# one AudioSet phase: $(1) the phase (conf/$(1).yaml, runs/$(1)/main), $(2) its own settings
+audioset_phase = $(FIT) --config conf/$(1).yaml $(AUDIOSET_DATA) $(2) $(call run,$(RUNS)/$(1)/main)
+
 pretrain-audio: $(STAMP)  ## phase 1: standalone ESResNeXt-fbsp on AudioSet audio, BCE over 527 classes (SHARDS=, GPUS=, NODES=, ARGS=)
-	$(FIT) --config conf/pretrain-audio.yaml $(AUDIOSET_DATA) --data.init_args.frames false \
-	  --trainer.default_root_dir $(RUNS)/pretrain-audio/main \
-	  --trainer.logger.init_args.save_dir $(RUNS)/pretrain-audio/main --trainer.logger.init_args.name pretrain-audio \
-	  $(call resume,$(RUNS)/pretrain-audio/main) $(ARGS)
+	$(call audioset_phase,pretrain-audio,--data.init_args.frames false)
 
 # the previous phase's checkpoint when it exists, else the official weight tag
 PARTIAL_INIT = $(or $(INIT_PARTIAL),$(if $(wildcard $(RUNS)/pretrain-audio/main/checkpoints/last.ckpt),$(RUNS)/pretrain-audio/main/checkpoints/last.ckpt,esrnxfbsp))
 FULL_INIT    = $(or $(INIT_FULL),$(if $(wildcard $(RUNS)/train-partial/main/checkpoints/last.ckpt),$(RUNS)/train-partial/main/checkpoints/last.ckpt,partial))
 
 train-partial: $(STAMP)  ## phase 2: audio head learns from frozen CLIP teachers on AudioSet audio + frames + text
-	$(FIT) --config conf/train-partial.yaml $(AUDIOSET_DATA) --model.init_args.audio_init_from $(PARTIAL_INIT) \
-	  --trainer.default_root_dir $(RUNS)/train-partial/main --trainer.logger.init_args.save_dir $(RUNS)/train-partial/main \
-	  --trainer.logger.init_args.name train-partial $(call resume,$(RUNS)/train-partial/main) $(ARGS)
+	$(call audioset_phase,train-partial,--model.init_args.audio_init_from $(PARTIAL_INIT))
 
 train-full: $(STAMP)  ## phase 3: all three heads trained jointly on AudioSet audio + frames + text
-	$(FIT) --config conf/train-full.yaml $(AUDIOSET_DATA) --model.init_args.init_from $(FULL_INIT) \
-	  --trainer.default_root_dir $(RUNS)/train-full/main --trainer.logger.init_args.save_dir $(RUNS)/train-full/main \
-	  --trainer.logger.init_args.name train-full $(call resume,$(RUNS)/train-full/main) $(ARGS)
+	$(call audioset_phase,train-full,--model.init_args.init_from $(FULL_INIT))
 
 .PHONY: report
 report: $(STAMP)  ## gather the latest results under runs/ (RUNS=) into runs/REPORT.md + REPORT.json: paper Tables 1-4 beside comparable runs, plots, W&B

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from audioclip.metrics import AudioSetMAP, class_scores
+from audioclip.evaluation.metrics import AudioSetMAP, class_scores
 
 
 def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:

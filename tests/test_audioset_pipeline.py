@@ -313,7 +313,7 @@ def test_audioset_phases_train_a_few_steps_on_the_shards(prepared: dict, tmp_pat
 def test_bad_shard_sample_follows_on_bad_file(prepared: dict, monkeypatch, fault: str) -> None:
     """A sample that decodes badly stops the loader naming its YTID, or is replaced and reported under skip."""
     from audioclip.data.audioset.datamodule import AudioSetStreamingDataset
-    from audioclip.data.common import BadFileError
+    from audioclip.data.errors import BadFileError
 
     original = StreamingDataset.__getitem__
 

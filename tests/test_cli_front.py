@@ -93,3 +93,33 @@ def test_every_option_has_help(monkeypatch):
         if not isinstance(action, argparse._SubParsersAction) and not action.help
     ]
     assert missing == []
+
+
+def test_every_subcommand_is_one_row_of_the_table_and_resolves_to_a_function():
+    import importlib
+
+    from audioclip.cli import COMMANDS, _parser
+
+    listed = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(listed) == set(COMMANDS)
+    for name, (_, target) in COMMANDS.items():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), name
+
+
+def test_the_run_directory_alone_places_and_names_the_wandb_run(tmp_path):
+    from jsonargparse import Namespace
+
+    from audioclip.tasks.cli import loggers_follow_run_dir
+
+    wandb = "lightning.pytorch.loggers.WandbLogger"
+    run = tmp_path / "finetune-esc50" / "fold3"
+    logger = Namespace(class_path=wandb, init_args=Namespace(save_dir="."))
+    trainer = Namespace(default_root_dir=str(run), logger=logger)
+    loggers_follow_run_dir(trainer)
+    assert (trainer.logger.init_args.save_dir, trainer.logger.init_args.name) == (str(run), "finetune-esc50-fold3")
+    chosen = Namespace(save_dir=str(tmp_path / "elsewhere"), name="mine")
+    trainer = Namespace(default_root_dir=str(run), logger=[Namespace(class_path=wandb, init_args=chosen)])
+    loggers_follow_run_dir(trainer)
+    kept = trainer.logger[0].init_args
+    assert (kept.save_dir, kept.name) == (str(tmp_path / "elsewhere"), "mine")

@@ -129,7 +129,7 @@ def test_skip_leaves_bad_files_out_and_logs_them(esc50_root, caplog):
         spoil(path, how)
     dm = datamodule(esc50_root, on_bad_file="skip")
     dm.prepare_data()
-    with caplog.at_level(logging.WARNING, logger="audioclip.data.common"):
+    with caplog.at_level(logging.WARNING, logger="audioclip.data.folds"):
         dm.setup("fit")
     assert sorted(dm.skipped_files) == sorted(path.name for path in paths[:4])
     kept = set(dm.train_set.ids + dm.val_set.ids + dm.test_set.ids)

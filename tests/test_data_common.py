@@ -50,7 +50,7 @@ def test_eval_shards_cover_every_sample_once() -> None:
     repeat, and a test accuracy would count it."""
     from torch.utils.data import DistributedSampler
 
-    from audioclip.reliability import EvalShardSampler
+    from audioclip.data.samplers import EvalShardSampler
 
     data = list(range(7))
     shards = [list(EvalShardSampler(data, num_replicas=2, rank=r)) for r in range(2)]

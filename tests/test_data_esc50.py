@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from audioclip.data import ESC50DataModule
-from audioclip.data.common import class_text
+from audioclip.data.batch import class_text
 from audioclip.data.esc50 import ESC50_COLUMNS, ESC50_METADATA, decode_esc50
 from audioclip.data.synthetic import write_esc50
 

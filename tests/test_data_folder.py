@@ -8,7 +8,7 @@ import torch
 
 from audioclip.data import AudioFolderDataModule, BadFileError, DatasetNotFoundError, MetadataError, MissingFileError
 from audioclip.data.synthetic import class_sound, write_caption_manifest
-from audioclip.metrics import retrieval_at_k
+from audioclip.evaluation.metrics import retrieval_at_k
 
 SR = 44100
 

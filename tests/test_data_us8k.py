@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 
 from audioclip.data import US8KDataModule
-from audioclip.data.common import BadFileError
+from audioclip.data.errors import BadFileError
 from audioclip.data.synthetic import write_us8k
 from audioclip.data.us8k import decode_us8k
 

@@ -2,7 +2,7 @@
 
 Proven on 2 CPU processes with the gloo backend, against one process that sees the concatenated batch:
 
-1. The contrastive loss (`audioclip.losses`: each rank scores its rows against the batch gathered from every rank
+1. The contrastive loss (`audioclip.models.losses`: each rank scores its rows against the batch gathered from every rank
    with gradients, labels offset by the rank) gives the single-process loss and gradients:
    a. plain `torch.distributed` + `DistributedDataParallel`: the mean of the ranks' losses equals the loss over
       the full batch, and every parameter's gradient after DDP's averaging equals the single-process gradient, for

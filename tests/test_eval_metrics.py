@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from audioclip.evaluation.datasets import EmbeddedSet
+from audioclip.evaluation.embedded import EmbeddedSet
 from audioclip.evaluation.query import default_pairs, precision_recall_curve, query, retrieval_metrics
 
 # Recall@k and mAP@10 are checked against NumPy in their own test

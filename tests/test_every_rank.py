@@ -12,10 +12,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
+from audioclip.data.samplers import ResumableDataLoader, ResumableSampler
 from audioclip.data.synthetic import write_esc50
-from audioclip.evaluation.datasets import embed_dataset
+from audioclip.evaluation.embedded import embed_dataset
 from audioclip.evaluation.zeroshot import zeroshot
-from audioclip.reliability import ResumableDataLoader, ResumableSampler
 
 
 class Keys(Dataset):

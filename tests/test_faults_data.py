@@ -20,7 +20,7 @@ from audioclip.cli import main
 from audioclip.data import BadFileError, ESC50DataModule
 from audioclip.data.cache import CACHE_DIRNAME, CacheReader
 from audioclip.data.synthetic import write_esc50
-from audioclip.reliability import BAD_FILES
+from audioclip.tasks.callbacks import BAD_FILES
 from audioclip.tasks.cli import run_lightning_cli
 
 pytestmark = pytest.mark.faults

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from audioclip.data.synthetic import write_esc50
-from audioclip.reliability import RESUME_KEY, AtomicCheckpointIO
+from audioclip.tasks.checkpoints import RESUME_KEY, AtomicCheckpointIO
 
 pytestmark = pytest.mark.faults
 
@@ -240,7 +240,7 @@ def test_a_process_exits_while_workers_that_ignore_sigterm_still_run():
     script = textwrap.dedent(
         """
         from torch.utils.data import DataLoader
-        from audioclip.reliability import IgnoreTerminationSignals
+        from audioclip.data.workers import IgnoreTerminationSignals
         loader = DataLoader(list(range(8)), batch_size=2, num_workers=2, persistent_workers=True,
                             worker_init_fn=IgnoreTerminationSignals())
         batches = iter(loader)
@@ -284,7 +284,7 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_checkpoint_whole(t
     path = tmp_path / "last.ckpt"
     script = textwrap.dedent(f"""
         import os, signal, torch
-        from audioclip.reliability import AtomicCheckpointIO
+        from audioclip.tasks.checkpoints import AtomicCheckpointIO
 
         io = AtomicCheckpointIO()
         io.save_checkpoint({{"global_step": 1, "weight": torch.ones(1000)}}, {str(path)!r})

@@ -12,7 +12,7 @@ import audioclip
 from audioclip.cli import main
 from audioclip.models import WeightsError, create_model
 from audioclip.models.pretrained import TAGS
-from audioclip.reliability import AtomicCheckpointIO
+from audioclip.tasks.checkpoints import AtomicCheckpointIO
 
 pytestmark = pytest.mark.faults
 

@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import audioclip
-from audioclip.evaluation.datasets import EmbeddedSet
+from audioclip.evaluation.embedded import EmbeddedSet
 from audioclip.evaluation.zeroshot import zeroshot
-from audioclip.losses import contrastive_loss, symmetric_contrastive
 from audioclip.models import create_model
+from audioclip.models.losses import contrastive_loss, symmetric_contrastive
 from audioclip.tasks import AudioPretrainModule, FinetuneModule
 
 CLASSES = ["dog", "rain", "siren"]
@@ -369,7 +369,7 @@ def test_contrastive_loss_with_one_modality_is_none_and_scales_are_clamped_to_1_
 
 
 def test_without_a_process_group_the_gather_is_the_identity_and_the_loss_local():
-    import audioclip.losses as losses
+    import audioclip.models.losses as losses
 
     x = torch.ones(2, 3)
     assert losses._distributed() == (0, 1) and losses.gather_with_grad(x) is x
@@ -377,7 +377,7 @@ def test_without_a_process_group_the_gather_is_the_identity_and_the_loss_local()
 
 def test_under_ddp_a_rank_scores_its_rows_against_the_global_batch_with_offset_labels(monkeypatch):
     # rank 1 of 2 holds clip 1 of the 2x2 example above; the gather puts rank 0's row first
-    import audioclip.losses as losses
+    import audioclip.models.losses as losses
 
     rank0_row = torch.tensor([[1.0, 0.0, 0.0]])  # rank 0's clip: a_0 = b_0 = e_0
     monkeypatch.setattr(losses, "_distributed", lambda: (1, 2))

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from audioclip.data.common import collate
+from audioclip.data.batch import collate
 from audioclip.data.synthetic import class_sound, write_esc50
 from audioclip.tasks import AudioPretrainModule
 from audioclip.tasks.cli import run_lightning_cli

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from audioclip.data import ESC50DataModule
+from audioclip.data.provenance import data_kind
 from audioclip.data.synthetic import write_esc50
-from audioclip.lineage import data_kind, weights_lineage
 from audioclip.models import create_model
+from audioclip.models.lineage import weights_lineage
 from audioclip.tasks import FinetuneModule, PartialTrainingModule
 
 

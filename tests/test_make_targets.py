@@ -66,12 +66,36 @@ def test_crossval_table_has_every_fold_and_mean_std(tmp_path, monkeypatch):
     phase = tmp_path / "finetune-esc50"
     for fold, acc in zip(range(1, 6), (0.80, 0.90, 0.85, 0.95, 0.75), strict=True):
         (phase / f"fold{fold}").mkdir(parents=True)
-        (phase / f"fold{fold}" / "test_metrics.json").write_text(json.dumps({"test/acc": acc}))
+        record = {"test/acc": acc, "dataset": "esc50", "test_fold": fold}
+        (phase / f"fold{fold}" / "test_metrics.json").write_text(json.dumps(record))
     assert crossval([str(phase)]) == 0
     lines = (phase / "cv.csv").read_text().splitlines()
     assert lines[0] == "fold,test_acc" and lines[1:6] == ["1,0.8000", "2,0.9000", "3,0.8500", "4,0.9500", "5,0.7500"]
     assert lines[6] == "mean,0.8500" and lines[7] == "std,0.0791"
     assert "85.00% ± 7.91%" in (phase / "cv.md").read_text()
+
+
+def test_crossval_takes_each_fold_from_the_metrics_file_not_the_folder_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for name, fold, acc in (("first-try", 2, 0.5), ("fold1", 3, 0.7)):
+        (tmp_path / name).mkdir()
+        record = {"test/acc": acc, "dataset": "esc50", "test_fold": fold}
+        (tmp_path / name / "test_metrics.json").write_text(json.dumps(record))
+    assert crossval([str(tmp_path)]) == 0
+    assert (tmp_path / "cv.csv").read_text().splitlines()[1:3] == ["2,0.5000", "3,0.7000"]
+
+
+def test_crossval_refuses_a_run_without_a_fold_and_two_runs_of_one_fold(tmp_path):
+    (tmp_path / "fold1").mkdir()
+    (tmp_path / "fold1" / "test_metrics.json").write_text(json.dumps({"test/acc": 0.5}))
+    with pytest.raises(ValueError, match="fold1/test_metrics.json: records no test_fold"):
+        crossval([str(tmp_path)])
+    for name in ("fold1", "again"):
+        (tmp_path / name).mkdir(exist_ok=True)
+        record = {"test/acc": 0.5, "dataset": "esc50", "test_fold": 1}
+        (tmp_path / name / "test_metrics.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="fold 1 again"):
+        crossval([str(tmp_path)])
 
 
 def test_crossval_without_runs_is_a_clear_error(tmp_path):

@@ -112,3 +112,38 @@ def test_pickle_that_executes_code_is_refused(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match="refused as unsafe"):
         read_state_dict(path)
     assert not marker.exists()
+
+
+def _count_torch_loads(monkeypatch) -> list:
+    calls, real = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: calls.append(args[0]) or real(*args, **kwargs))
+    return calls
+
+
+def test_audioclip_load_and_init_from_read_the_file_once(tiny, tmp_path, monkeypatch):
+    import audioclip
+    from audioclip.tasks import AudioCLIPTask
+
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny.state_dict(), path)
+    calls = _count_torch_loads(monkeypatch)
+    loaded = audioclip.load(path)  # the architecture is guessed from the same read
+    assert len(calls) == 1 and loaded.model_name == "audioclip-tiny" and _same(loaded, tiny)
+    assert loaded.lineage["variant"] == "other"
+    calls.clear()
+    task = AudioCLIPTask(model="audioclip-tiny", init_from=str(path))  # the lineage is read from the same read
+    assert len(calls) == 1 and _same(task.model, tiny)
+
+
+def test_init_from_and_ckpt_path_share_one_safety_policy(tiny, tmp_path):
+    """A checkpoint whose saved hyper-parameters hold a Path (a DataModule built in Python) resumes with
+    `--ckpt_path`; `init_from` reads it under the same policy, where it used to refuse it."""
+    from pathlib import Path
+
+    from audioclip.tasks.checkpoints import read_resume_checkpoint
+
+    path = tmp_path / "with-path.ckpt"
+    state = {f"model.{k}": v for k, v in tiny.state_dict().items()}
+    torch.save({"state_dict": state, "datamodule_hyper_parameters": {"root": Path("/data/esc50")}}, path)
+    assert read_resume_checkpoint(path)["datamodule_hyper_parameters"]["root"] == Path("/data/esc50")
+    assert _same(create_model("audioclip-tiny", pretrained=path), tiny)

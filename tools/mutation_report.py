@@ -4,7 +4,7 @@ Reads mutmut's results (mutants/**/*.py.meta) for the mutants whose names match 
 line, the same patterns `mutmut run` got. Score = killed / (killed + survived + no tests): a mutant that no selected
 test runs counts against the score, as a survivor does. Exit status 1 when a module is below --goal.
 
-    python tools/mutation_report.py 'audioclip.losses.*' 'audioclip.metrics.*' --goal 85
+    python tools/mutation_report.py 'audioclip.models.losses.*' 'audioclip.evaluation.metrics.*' --goal 85
 """
 
 from __future__ import annotations

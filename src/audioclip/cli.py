@@ -4,7 +4,10 @@
     audioclip classify FILE... --labels "dog,cat,rain" [--checkpoint PATH]
     audioclip weights list | download [TAG...]
     audioclip prepare audioset ...                                     # AudioSet download/ingest/extract/pack
+    audioclip crossval runs/finetune-esc50                             # per-fold table of a cross-validation
 
+Every subcommand is one row of `COMMANDS`: a help line and the `module:function` that takes the rest of the
+command line; the module is imported only when its subcommand runs, so `--help` answers at once.
 Errors from bad input are one line on stderr and a non-zero exit, never a traceback.
 """
 
@@ -17,33 +20,49 @@ from collections.abc import Sequence
 
 from audioclip import __version__
 
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-# subcommands implemented elsewhere: name -> "module:function" taking argv
-EXTERNAL = {
-    "prepare": "audioclip.data.audioset.prepare:main",
-    "evaluate": "audioclip.evaluation.cli:evaluate",
-    "index": "audioclip.evaluation.cli:index",
-    "search": "audioclip.evaluation.cli:search_cli",
-    "report": "audioclip.evaluation.report:main",
+# subcommand -> (help line, "module:function" called with the arguments after the subcommand's name)
+COMMANDS = {
+    "fit": ("train a phase (LightningCLI)", "audioclip.tasks.cli:fit"),
+    "validate": ("validate a checkpoint (LightningCLI)", "audioclip.tasks.cli:validate"),
+    "test": ("test a checkpoint (LightningCLI)", "audioclip.tasks.cli:test"),
+    "predict": ("predict with a checkpoint (LightningCLI)", "audioclip.tasks.cli:predict"),
+    "classify": ("zero-shot classify audio files against a list of labels", "audioclip.cli:classify"),
+    "weights": ("list or download the official weights", "audioclip.cli:weights"),
+    "prepare": ("prepare AudioSet: download/ingest, extract, pack", "audioclip.data.audioset.prepare:main"),
+    "evaluate": ("zero-shot classification and querying on a dataset", "audioclip.evaluation.cli:evaluate"),
+    "index": ("embed a folder of audio and images into a search index", "audioclip.evaluation.cli:index"),
+    "search": ("nearest items of an index to a text, audio or image query", "audioclip.evaluation.cli:search_cli"),
+    "report": ("the paper's tables beside comparable runs", "audioclip.evaluation.report:main"),
+    "crossval": ("per-fold and mean ± std test accuracy of a phase's fold runs", "audioclip.tasks.crossval:main"),
+    "demo": ("fine-tune the tiny AudioCLIP on synthetic ESC-50 (make demo)", "audioclip.demo:main"),
+    "synthetic": ("write synthetic datasets in the official layouts", "audioclip.data.synthetic:main"),
+    "testmedia": ("write small AudioSet-like test videos", "audioclip.data.audioset.testmedia:main"),
 }
+# the subcommands whose options this parser holds; the others parse their own
+OWN = ("classify", "weights")
 
 
-def _classify(args: argparse.Namespace) -> int:
-    from audioclip.inference import classify, load
+def classify(argv: Sequence[str]) -> int:
+    """`audioclip classify FILE... --labels ...`."""
+    args = _parser().parse_args(["classify", *argv])
+    from audioclip.inference import classify as classify_file
+    from audioclip.inference import load
 
     labels = [x for x in args.labels.split(",") if x.strip()] if args.labels else []
     if not labels:
         raise ValueError("--labels: give the candidate classes, comma-separated, e.g. --labels 'dog,cat,rain'")
     model = load(args.checkpoint, model_name=args.model)
     for path in args.files:
-        probs = classify(model, path, labels, template=args.template)
+        probs = classify_file(model, path, labels, template=args.template)
         print(f"{path}")
         for rank, (label, prob) in enumerate(list(probs.items())[: args.top], start=1):
             print(f"  {rank:>2}. {label:<30} {prob:7.2%}")
     return 0
 
 
-def _weights(args: argparse.Namespace) -> int:
+def weights(argv: Sequence[str]) -> int:
+    """`audioclip weights list | download [TAG...]`."""
+    args = _parser().parse_args(["weights", *argv])
     from audioclip.models.pretrained import TAGS, cache_dir, download
 
     if args.action == "list":
@@ -66,22 +85,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"audioclip {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("classify", help="zero-shot classify audio files against a list of labels")
+    p = sub.add_parser("classify", help=COMMANDS["classify"][0])
     p.add_argument("files", nargs="+", help="audio files (any sample rate and channel count)")
     p.add_argument("--labels", required=True, help="comma-separated class names")
     p.add_argument("--checkpoint", default="full", help="official tag (full, partial) or a checkpoint path")
     p.add_argument("--model", default=None, help="registered model name, when it can't be read off the file")
     p.add_argument("--template", default="{}", help="text template for the labels, e.g. 'the sound of {}'")
     p.add_argument("--top", type=int, default=5, help="how many labels to print per file")
-    p.set_defaults(func=_classify)
 
-    p = sub.add_parser("weights", help="list or download the official weights")
+    p = sub.add_parser("weights", help=COMMANDS["weights"][0])
     p.add_argument("action", choices=["list", "download"], help="list: the tags and where they are; download: fetch")
     p.add_argument("tags", nargs="*", help="tags to download (default: all)")
-    p.set_defaults(func=_weights)
 
-    for name in (*LIGHTNING_SUBCOMMANDS, *EXTERNAL):
-        sub.add_parser(name, help=f"see `audioclip {name} --help`", add_help=False)
+    for name, (text, _) in COMMANDS.items():
+        if name not in OWN:
+            sub.add_parser(name, help=f"{text}; see `audioclip {name} --help`", add_help=False)
     return parser
 
 
@@ -96,16 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Nothing heavy (torch, Lightning) is imported before the arguments are parsed: `--help` answers at once."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
-            from audioclip.tasks.cli import run_lightning_cli
-
-            run_lightning_cli(argv)
-            return 0
-        if argv and argv[0] in EXTERNAL:
-            module, func = EXTERNAL[argv[0]].split(":")
-            return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
-        args = _parser().parse_args(argv)
-        return args.func(args)
+        if not argv or argv[0] not in COMMANDS:
+            _parser().parse_args(argv)  # --help, --version, or a usage error naming the unknown subcommand
+        module, function = COMMANDS[argv[0]][1].split(":")
+        return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
     except Exception as exc:
         if not _user_error(exc):
             raise

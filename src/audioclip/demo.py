@@ -11,7 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from audioclip.lineage import data_kind, mark_synthetic
+from audioclip.data.provenance import data_kind, mark_synthetic
+from audioclip.tasks.checkpoints import checkpoint_dir
 from audioclip.tasks.cli import run_lightning_cli
 from audioclip.tasks.preflight import earlier_checkpoints
 
@@ -28,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         mark_synthetic(DATA, "audioclip.data.synthetic (marked by the demo)")
     extra = list(sys.argv[1:] if argv is None else argv)
     if earlier_checkpoints(RUN):  # the demo is meant to be run again; a real run directory is refused instead
-        print(f"make demo: replacing the previous demo's checkpoints in {RUN / 'checkpoints'}")
-        shutil.rmtree(RUN / "checkpoints")
+        print(f"make demo: replacing the previous demo's checkpoints in {checkpoint_dir(RUN)}")
+        shutil.rmtree(checkpoint_dir(RUN))
     cli = run_lightning_cli(
         [
             "fit",
@@ -39,10 +40,6 @@ def main(argv: list[str] | None = None) -> int:
             "conf/demo.yaml",
             "--trainer.default_root_dir",
             str(RUN),
-            "--trainer.logger.init_args.save_dir",
-            str(RUN),
-            "--trainer.logger.init_args.name",
-            "demo-esc50-fold1",
             *extra,
         ]
     )

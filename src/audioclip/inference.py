@@ -19,53 +19,45 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
+from audioclip.constants import INT16_SCALE, SAMPLE_RATE
 from audioclip.models import AudioCLIP, create_model
-from audioclip.models.pretrained import TAGS, WeightsError, normalize_keys, read_state_dict, resolve
-from audioclip.models.registry import MODELS, AudioCLIPConfig
-
-SAMPLE_RATE = 44_100
+from audioclip.models.lineage import weights_lineage
+from audioclip.models.losses import clamp_scale
+from audioclip.models.preprocess import image_transform
+from audioclip.models.pretrained import TAGS, WeightsError, load_state, read_checkpoint, resolve, state_dict_of
+from audioclip.models.registry import guess_model_name
 
 
 class InputError(ValueError):
     """Unusable input (a file that can't be read, empty audio, no labels), with the offending thing named."""
 
 
-def _model_name_for(state: dict[str, torch.Tensor]) -> str:
-    """The registered AudioCLIP whose state-dict layout the weights have."""
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    for name, config in MODELS.items():
-        if not isinstance(config, AudioCLIPConfig):
-            continue
-        with torch.device("meta"):
-            layout = {k: tuple(v.shape) for k, v in AudioCLIP(config).state_dict().items()}
-        if layout == shapes:
-            return name
-    raise WeightsError("the weights match no registered AudioCLIP model (audioclip, audioclip-tiny)")
-
-
 def load(
     tag_or_path: str | Path = "full", model_name: str | None = None, device: str | torch.device = "cpu"
 ) -> AudioCLIP:
-    """A ready AudioCLIP in eval mode from an official tag or a file (state dict or Lightning checkpoint)."""
-    if isinstance(tag_or_path, str) and tag_or_path in TAGS:
-        if TAGS[tag_or_path].kind != "audioclip":
-            raise WeightsError(f"{tag_or_path!r} holds {TAGS[tag_or_path].kind} weights, not a whole AudioCLIP")
-        model = create_model(model_name or "audioclip", pretrained=tag_or_path)
-    else:
-        path, _ = resolve(tag_or_path)
-        state = normalize_keys(read_state_dict(path))
-        model = create_model(model_name or _model_name_for(state), pretrained=path)
-    return model.eval().to(device)
+    """A ready AudioCLIP in eval mode from an official tag or a file (state dict or Lightning checkpoint); its
+    `lineage` (`audioclip.models.lineage.weights_lineage`) says which variant it is."""
+    is_tag = isinstance(tag_or_path, str) and tag_or_path in TAGS
+    if is_tag and TAGS[tag_or_path].kind != "audioclip":
+        raise WeightsError(f"{tag_or_path!r} holds {TAGS[tag_or_path].kind} weights, not a whole AudioCLIP")
+    path, _ = resolve(tag_or_path)
+    # the file is read once: the architecture is guessed from the same tensors, and the lineage read beside them
+    content = read_checkpoint(path)
+    state = state_dict_of(content, path)
+    model = create_model(model_name or ("audioclip" if is_tag else guess_model_name(state)))
+    model.lineage = weights_lineage(str(tag_or_path), content)
+    return load_state(model, state, str(path)).eval().to(device)
 
 
-def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
+def read_audio_unit_range(path: str | Path) -> tuple[torch.Tensor, int]:
     """Decode a file with soundfile: (channels, samples) float32 in [-1, 1], and its sample rate.
 
-    The checks of the training data path (`audioclip.data.audio.read_audio`, `clip_problem`): an empty, truncated
-    or unreadable file and NaN or digitally silent audio are an InputError naming the file, never a confident label.
+    The checks of the training data path (`audioclip.data.audio.read_audio_int16_range`, `clip_problem`): an empty,
+    truncated or unreadable file and NaN or digitally silent audio are an InputError naming the file, never a
+    confident label.
     """
-    from audioclip.data.audio import read_audio as read_checked
-    from audioclip.data.common import BadFileError, clip_problem
+    from audioclip.data.audio import read_audio_int16_range
+    from audioclip.data.errors import BadFileError, clip_problem
 
     path = Path(path)
     if path.is_dir():
@@ -73,10 +65,10 @@ def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
     if not path.is_file():
         raise InputError(f"{path}: no such audio file")
     try:
-        audio, rate = read_checked(path)
+        audio, rate = read_audio_int16_range(path)
     except BadFileError as exc:
         raise InputError(str(exc)) from None
-    wave = torch.from_numpy(audio) / 32768.0
+    wave = torch.from_numpy(audio) / INT16_SCALE
     if problem := clip_problem(wave, wave.shape[-1], wave.shape[-1]):
         raise InputError(f"{path}: {problem}")
     return wave, rate
@@ -101,13 +93,13 @@ def check_template(template: str) -> str:
 def prepare_audio(audio: str | Path | np.ndarray | torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
     """File path or waveform -> (1, channels, samples) float at 44.1 kHz in the int16 value range."""
     if isinstance(audio, (str, Path)):
-        wave, sample_rate = read_audio(audio)
-        wave = wave * 32768.0
+        wave, sample_rate = read_audio_unit_range(audio)
+        wave = wave * INT16_SCALE
     else:
         wave = torch.as_tensor(audio)
         if sample_rate is None:
             raise InputError("a waveform needs its sample_rate")
-        wave = wave.float() * 32768.0 if wave.is_floating_point() else wave.float()
+        wave = wave.float() * INT16_SCALE if wave.is_floating_point() else wave.float()
         if wave.dim() == 1:
             wave = wave[None]
         if wave.dim() != 2:
@@ -129,7 +121,6 @@ def embed_audio(model: AudioCLIP, audio, sample_rate: int | None = None) -> torc
 @torch.no_grad()
 def embed_image(model: AudioCLIP, image) -> torch.Tensor:
     """L2-normalised embedding of an image file or PIL image, with CLIP's preprocessing."""
-    from clip.clip import _transform
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(image, (str, Path)):
@@ -137,7 +128,7 @@ def embed_image(model: AudioCLIP, image) -> torch.Tensor:
             image = Image.open(image)
         except (OSError, UnidentifiedImageError) as exc:
             raise InputError(f"{image}: not a readable image ({exc})") from exc
-    pixels = _transform(model.visual.input_resolution)(image)[None].to(model.device)
+    pixels = image_transform(model.visual.input_resolution)(image)[None].to(model.device)
     emb = model.encode_image(pixels)[0]
     return emb / emb.norm()
 
@@ -163,7 +154,7 @@ def classify(
         raise InputError(f"duplicate labels: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
     # no_grad as a block, not a decorator: mutmut (`make mutation`) leaves decorated functions unmutated
     with torch.no_grad():
-        scale = model.logit_scale_at.exp().clamp(1.0, 100.0)
+        scale = clamp_scale(model.logit_scale_at)
         logits = scale * embed_audio(model, audio, sample_rate) @ embed_text(model, labels, template).T
     probs = logits.softmax(-1).tolist()
     return dict(sorted(zip(labels, probs, strict=True), key=lambda kv: -kv[1]))

@@ -4,12 +4,12 @@ from importlib import import_module
 
 # imported on first use: `audioclip prepare --help` and `import audioclip.data.audioset.metadata` need no Lightning
 _LAZY = {
-    "BadFileError": "audioclip.data.common",
-    "DatasetNotFoundError": "audioclip.data.common",
-    "MetadataError": "audioclip.data.common",
-    "MissingFileError": "audioclip.data.common",
-    "collate": "audioclip.data.common",
-    "per_device_batch_size": "audioclip.data.common",
+    "BadFileError": "audioclip.data.errors",
+    "DatasetNotFoundError": "audioclip.data.errors",
+    "MetadataError": "audioclip.data.errors",
+    "MissingFileError": "audioclip.data.errors",
+    "collate": "audioclip.data.batch",
+    "per_device_batch_size": "audioclip.data.batch",
     "ESC50DataModule": "audioclip.data.esc50",
     "US8KDataModule": "audioclip.data.us8k",
     "AudioFolderDataModule": "audioclip.data.folder",

@@ -18,9 +18,9 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from audioclip.data.common import BadFileError, MissingFileError
+from audioclip.constants import INT16_SCALE, SAMPLE_RATE
+from audioclip.data.errors import BadFileError, MissingFileError
 
-SAMPLE_RATE = 44100
 INT16_MIN, INT16_MAX = -32768, 32767
 
 # libsndfile logs "data : <declared> (should be <available>)" when a WAV/AIFF header promises
@@ -28,7 +28,7 @@ INT16_MIN, INT16_MAX = -32768, 32767
 _SHORT_CHUNK = re.compile(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
-def read_audio(path: Path) -> tuple[np.ndarray, int]:
+def read_audio_int16_range(path: Path) -> tuple[np.ndarray, int]:
     """Read a file as float32 (channels, samples) scaled so that int16 PCM gives its integer values.
 
     Raises ``BadFileError`` naming ``path`` when the file is empty, not audio, truncated or holds no
@@ -57,7 +57,7 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
         raise BadFileError(path, "holds no audio samples")
     if not np.isfinite(audio).all():
         raise BadFileError(path, "holds NaN or infinite samples")
-    return np.ascontiguousarray(audio.T) * 32768.0, sample_rate
+    return np.ascontiguousarray(audio.T) * INT16_SCALE, sample_rate
 
 
 def resample(audio: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from audioclip.data.audio import SAMPLE_RATE, read_audio, resample, round_to_int16
+from audioclip.constants import ESC50_FOLDS, SAMPLE_RATE
+from audioclip.data.audio import read_audio_int16_range, resample, round_to_int16
 from audioclip.data.cache import CacheSpec
-from audioclip.data.common import ClipRecord, FoldedAudioDataModule, parse_int, read_metadata_csv
+from audioclip.data.folds import ClipRecord, FoldedAudioDataModule, parse_int, read_metadata_csv
 
 ESC50_CLASSES = (
     "dog", "rooster", "pig", "cow", "frog", "cat", "hen", "insects", "sheep", "crow",
@@ -31,13 +32,12 @@ ESC10_CLASSES = frozenset(
 )  # fmt: skip
 ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 ESC50_METADATA = Path("meta") / "esc50.csv"
-ESC50_NUM_FOLDS = 5
 ESC50_LENGTH = 5 * SAMPLE_RATE
 
 
 def decode_esc50(path: Path) -> np.ndarray:
     """One clip as int16 (1, <= 220,500): mono (channel mean), 44.1 kHz, the first 5 s."""
-    audio, sample_rate = read_audio(path)
+    audio, sample_rate = read_audio_int16_range(path)
     audio = resample(audio.mean(axis=0, keepdims=True), sample_rate)
     return round_to_int16(audio[:, :ESC50_LENGTH])
 
@@ -51,7 +51,7 @@ def read_esc50_metadata(root: Path) -> list[ClipRecord]:
             ClipRecord(
                 id=row["filename"],
                 path=root / "audio" / row["filename"],
-                fold=parse_int(path, line, "fold", row["fold"], 1, ESC50_NUM_FOLDS),
+                fold=parse_int(path, line, "fold", row["fold"], 1, ESC50_FOLDS),
                 target=parse_int(path, line, "target", row["target"], 0, 10**6),
                 label=row["category"],
             )
@@ -63,7 +63,7 @@ class ESC50DataModule(FoldedAudioDataModule):
     """ESC-50 with fold ``fold`` as the test split; items are 1 channel x 220,500 samples."""
 
     dataset_name = "ESC-50"
-    num_folds = ESC50_NUM_FOLDS
+    num_folds = ESC50_FOLDS
     cache_spec = CacheSpec(name="esc50", decoder=decode_esc50, channels=1, length=ESC50_LENGTH, version="1")
 
     def metadata_path(self) -> Path:

@@ -35,19 +35,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from audioclip.data.audio import SAMPLE_RATE, read_audio, resample, round_to_int16
+from audioclip.constants import SAMPLE_RATE
+from audioclip.data.audio import read_audio_int16_range, resample, round_to_int16
+from audioclip.data.batch import class_text, per_device_batch_size
 from audioclip.data.cache import CacheReader, CacheSpec
-from audioclip.data.common import (
-    ClipDataset,
-    DatasetNotFoundError,
-    FoldedAudioDataModule,
-    MetadataError,
-    OnBadFile,
-    class_text,
-    parse_int,
-    per_device_batch_size,
-    split_folds,
-)
+from audioclip.data.errors import DatasetNotFoundError, MetadataError, OnBadFile
+from audioclip.data.folds import ClipDataset, FoldedAudioDataModule, parse_int, split_folds
 from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
 
 log = logging.getLogger(__name__)
@@ -62,7 +55,7 @@ TASK_OF_COLUMN: dict[str, Task] = {"label": "class", "labels": "multilabel", "ca
 
 def decode_folder_clip(path: Path, channels: int, length: int) -> np.ndarray:
     """One clip as int16 (channels, <= length) at 44.1 kHz: the first ``length`` samples, channels mapped."""
-    audio, sample_rate = read_audio(path)
+    audio, sample_rate = read_audio_int16_range(path)
     # cut before resampling: an hour-long file is not resampled whole to keep its first seconds
     audio = audio[:, : int(np.ceil(length * sample_rate / SAMPLE_RATE)) + 64]
     audio = resample(audio, sample_rate)[:, :length]

@@ -7,7 +7,7 @@ its own phase, a +-1.5% frequency jitter, its loudness and its noise, so no two 
 The metadata files have the real column layouts (karolpiczak/ESC-50 ``meta/esc50.csv``,
 UrbanSound8K ``metadata/UrbanSound8K.csv``) and the real class names. The US8K copy mixes sample
 rates (16, 22.05, 44.1, 48 kHz), mono and stereo files and durations up to 4 s, like the original.
-Each tree gets a ``SYNTHETIC`` marker file at its root (``audioclip.lineage``), so that results on it are
+Each tree gets a ``SYNTHETIC`` marker file at its root (``audioclip.data.provenance``), so that results on it are
 reported as synthetic and never set beside the paper's figures.
 
 For "your own data" (``audioclip.data.folder``): a class-folder tree, a multi-label ``labels`` manifest and a
@@ -29,9 +29,10 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from audioclip.data.esc50 import ESC10_CLASSES, ESC50_CLASSES, ESC50_COLUMNS, ESC50_METADATA, ESC50_NUM_FOLDS
-from audioclip.data.us8k import US8K_CLASSES, US8K_COLUMNS, US8K_METADATA, US8K_NUM_FOLDS
-from audioclip.lineage import mark_synthetic
+from audioclip.constants import ESC50_FOLDS, SAMPLE_RATE, US8K_FOLDS
+from audioclip.data.esc50 import ESC10_CLASSES, ESC50_CLASSES, ESC50_COLUMNS, ESC50_METADATA
+from audioclip.data.provenance import mark_synthetic
+from audioclip.data.us8k import US8K_CLASSES, US8K_COLUMNS, US8K_METADATA
 
 US8K_SAMPLE_RATES = (16000, 22050, 44100, 48000)
 
@@ -88,11 +89,11 @@ def write_esc50(
         category = ESC50_CLASSES[target]
         for clip in range(clips_per_class):
             rng = np.random.default_rng([seed, 50, target, clip])
-            fold = clip % ESC50_NUM_FOLDS + 1
+            fold = clip % ESC50_FOLDS + 1
             src_file = 100000 + 1000 * target + clip
             filename = f"{fold}-{src_file}-A-{target}.wav"
-            sf.write(root / "audio" / filename, _to_int16(class_sound(target, classes, 5.0, 44100, rng)), 44100,
-                     subtype="PCM_16")  # fmt: skip
+            sf.write(root / "audio" / filename, _to_int16(class_sound(target, classes, 5.0, SAMPLE_RATE, rng)),
+                     SAMPLE_RATE, subtype="PCM_16")  # fmt: skip
             rows.append({"filename": filename, "fold": fold, "target": target, "category": category,
                          "esc10": category in ESC10_CLASSES, "src_file": src_file, "take": "A"})  # fmt: skip
     _write_csv(root / ESC50_METADATA, ESC50_COLUMNS, sorted(rows, key=lambda row: row["filename"]))
@@ -115,7 +116,7 @@ def write_us8k(
     for class_id in tqdm(range(classes), desc="Writing synthetic UrbanSound8K", unit="class", disable=not progress):
         for clip in range(clips_per_class):
             rng = np.random.default_rng([seed, 10, class_id, clip])
-            fold = clip % US8K_NUM_FOLDS + 1
+            fold = clip % US8K_FOLDS + 1
             sample_rate = US8K_SAMPLE_RATES[clip % len(US8K_SAMPLE_RATES)]
             duration = 4.0 if clip % 3 == 0 else round(float(rng.uniform(0.5, 4.0)), 3)
             left = class_sound(class_id, classes, duration, sample_rate, rng)
@@ -144,7 +145,7 @@ def _own_clip(class_indices: tuple[int, ...], clip: int, seed: int, num_classes:
     """(int16 (samples,) or (samples, 2) audio, sample rate, duration) of clip ``clip`` sounding ``class_indices``:
     odd clips are 16 kHz stereo, even ones 44.1 kHz mono; durations vary between 1 and 8 s."""
     rng = np.random.default_rng([seed, 14, *class_indices, clip])
-    sample_rate = 16000 if clip % 2 else 44100
+    sample_rate = 16000 if clip % 2 else SAMPLE_RATE
     duration = round(float(rng.uniform(1.0, 8.0)), 2)
     mix = sum(class_sound(k, num_classes, duration, sample_rate, rng) for k in class_indices)
     mix = mix * (rng.uniform(0.3, 0.8) / np.abs(mix).max())

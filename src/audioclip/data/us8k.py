@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from audioclip.data.audio import SAMPLE_RATE, minmax_to_int16, read_audio, resample
+from audioclip.constants import SAMPLE_RATE, US8K_FOLDS
+from audioclip.data.audio import minmax_to_int16, read_audio_int16_range, resample
 from audioclip.data.cache import CacheSpec
-from audioclip.data.common import BadFileError, ClipRecord, FoldedAudioDataModule, parse_int, read_metadata_csv
+from audioclip.data.errors import BadFileError
+from audioclip.data.folds import ClipRecord, FoldedAudioDataModule, parse_int, read_metadata_csv
 
 US8K_CLASSES = (
     "air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
@@ -24,13 +26,12 @@ US8K_CLASSES = (
 )  # fmt: skip
 US8K_COLUMNS = ("slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class")
 US8K_METADATA = Path("metadata") / "UrbanSound8K.csv"
-US8K_NUM_FOLDS = 10
 US8K_LENGTH = 4 * SAMPLE_RATE
 
 
 def decode_us8k(path: Path) -> np.ndarray:
     """One clip as int16 (2, <= 176,400): 44.1 kHz, mono duplicated, the first 4 s, min-max scaled."""
-    audio, sample_rate = read_audio(path)
+    audio, sample_rate = read_audio_int16_range(path)
     if audio.shape[0] > 2:
         raise BadFileError(path, f"has {audio.shape[0]} channels; UrbanSound8K clips are mono or stereo")
     audio = resample(audio, sample_rate)
@@ -44,7 +45,7 @@ def read_us8k_metadata(root: Path) -> list[ClipRecord]:
     path = root / US8K_METADATA
     records = []
     for line, row in read_metadata_csv(path, ("slice_file_name", "fold", "classID", "class")):
-        fold = parse_int(path, line, "fold", row["fold"], 1, US8K_NUM_FOLDS)
+        fold = parse_int(path, line, "fold", row["fold"], 1, US8K_FOLDS)
         records.append(
             ClipRecord(
                 id=row["slice_file_name"],
@@ -61,7 +62,7 @@ class US8KDataModule(FoldedAudioDataModule):
     """UrbanSound8K with fold ``fold`` as the test split; items are 2 channels x 176,400 samples."""
 
     dataset_name = "UrbanSound8K"
-    num_folds = US8K_NUM_FOLDS
+    num_folds = US8K_FOLDS
     cache_spec = CacheSpec(name="us8k", decoder=decode_us8k, channels=2, length=US8K_LENGTH, version="1")
 
     def metadata_path(self) -> Path:

@@ -6,8 +6,8 @@ from importlib import import_module
 # imported on first use, so that `audioclip evaluate --help` does not load torch
 _LAZY = {
     "DATASETS": "audioclip.evaluation.names",
-    "EmbeddedSet": "audioclip.evaluation.datasets",
-    "embed_dataset": "audioclip.evaluation.datasets",
+    "EmbeddedSet": "audioclip.evaluation.embedded",
+    "embed_dataset": "audioclip.evaluation.embedded",
     "build_index": "audioclip.evaluation.index",
     "fingerprint": "audioclip.evaluation.index",
     "load_index": "audioclip.evaluation.index",

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from audioclip.constants import FOLDS
 from audioclip.evaluation.names import DATASETS
 from audioclip.outputs import check_writable_dir, write_text
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 # torch, the models and the datasets are imported once the arguments are parsed: `--help` answers at once
 
-NUM_FOLDS = {"esc50": 5, "us8k": 10}
 
 
 def _device(name: str) -> torch.device:
@@ -98,12 +98,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from audioclip.data.folder import manifest_task
-    from audioclip.evaluation.datasets import check_dataset, embed_dataset
+    from audioclip.data.provenance import data_kind
+    from audioclip.evaluation.embedded import check_dataset, embed_dataset
     from audioclip.evaluation.index import fingerprint
     from audioclip.evaluation.query import default_pairs, query
     from audioclip.evaluation.zeroshot import evaluated_on, zeroshot
     from audioclip.inference import InputError, load
-    from audioclip.lineage import data_kind, result_fields, weights_lineage
+    from audioclip.models.lineage import result_fields
 
     check_dataset(args.dataset)
     templates = _templates(args)
@@ -114,11 +115,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError("--dataset folder: give --root (a class-folder tree) or --manifest (a CSV/TSV file)")
     if args.task == "zeroshot" and args.manifest and manifest_task(Path(args.manifest)) == "caption":
         raise InputError(f"{args.manifest}: a caption manifest has no classes; use `audioclip evaluate query`")
-    root = args.root or args.manifest or (f"data/{args.dataset}" if args.dataset in NUM_FOLDS else None)
+    root = args.root or args.manifest or (f"data/{args.dataset}" if args.dataset in FOLDS else None)
     if root is None:
         raise ValueError(f"--root: give the {args.dataset} location (a shard directory or an ImageFolder tree)")
-    if args.fold is not None and args.dataset in NUM_FOLDS and not 1 <= args.fold <= NUM_FOLDS[args.dataset]:
-        raise ValueError(f"--fold must be in 1..{NUM_FOLDS[args.dataset]} for {args.dataset}, got {args.fold}")
+    if args.fold is not None and args.dataset in FOLDS and not 1 <= args.fold <= FOLDS[args.dataset]:
+        raise ValueError(f"--fold must be in 1..{FOLDS[args.dataset]} for {args.dataset}, got {args.fold}")
     # a folder's results are named after the tree or manifest, so that two of them do not overwrite each other
     default = f"{args.task}-{Path(root).stem if args.dataset == 'folder' else args.dataset}"
     out = Path(args.out) / (args.name or default) / "results.json"
@@ -138,18 +139,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         manifest=args.manifest,
         clip_seconds=args.clip_seconds,
     )
-    folds = data.folds_used if args.dataset in NUM_FOLDS else []
+    folds = data.folds_used if args.dataset in FOLDS else []
     described = {"dataset": args.dataset, "data": data_kind(root), "test_fold": folds[0] if len(folds) == 1 else None,
                  "train_folds": []}  # fmt: skip
     meta = {
         "checkpoint": str(args.checkpoint),
         "fingerprint": fingerprint(model),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        # which variant, whether it was trained on this dataset, real or synthetic data (audioclip.lineage)
-        **result_fields(weights_lineage(str(args.checkpoint)), model.model_name, described),
+        # which variant, whether it was trained on this dataset, real or synthetic data (audioclip.models.lineage)
+        **result_fields(model.lineage, model.model_name, described),
     }
     if args.task == "zeroshot":
-        result = {**zeroshot(model, data, templates, NUM_FOLDS.get(args.dataset)), **meta}
+        result = {**zeroshot(model, data, templates, FOLDS.get(args.dataset)), **meta}
         if args.dataset == "folder" and args.fold is not None:
             result["evaluated_on"] = f"fold {args.fold} of {root} only ({len(data)} samples)"
     elif data.task == "caption":
@@ -164,7 +165,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "root": str(root),
             "templates": templates,
             "num_samples": len(data),
-            "evaluated_on": evaluated_on(data, NUM_FOLDS.get(args.dataset)),
+            "evaluated_on": evaluated_on(data, FOLDS.get(args.dataset)),
             "folds": folds,
             "results": rows,
             **meta,
@@ -182,8 +183,8 @@ def _caption_query(model, data, templates: list[str], meta: dict) -> dict:
     """Audio-text retrieval of a caption manifest: every distinct caption a text query, every clip an audio query."""
     import torch
 
+    from audioclip.evaluation.metrics import caption_retrieval
     from audioclip.evaluation.zeroshot import class_text_embeddings, evaluated_on
-    from audioclip.metrics import caption_retrieval
 
     text = class_text_embeddings(model, data.class_names, templates)
     ids = torch.tensor([labels[0] for labels in data.labels])

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from audioclip.data.common import class_text
+from audioclip.data.batch import class_text
 from audioclip.inference import InputError, embed_image, embed_text, prepare_audio
 from audioclip.models import AudioCLIP
 from audioclip.outputs import write_with

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torchmetrics.retrieval import RetrievalMAP, RetrievalPrecision, RetrievalRecall
 
-from audioclip.evaluation.datasets import EmbeddedSet
+from audioclip.evaluation.embedded import EmbeddedSet
 from audioclip.evaluation.zeroshot import class_text_embeddings
 from audioclip.models import AudioCLIP
 

@@ -9,7 +9,7 @@ AudioSet mAP, ImageNet); Table 3: comparison with other systems; Table 4: queryi
 
 Our figures come from every `runs/**/test_metrics.json` (fine-tuning and training runs; the folds of one run group
 are averaged) and every `runs/eval/*/results.json` (`audioclip evaluate`). Each records its model variant, dataset,
-real or synthetic data, folds and protocol (`audioclip.lineage`). A figure is set beside a paper figure, with the
+real or synthetic data, folds and protocol (`audioclip.models.lineage`). A figure is set beside a paper figure, with the
 gap, only when it is comparable: real data all along its lineage, the paper-size model, the same variant, dataset,
 query/result, metric and on-target or zero-shot setting. Everything else is listed under "Other runs", without a
 paper figure. `REPORT.json` holds the rows; `REPORT.md` is rendered from it. Plots (per-class accuracy, confusion
@@ -36,7 +36,7 @@ TABLE_TITLES = {
     3: "Table 3: comparison with other systems",
     4: "Table 4: querying",
 }
-# the paper's rows that this project can reproduce, by the variant that makes them (audioclip.lineage)
+# the paper's rows that this project can reproduce, by the variant that makes them (audioclip.models.lineage)
 PAPER_VARIANTS = {
     "ESResNeXt-fbsp (30 epochs AudioSet; audio head)": "audio-head",
     "Audio-Head (ESResNeXt-fbsp, AudioCLIP paper's training)": "audio-head",

@@ -5,7 +5,7 @@ and AudioSet mAP) and CLIP (Radford et al. 2021, sec. 3.1.4). The reference form
 template "{}"; with several templates, each template's text embeddings are L2-normalised, averaged over the
 templates and normalised again, as open_clip's ``build_zero_shot_classifier`` does (CLIP's prompt ensembling).
 Single-label sets report accuracy over all samples, per fold, per class and a confusion matrix; AudioSet and multi-label
-manifests report macro mAP with the reference's class scores (``audioclip.metrics``).
+manifests report macro mAP with the reference's class scores (``audioclip.evaluation.metrics``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from audioclip.evaluation.datasets import EmbeddedSet
+from audioclip.evaluation.embedded import EmbeddedSet
+from audioclip.evaluation.metrics import AudioSetMAP, class_scores
 from audioclip.inference import InputError, check_template
-from audioclip.metrics import AudioSetMAP, class_scores
 from audioclip.models import AudioCLIP
 
 TEXT_BATCH = 256  # class names per text forward pass (ImageNet has 1,000)

@@ -14,8 +14,8 @@ import torch
 from clip.model import CLIP
 from torch import nn
 
-from audioclip.losses import PAIRS, clamp_scale, contrastive_loss
 from audioclip.models.esresnext import AudioConfig, ESResNeXtFBSP
+from audioclip.models.losses import PAIRS, clamp_scale, contrastive_loss
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pathlib
 import shutil
 import urllib.request
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from clip.clip import _MODELS as clip_models
@@ -137,22 +139,57 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a weight file safely: a state dict, a Lightning checkpoint or a TorchScript archive."""
+class UnloadableFileError(WeightsError):
+    """A file that is not a loadable weight file or checkpoint, or that the safety policy refuses."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: not a loadable weight file or refused as unsafe ({reason})")
+        self.path, self.reason = path, reason
+
+
+# Classes a checkpoint of this project may hold besides tensors and plain containers: a DataModule built in Python
+# may keep its root as a Path in the saved hyper-parameters. Nothing else is unpickled.
+SAFE_GLOBALS = [pathlib.PosixPath]
+
+
+def safe_loading():
+    """The one safety policy of every weight and checkpoint read (`weights_only=True` plus `SAFE_GLOBALS`)."""
+    return torch.serialization.safe_globals(SAFE_GLOBALS)
+
+
+def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
+    """The whole content of a weight file or checkpoint, read once and safely: `init_from`, `--ckpt_path`,
+    `audioclip.load` and the evaluation all read through here.
+
+    A zip-format file is memory-mapped, so reading a checkpoint's small records (the W&B run id, the lineage) does
+    not read its tensors; a TorchScript archive (CLIP's `RN50.pt`) is loaded with `torch.jit.load` on CPU and
+    returned as `{"state_dict": ...}`. A missing file raises FileNotFoundError; anything else that fails is an
+    `UnloadableFileError` naming the file.
+    """
     path = Path(path)
     try:
         if _is_torchscript(path):
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            return {"state_dict": torch.jit.load(str(path), map_location="cpu").state_dict()}
+        with safe_loading():
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except FileNotFoundError:
+        raise
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: not a loadable weight file or refused as unsafe ({first})") from exc
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]  # a Lightning checkpoint: the LightningModule's parameters
-    if not isinstance(state, Mapping):
-        raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        raise UnloadableFileError(path, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+
+def state_dict_of(content: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of what `read_checkpoint` returned, keys without DDP's `module.` or a LightningModule's `model.`."""
+    if isinstance(content, Mapping) and "state_dict" in content and isinstance(content["state_dict"], Mapping):
+        content = content["state_dict"]  # a Lightning checkpoint: the LightningModule's parameters
+    if not isinstance(content, Mapping):
+        raise WeightsError(f"{path}: expected a state dict, found {type(content).__name__}")
+    return normalize_keys({k: v for k, v in content.items() if isinstance(v, torch.Tensor)})
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weight file safely: a state dict, a Lightning checkpoint or a TorchScript archive."""
+    return state_dict_of(read_checkpoint(path), path)
 
 
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -192,7 +229,19 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str,
 def load_pretrained(
     model: nn.Module, tag_or_path: str | Path, strict: bool = True, fresh: tuple[str, ...] = ()
 ) -> nn.Module:
-    """Load official weights or a file into `model` (an AudioCLIP or an ESResNeXtFBSP).
+    """Load official weights or a file into `model` (an AudioCLIP or an ESResNeXtFBSP); see `load_state`."""
+    path, _ = resolve(tag_or_path)
+    return load_state(model, read_state_dict(path), str(path), strict, fresh)
+
+
+def load_state(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    strict: bool = True,
+    fresh: tuple[str, ...] = (),
+) -> nn.Module:
+    """Load a state dict (`state_dict_of`) read from `source` into `model`.
 
     What a file holds is read off its keys: a whole AudioCLIP, CLIP's image+text heads (into AudioCLIP, the
     audio head and its logit scales untouched), or an ESResNeXt-fbsp (into the standalone model, or into
@@ -203,10 +252,7 @@ def load_pretrained(
     """
     from audioclip.models.audioclip import AudioCLIP
 
-    path, _ = resolve(tag_or_path)
-    state = normalize_keys(read_state_dict(path))
     state = {k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
-    source = str(path)
     is_clip_model = isinstance(model, AudioCLIP)
     has_audio_head = any(k.startswith("audio.") for k in state)
     has_clip = any(k.startswith("visual.") for k in state)

@@ -7,13 +7,17 @@ tests and demos.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from audioclip.constants import AUDIOSET_CLASSES
 from audioclip.models.audioclip import AudioCLIP, AudioCLIPConfig
 from audioclip.models.esresnext import AudioConfig, ESResNeXtFBSP
+from audioclip.models.pretrained import WeightsError
 
 _TINY_AUDIO = AudioConfig(
     n_fft=512,  # 257 frequencies -> 3 bands of 85 rows
@@ -38,8 +42,8 @@ _TINY_CLIP = AudioCLIPConfig(
 MODELS: dict[str, AudioCLIPConfig | AudioConfig] = {
     "audioclip": AudioCLIPConfig(),
     "audioclip-tiny": _TINY_CLIP,
-    "esresnext-fbsp": AudioConfig(num_classes=527),
-    "esresnext-fbsp-tiny": replace(_TINY_AUDIO, num_classes=527),
+    "esresnext-fbsp": AudioConfig(num_classes=AUDIOSET_CLASSES),
+    "esresnext-fbsp-tiny": replace(_TINY_AUDIO, num_classes=AUDIOSET_CLASSES),
 }
 
 
@@ -68,3 +72,17 @@ def create_model(name: str, pretrained: str | Path | None = None, strict: bool =
 
         load_pretrained(model, pretrained, strict=strict)
     return model
+
+
+def guess_model_name(state: Mapping[str, torch.Tensor]) -> str:
+    """The registered AudioCLIP whose state-dict layout the weights have (`audioclip.load` of a file without a
+    model name)."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for name, config in MODELS.items():
+        if not isinstance(config, AudioCLIPConfig):
+            continue
+        with torch.device("meta"):
+            layout = {k: tuple(v.shape) for k, v in AudioCLIP(config).state_dict().items()}
+        if layout == shapes:
+            return name
+    raise WeightsError("the weights match no registered AudioCLIP model (audioclip, audioclip-tiny)")

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from audioclip.lineage import LINEAGE_KEY, describe_data, weights_lineage
-from audioclip.models import AudioCLIP, create_model, load_pretrained
+from audioclip.data.provenance import describe_data
+from audioclip.models import AudioCLIP, create_model
 from audioclip.models.fbsp import normalize_fbsp_grads_
-from audioclip.models.pretrained import WeightsError
-from audioclip.reliability import SaveOnSignal
+from audioclip.models.lineage import LINEAGE_KEY, weights_lineage
+from audioclip.models.pretrained import WeightsError, load_state, read_checkpoint, resolve, state_dict_of
+from audioclip.tasks.callbacks import SaveOnSignal
+from audioclip.tasks.checkpoints import checkpoint_dir
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +66,10 @@ class AudioCLIPTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(model, **(model_overrides or {}))
-        if init_from:
-            self._init_weights(init_from)
-        self.init_lineage = weights_lineage(init_from)
+        content = self._init_weights(init_from) if init_from else None
+        self.init_lineage = weights_lineage(init_from, content)
 
-    # the model variant this phase makes (`audioclip.lineage`); None: the variant of `init_from` is kept
+    # the model variant this phase makes (`audioclip.models.lineage`); None: the variant of `init_from` is kept
     produces: str | None = None
     # what the test scores are against: the class names as `text` (zero-shot style), or a classifier's `labels`
     scores_against: str = "text"
@@ -80,16 +83,20 @@ class AudioCLIPTask(L.LightningModule):
         variant = self.produces or self.init_lineage["variant"]
         return {"variant": variant, "model": self.hparams.model, "origin": self.init_lineage["origin"], "steps": steps}
 
-    def _init_weights(self, init_from: str, fresh: tuple[str, ...] = ()) -> None:
-        """Load `init_from` strictly; keys starting with a `fresh` prefix keep their new initialisation."""
+    def _init_weights(self, init_from: str, fresh: tuple[str, ...] = ()) -> Mapping[str, Any]:
+        """Load `init_from` strictly; keys starting with a `fresh` prefix keep their new initialisation. Returns the
+        file's content (read once: its lineage is read from it too)."""
         path = Path(init_from)
         if not path.exists() and "/" in init_from:
             raise WeightsError(f"init_from: {init_from}: no such file")
         try:
-            load_pretrained(self.model, init_from, fresh=fresh)
+            path, _ = resolve(init_from)
+            content = read_checkpoint(path)
+            load_state(self.model, state_dict_of(content, path), str(path), fresh=fresh)
         except WeightsError as error:
             raise WeightsError(f"init_from: {error} (model: {self.hparams.model})") from error
         log.info("initialised %s from %s", self.hparams.model, init_from)
+        return content
 
     @property
     def clip_model(self) -> AudioCLIP:
@@ -109,7 +116,7 @@ class AudioCLIPTask(L.LightningModule):
         if any(cb.monitor == metric for cb in self.trainer.checkpoint_callbacks):
             return []
         name = metric.replace("/", "_")
-        dirpath = Path(self.trainer.default_root_dir) / "checkpoints"
+        dirpath = checkpoint_dir(self.trainer.default_root_dir)
         return [
             ModelCheckpoint(
                 dirpath=dirpath,
@@ -133,6 +140,15 @@ class AudioCLIPTask(L.LightningModule):
         )
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.hparams.gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        """The loss of one training batch: the one thing the phases' training steps differ in."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        loss = self.check_finite(self.training_loss(batch), batch, batch_idx)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["audio"]))
+        return loss
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
@@ -229,7 +245,7 @@ class AudioCLIPTask(L.LightningModule):
             where = self._first_nonfinite()
             if where is not None:
                 self._raise_nonfinite(where)
-        # read back by `audioclip.lineage.weights_lineage` when a later phase or an evaluation starts from it
+        # read back by `audioclip.models.lineage.weights_lineage` when a later phase or an evaluation starts from it
         checkpoint[LINEAGE_KEY] = self.lineage()
 
     def check_finite(self, loss: torch.Tensor, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -290,16 +306,3 @@ def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
     module.eval()
-
-
-class ChannelsLast(L.Callback):
-    """Convolution weights in channels-last memory format: with `precision: bf16-mixed` this lets oneDNN use
-    the AMX / tensor-core kernels (measured by `make bench-train`: 2.9x the fp32 throughput on a 2-core CPU).
-
-        audioclip fit ... --trainer.precision bf16-mixed --trainer.callbacks+=audioclip.tasks.ChannelsLast
-    """
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        # before the strategy wraps the model: DDP's gradient buckets then take the channels-last strides (converted
-        # after wrapping, every step copies each bucket: "grad strides do not match bucket view strides")
-        pl_module.to(memory_format=torch.channels_last)

@@ -4,10 +4,10 @@ Every YAML key is a constructor argument of a LightningModule / DataModule / Tra
 so a misspelled key or a wrong type fails before any data is read. The resolved configuration is written into
 the run directory (`config.yaml`) and into W&B's run config.
 
-Reliability (issue 7, `audioclip.reliability`): checkpoints are written atomically and read with
-`weights_only=True`; `last.ckpt` is written every `--last_checkpoint.every_n_train_steps` steps and on SIGTERM /
-SIGUSR1; `--ckpt_path last` resumes the run directory's `last.ckpt` (or starts afresh when there is none) and
-continues its W&B run. A bad setting is one line naming it, before any data is read.
+Reliability (issue 7, `audioclip.tasks.callbacks`, `audioclip.tasks.checkpoints`): checkpoints are written
+atomically and read with `weights_only=True`; `last.ckpt` is written every `--last_checkpoint.every_n_train_steps`
+steps and on SIGTERM / SIGUSR1; `--ckpt_path last` resumes the run directory's `last.ckpt` (or starts afresh when
+there is none) and continues its W&B run. A bad setting is one line naming it, before any data is read.
 """
 
 from __future__ import annotations
@@ -29,16 +29,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.loggers import WandbLogger
 
-from audioclip.data.common import per_device_batch_size
-from audioclip.lineage import result_fields
-from audioclip.reliability import (
+from audioclip.data.batch import per_device_batch_size
+from audioclip.models.lineage import result_fields
+from audioclip.tasks.callbacks import BadDataLog, ResumeState, SaveOnSignal, StepCheckpoint
+from audioclip.tasks.checkpoints import (
     RESUME_KEY,
     AtomicCheckpointIO,
-    BadDataLog,
-    ResumeState,
-    SaveOnSignal,
-    StepCheckpoint,
-    read_checkpoint,
+    checkpoint_dir,
+    last_checkpoint,
+    read_resume_checkpoint,
 )
 from audioclip.tasks.distributed import (
     SyncBatchNormPlugin,
@@ -110,7 +109,7 @@ def _instantiation_error(error: BaseException) -> BaseException:
 def _resolve_ckpt_path(ckpt_path: str, root: Path) -> str | None:
     """`last` -> the run directory's `last.ckpt`, or None (start afresh) when the run has none yet."""
     if ckpt_path == "last":
-        last = root / "checkpoints" / "last.ckpt"
+        last = last_checkpoint(root)
         return str(last) if last.is_file() else None
     return ckpt_path
 
@@ -123,6 +122,27 @@ def _resume_wandb(logger_config: Any, run_id: str) -> None:
             init_args = config.get("init_args") or Namespace()
             if not init_args.get("id"):
                 init_args["id"], init_args["resume"] = run_id, init_args.get("resume") or "allow"
+            config["init_args"] = init_args
+
+
+def run_name(root: Path) -> str:
+    """The W&B name of the run in `root`: `<phase>-<run>`, e.g. runs/finetune-esc50/fold3 -> finetune-esc50-fold3."""
+    root = Path(root).absolute()
+    return f"{root.parent.name}-{root.name}"
+
+
+def loggers_follow_run_dir(trainer_config: Namespace) -> None:
+    """A W&B logger writes into the run directory and is named after it unless the configuration says otherwise,
+    so a run's folder is given once, as `--trainer.default_root_dir` (WandbLogger's own save_dir default is `.`)."""
+    root = Path(trainer_config.get("default_root_dir") or ".")
+    configs = trainer_config.get("logger")
+    for config in configs if isinstance(configs, list) else [configs]:
+        if isinstance(config, Namespace) and str(config.get("class_path", "")).endswith("WandbLogger"):
+            init_args = config.get("init_args") or Namespace()
+            if init_args.get("save_dir") in (None, "."):
+                init_args["save_dir"] = str(root)
+            if not init_args.get("name"):
+                init_args["name"] = run_name(root)
             config["init_args"] = init_args
 
 
@@ -165,6 +185,7 @@ class AudioCLIPCLI(PreflightChecks):
         self._resume_run_id: str | None = None
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        loggers_follow_run_dir(config.trainer)
         if not config.get("ckpt_path"):
             return
         root = Path(config.trainer.default_root_dir or ".")
@@ -172,7 +193,7 @@ class AudioCLIPCLI(PreflightChecks):
         if config.ckpt_path is None:
             print(f"audioclip: no {root}/checkpoints/last.ckpt yet: starting afresh", file=sys.stderr)
         elif "://" not in config.ckpt_path and config.ckpt_path not in ("best", "hpc"):  # else Lightning's
-            self._resume_run_id = read_checkpoint(config.ckpt_path).get(RESUME_KEY, {}).get("wandb_run_id")
+            self._resume_run_id = read_resume_checkpoint(config.ckpt_path).get(RESUME_KEY, {}).get("wandb_run_id")
 
     def before_instantiate_classes(self) -> None:
         """A resumed run continues the checkpoint's W&B run."""
@@ -245,7 +266,7 @@ class AudioCLIPCLI(PreflightChecks):
         root = Path(self.trainer.default_root_dir)
         for callback in self.trainer.callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
-                callback.dirpath = str(root / "checkpoints")
+                callback.dirpath = str(checkpoint_dir(root))
         for logger in self.trainer.loggers:
             # W&B runs on rank 0 only: elsewhere Lightning's experiment is a placeholder
             if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
@@ -265,7 +286,7 @@ class AudioCLIPCLI(PreflightChecks):
             if self.trainer.is_global_zero and results:
                 out = Path(self.trainer.default_root_dir) / "test_metrics.json"
                 record = {"checkpoint": best, **results[0]}
-                if hasattr(self.model, "lineage"):  # which variant, data, folds and protocol (audioclip.lineage)
+                if hasattr(self.model, "lineage"):  # which variant, data, folds and protocol (audioclip.models.lineage)
                     lineage = self.model.lineage()
                     record.update(result_fields(lineage, lineage["model"], lineage["steps"][-1]))
                     record["result"] = self.model.scores_against
@@ -273,6 +294,27 @@ class AudioCLIPCLI(PreflightChecks):
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
                 logger.experiment.finish()  # flush the run now, also when the CLI is used from Python
+
+
+def fit(argv: Sequence[str]) -> int:
+    """`audioclip fit ...`: the `audioclip` command's entry (`audioclip.cli.COMMANDS`)."""
+    run_lightning_cli(["fit", *argv])
+    return 0
+
+
+def validate(argv: Sequence[str]) -> int:
+    run_lightning_cli(["validate", *argv])
+    return 0
+
+
+def test(argv: Sequence[str]) -> int:
+    run_lightning_cli(["test", *argv])
+    return 0
+
+
+def predict(argv: Sequence[str]) -> int:
+    run_lightning_cli(["predict", *argv])
+    return 0
 
 
 def run_lightning_cli(argv: Sequence[str]) -> AudioCLIPCLI:

@@ -1,24 +1,37 @@
-"""Cross-validation table: per-fold test accuracy of `runs/<phase>/fold*/test_metrics.json`, mean ± std.
+"""Cross-validation table: per-fold test accuracy of `runs/<phase>/*/test_metrics.json`, mean ± std.
 
-python -m audioclip.tasks.crossval runs/finetune-esc50      # writes cv.csv and cv.md there, logs to W&B
+    audioclip crossval runs/finetune-esc50      # writes cv.csv and cv.md there, logs to W&B
+
+Each run's fold and dataset are read from its `test_metrics.json` (`audioclip fit` records them), never from the
+name of its folder; runs of two datasets, or two runs of one fold, are refused.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
 
 
 def collect(phase_dir: Path, metric: str = "test/acc") -> list[tuple[int, float]]:
-    rows = []
-    for path in sorted(phase_dir.glob("fold*/test_metrics.json")):
-        fold = int(re.fullmatch(r"fold(\d+)", path.parent.name).group(1))
-        rows.append((fold, float(json.loads(path.read_text())[metric])))
+    """(test fold, metric) of every run directly under `phase_dir`, by fold."""
+    rows, datasets, where = [], set(), {}
+    for path in sorted(phase_dir.glob("*/test_metrics.json")):
+        record = json.loads(path.read_text())
+        if not isinstance(record.get("test_fold"), int):
+            raise ValueError(f"{path}: records no test_fold; rerun the fold with this version of `audioclip fit`")
+        fold = record["test_fold"]
+        if fold in where:
+            raise ValueError(f"{path}: fold {fold} again (also {where[fold]}); keep one run per fold in {phase_dir}")
+        where[fold] = path
+        datasets.add(record.get("dataset"))
+        rows.append((fold, float(record[metric])))
     if not rows:
-        raise FileNotFoundError(f"{phase_dir}: no fold*/test_metrics.json; run the folds first")
+        raise FileNotFoundError(f"{phase_dir}: no fold run (*/test_metrics.json); run the folds first")
+    if len(datasets) > 1:
+        raise ValueError(f"{phase_dir}: runs of several datasets ({', '.join(sorted(map(str, datasets)))})")
     return sorted(rows)
 
 
@@ -42,8 +55,9 @@ def log_to_wandb(phase_dir: Path, rows: list[tuple[int, float]], mean: float, st
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    phase_dir = Path(argv[0])
+    parser = argparse.ArgumentParser(prog="audioclip crossval", description=__doc__.splitlines()[0])
+    parser.add_argument("phase_dir", type=Path, help="the phase's run folder, e.g. runs/finetune-esc50")
+    phase_dir = parser.parse_args(sys.argv[1:] if argv is None else argv).phase_dir
     rows = collect(phase_dir)
     mean, std = write_tables(phase_dir, rows)
     print((phase_dir / "cv.md").read_text())

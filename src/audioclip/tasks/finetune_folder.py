@@ -11,7 +11,8 @@ machinery: the audio head learns, CLIP's text and image heads stay frozen, and t
 
 The multi-label head scores a class by the cosine of the clip's and the class name's embeddings, with a learnable
 scale s (init 10) and bias b (init -10) as SigLIP's sigmoid loss (Zhai et al., 2023) does: with few positives per
-clip the bias starts every class near "absent". Caption retrieval scores follow `audioclip.metrics.retrieval_at_k`.
+clip the bias starts every class near "absent". Caption retrieval scores follow
+`audioclip.evaluation.metrics.retrieval_at_k`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MultilabelAveragePrecision
 
-from audioclip.metrics import caption_retrieval
+from audioclip.evaluation.metrics import caption_retrieval
 from audioclip.tasks.phases import FinetuneModule
 
 TASKS = ("class", "multilabel", "caption")
@@ -134,17 +135,13 @@ class FolderFinetuneModule(FinetuneModule):
         text = self.clip_model.encode_text(self.tokens(captions))
         return text / text.norm(dim=-1, keepdim=True)
 
-    def training_step(self, batch, batch_idx):
+    def training_loss(self, batch: dict) -> torch.Tensor:
         if self.task == "class":
-            return super().training_step(batch, batch_idx)
+            return super().training_loss(batch)
         audio = self.clip_model.embed(batch["audio"])["audio"]
         if self.task == "multilabel":
-            loss = self._multilabel_loss(self._label_logits(audio), batch["target"]) + self.clip_model.audio.ttf_loss()
-        else:
-            loss = self.clip_model.loss({"audio": audio, "text": self._caption_embeddings(batch["text"])})
-        loss = self.check_finite(loss, batch, batch_idx)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["audio"]))
-        return loss
+            return self._multilabel_loss(self._label_logits(audio), batch["target"]) + self.clip_model.audio.ttf_loss()
+        return self.clip_model.loss({"audio": audio, "text": self._caption_embeddings(batch["text"])})
 
     def _eval_step(self, batch, stage: str) -> None:
         audio = self.clip_model.embed(batch["audio"])["audio"]

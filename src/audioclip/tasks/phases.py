@@ -12,88 +12,30 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from audioclip.lineage import weights_lineage
-from audioclip.metrics import AudioSetMAP, class_scores
+from audioclip.constants import AUDIOSET_CLASSES
+from audioclip.evaluation.metrics import AudioSetMAP, class_scores
 from audioclip.models import AudioCLIP, AudioCLIPConfig, get_config
+from audioclip.models.lineage import weights_lineage
+from audioclip.models.losses import clamp_scale
 from audioclip.models.pretrained import load_into
 from audioclip.tasks.base import AudioCLIPTask, freeze
+from audioclip.tasks.wandb_tables import (
+    EXAMPLES,
+    audioset_examples,
+    log_audioset_examples,
+    log_classification_to_wandb,
+    single_label_examples,
+)
 
 log = logging.getLogger(__name__)
-
-AUDIOSET_CLASSES = 527
-EXAMPLES = 16  # test predictions shown with their audio in W&B
-
-
-def log_classification_to_wandb(loggers, classes: list[str], confusion: torch.Tensor, examples: list[dict]) -> None:
-    """A confusion matrix and a table of example predictions (with playable audio) in every W&B run."""
-    for logger in loggers:
-        if not isinstance(logger, WandbLogger):
-            continue
-        import wandb
-
-        cells = [
-            [classes[i], classes[j], int(confusion[i, j])] for i in range(len(classes)) for j in range(len(classes))
-        ]
-        table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=cells)
-        fields = {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"}
-        plot = wandb.plot_table("wandb/confusion_matrix/v1", table, fields, {"title": "test confusion matrix"})
-        rows = [
-            [
-                e["id"],
-                wandb.Audio((e["audio"].mean(0) / 32768.0).numpy(), sample_rate=44100),
-                classes[e["target"]],
-                classes[e["pred"]],
-                e["prob"],
-            ]
-            for e in examples
-        ]
-        predictions = wandb.Table(columns=["id", "audio", "target", "prediction", "probability"], data=rows)
-        logger.experiment.log({"test/confusion_matrix": plot, "test/predictions": predictions})
-
-
-def single_label_examples(batch: dict, logits: torch.Tensor, room: int) -> list[dict]:
-    """Up to `room` test predictions of a single-label batch, with their audio, for the W&B table."""
-    probs = logits.softmax(-1)
-    return [
-        {
-            "id": batch["id"][i],
-            "audio": batch["audio"][i].float().cpu(),
-            "target": int(batch["target"][i]),
-            "pred": int(probs[i].argmax()),
-            "prob": float(probs[i].max()),
-        }
-        for i in range(min(len(logits), max(room, 0)))
-    ]
-
-
-_CLIP_MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)
-_CLIP_STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
-
-
-def log_audioset_examples(loggers, stage: str, classes: list[str], examples: list[dict]) -> None:
-    """A table of evaluation clips in every W&B run: audio, the frame, the labels and the top-3 audio classes."""
-    for logger in loggers:
-        if not isinstance(logger, WandbLogger) or not examples:
-            continue
-        import wandb
-
-        rows = []
-        for e in examples:
-            frame = None
-            if e["image"] is not None:  # undo CLIP's normalisation to show the frame as the model saw it
-                frame = wandb.Image((e["image"] * _CLIP_STD + _CLIP_MEAN).clamp(0, 1).permute(1, 2, 0).numpy())
-            audio = wandb.Audio((e["audio"].mean(0) / 32768.0).numpy(), sample_rate=44100)
-            rows.append([e["id"], audio, frame, e["text"], ", ".join(classes[k] for k in e["top"])])
-        table = wandb.Table(columns=["id", "audio", "frame", "labels", "top-3 audio classes"], data=rows)
-        logger.experiment.log({f"{stage}/examples": table})
-
 
 class _FrozenCLIPMixin:
     """Keeps CLIP's frozen heads in eval mode whatever Lightning does with `train()`."""
@@ -174,15 +116,15 @@ class AudioPretrainModule(AudioCLIPTask):
         # trained on AudioSet's 527 classes it is the paper's audio head; a single-label fine-tune keeps its start's
         return "audio-head" if self.hparams.multilabel else None
 
-    def _init_weights(self, init_from: str) -> None:
+    def _init_weights(self, init_from: str) -> Mapping[str, Any]:
         if not self.hparams.new_classifier:
-            super()._init_weights(init_from)
-            return
-        super()._init_weights(init_from, fresh=("fc.",))
+            return super()._init_weights(init_from)
+        content = super()._init_weights(init_from, fresh=("fc.",))
         rank_zero_info(
             f"init_from {init_from}: classifier fc replaced by a freshly initialised {self.hparams.num_classes}-class "
             "layer; every other key loaded strictly"
         )
+        return content
 
     def setup(self, stage: str) -> None:
         names = getattr(self.trainer.datamodule, "class_names", None) if self._trainer is not None else None
@@ -224,11 +166,8 @@ class AudioPretrainModule(AudioCLIPTask):
             self._class_weights = self.trainer.datamodule.class_weights().to(target.device)
         return self.trainer.datamodule.sample_weights(target, self._class_weights)
 
-    def training_step(self, batch, batch_idx):
-        weights = self._sample_weights(batch["target"])
-        loss = self.check_finite(self._loss(self.model(batch["audio"]), batch["target"], weights), batch, batch_idx)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["audio"]))
-        return loss
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        return self._loss(self.model(batch["audio"]), batch["target"], self._sample_weights(batch["target"]))
 
     def _eval_step(self, batch, stage: str, metric) -> torch.Tensor:
         logits = self.model(batch["audio"])
@@ -276,7 +215,7 @@ class AudioPretrainModule(AudioCLIPTask):
 class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
     """AudioSet phases: contrastive loss over audio, one video frame and the class-name text; evaluation is
     macro mAP over the 527 classes for audio, image and both, with class scores from the text embeddings of the
-    class names (`audioclip.metrics`).
+    class names (`audioclip.evaluation.metrics`).
 
     `audio_init_from` loads an audio head on top of `init_from` (e.g. CLIP's `clip-rn50` for image and text, and
     the pretrain-audio phase's checkpoint or the official `esrnxfbsp` for audio).
@@ -299,8 +238,7 @@ class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
             raise ValueError(f"model: {type(self).__name__} needs an AudioCLIP model, got {model!r}")
         super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template)
         if audio_init_from:
-            self._init_weights(audio_init_from)
-            audio = weights_lineage(audio_init_from)
+            audio = weights_lineage(audio_init_from, self._init_weights(audio_init_from))
             self.init_lineage = {
                 "variant": self.init_lineage["variant"],
                 "origin": f"{self.init_lineage['origin']}, audio head from {audio['origin']}",
@@ -311,11 +249,9 @@ class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
         self._class_text: torch.Tensor | None = None
         self._examples: list[dict] = []
 
-    def training_step(self, batch, batch_idx):
+    def training_loss(self, batch: dict) -> torch.Tensor:
         emb = self.clip_model.embed(batch["audio"], batch.get("image"), self.tokens(batch["text"]))
-        loss = self.check_finite(self.clip_model.loss(emb), batch, batch_idx)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["audio"]))
-        return loss
+        return self.clip_model.loss(emb)
 
     def _refresh_class_text(self) -> None:
         names = list(getattr(self.trainer.datamodule, "class_names", []))
@@ -331,16 +267,7 @@ class _ContrastiveAudioSetModule(_FrozenCLIPMixin, AudioCLIPTask):
         audio = class_scores(emb["audio"], self._class_text)
         image = None if emb["image"] is None else class_scores(emb["image"], self._class_text)
         metric.update(batch["target"], audio=audio, image=image)
-        for i in range(min(len(audio), EXAMPLES - len(self._examples))):
-            self._examples.append(
-                {
-                    "id": batch["id"][i],
-                    "text": batch["text"][i],
-                    "audio": batch["audio"][i].float().cpu(),
-                    "image": None if image is None else batch["image"][i].float().cpu(),
-                    "top": audio[i].topk(3).indices.tolist(),
-                }
-            )
+        self._examples += audioset_examples(batch, audio, image is not None, EXAMPLES - len(self._examples))
 
     def _log_map(self, stage: str, metric: AudioSetMAP) -> None:
         for name, value in metric.compute().items():
@@ -452,15 +379,12 @@ class FinetuneModule(_FrozenCLIPMixin, AudioCLIPTask):
 
     def _logits(self, audio: torch.Tensor) -> torch.Tensor:
         emb = self.clip_model.embed(audio)["audio"]
-        return self.clip_model.logit_scale_at.exp().clamp(1, 100) * emb @ self._class_text.T
+        return clamp_scale(self.clip_model.logit_scale_at) * emb @ self._class_text.T
 
-    def training_step(self, batch, batch_idx):
+    def training_loss(self, batch: dict) -> torch.Tensor:
         # text is frozen: each sample's text embedding is its class's (the reference pairs them row by row)
         audio = self.clip_model.embed(batch["audio"])["audio"]
-        loss = self.clip_model.loss({"audio": audio, "text": self._class_text[batch["target"]]})
-        loss = self.check_finite(loss, batch, batch_idx)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["audio"]))
-        return loss
+        return self.clip_model.loss({"audio": audio, "text": self._class_text[batch["target"]]})
 
     def validation_step(self, batch, batch_idx):
         logits = self._logits(batch["audio"])

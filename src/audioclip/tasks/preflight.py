@@ -31,11 +31,12 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from audioclip.outputs import check_writable_dir, make_dir
+from audioclip.tasks.checkpoints import checkpoint_dir
 
 
 def earlier_checkpoints(root: Path) -> list[Path]:
     """The checkpoint files a run directory already holds (`<root>/checkpoints/*.ckpt`)."""
-    directory = root / "checkpoints"
+    directory = checkpoint_dir(root)
     return sorted(directory.glob("*.ckpt")) if directory.is_dir() else []
 
 
@@ -148,9 +149,10 @@ class PreflightChecks(LightningCLI):
             self._check_run_directory()
         super().instantiate_classes()
         # the decoded cache next to the dataset: the DataModule knows where it goes
-        check_outputs = getattr(self.datamodule, "check_outputs", None)
-        if self.subcommand == "fit" and callable(check_outputs):
-            check_outputs()
+        output_dirs = getattr(self.datamodule, "output_dirs", None)
+        if self.subcommand == "fit" and callable(output_dirs):
+            for directory, setting in output_dirs().items():
+                check_writable_dir(directory, setting)
         if self.subcommand == "fit":
             # W&B looks for the git repository (the run's commit) from its `dir`: it must exist when the run starts
             make_dir(self.trainer.default_root_dir, "RUNS= or --trainer.default_root_dir")

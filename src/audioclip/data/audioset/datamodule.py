@@ -23,26 +23,20 @@ import numpy as np
 import soundfile as sf
 import torch
 import torch.distributed as dist
-from clip.clip import _transform as clip_transform
 from litdata import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 from litdata.utilities.env import _WorkerEnv
 from PIL import Image, UnidentifiedImageError
 
+from audioclip.constants import AUDIOSET_CLASSES, SAMPLE_RATE
 from audioclip.data.audioset.batch_augment import augment_batch
-from audioclip.data.audioset.metadata import DEFAULT_LABELS, NUM_CLASSES, NUM_FRAMES, SAMPLE_RATE, read_class_labels
+from audioclip.data.audioset.metadata import DEFAULT_LABELS, NUM_FRAMES, read_class_labels
 from audioclip.data.audioset.parts import TIERS, join, read_json
-from audioclip.data.common import (
-    BadFileError,
-    check_on_bad_file,
-    clip_problem,
-    collate,
-    first_usable,
-    per_device_batch_size,
-)
+from audioclip.data.batch import collate, per_device_batch_size
+from audioclip.data.errors import BadFileError, check_on_bad_file, clip_problem, first_usable
 from audioclip.data.transforms import eval_audio_transform, train_audio_transform
-from audioclip.data.workers import worker_context
-from audioclip.reliability import IgnoreTerminationSignals
+from audioclip.data.workers import IgnoreTerminationSignals, worker_context
+from audioclip.models.preprocess import image_transform
 
 # Ten frames sit at the centres of ten equal intervals (prepare.frame_times), so none is at the exact middle;
 # frame 5 (55 % of the clip) is the one Python's ``len // 2`` convention calls central.
@@ -94,12 +88,12 @@ class AudioSetStreamingDataset(StreamingDataset):
         length = round(clip_seconds * SAMPLE_RATE)
         self.length = length
         self.audio_transform = train_audio_transform(length) if train else eval_audio_transform(length)
-        self.image_transform: Callable = clip_transform(224)
+        self.image_transform: Callable = image_transform(224)
 
     def __getitem__(self, index: Any) -> dict[str, Any]:
         """A bad sample (audio or frame that does not decode, NaN/Inf, silence, no samples) raises `BadFileError`
         naming its YTID, or under `on_bad_file="skip"` is replaced by the next good sample and listed in the
-        item's `skipped` (reported by `reliability.BadDataLog`)."""
+        item's `skipped` (reported by `tasks.callbacks.BadDataLog`)."""
         own = self._own_indices(index)
         position = own.index(index if isinstance(index, int) else index.index)
 
@@ -154,7 +148,7 @@ class AudioSetStreamingDataset(StreamingDataset):
         elif self.channels == 2 and audio.shape[0] == 1:
             audio = audio.expand(2, -1)
         labels = sample["labels"].astype(np.int64)
-        target = torch.zeros(NUM_CLASSES)
+        target = torch.zeros(AUDIOSET_CLASSES)
         target[torch.from_numpy(labels)] = 1.0
         item = {"text": ", ".join(self.names[i] for i in labels), "target": target, "id": ytid}
         if self.device_augment:

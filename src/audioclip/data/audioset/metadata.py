@@ -18,9 +18,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-NUM_CLASSES = 527
+from audioclip.constants import AUDIOSET_CLASSES
+
+NUM_CLASSES = AUDIOSET_CLASSES  # the public name of `audioclip.data.audioset`
 NUM_FRAMES = 10  # paper sec. 4.1: ten equally spaced frames per clip
-SAMPLE_RATE = 44_100  # the ESResNeXt-fbsp front end's rate (DESIGN.md, audio input)
 DEFAULT_LABELS = Path(__file__).with_name("class_labels_indices.csv")  # a copy of the official file
 
 

@@ -44,12 +44,11 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from audioclip.constants import AUDIOSET_CLASSES, SAMPLE_RATE
 from audioclip.data.audioset.distribute import DISTRIBUTORS, main_shards
 from audioclip.data.audioset.metadata import (
     DEFAULT_LABELS,
-    NUM_CLASSES,
     NUM_FRAMES,
-    SAMPLE_RATE,
     Segment,
     label_indices,
     parse_shard,
@@ -71,7 +70,7 @@ from audioclip.data.audioset.parts import (
     write_tiers,
 )
 from audioclip.data.audioset.youtube import FINAL, TEMPORARY, Throttle, ThrottledError, classify, ytdlp_options
-from audioclip.lineage import data_kind, mark_synthetic
+from audioclip.data.provenance import data_kind, mark_synthetic
 
 FRAME_SHORT_SIDE = 256  # CLIP's preprocessing resizes to 224 next, so 256 leaves room for its centre crop
 JPEG_QUALITY = 90
@@ -532,8 +531,8 @@ def pack(
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"--audio-format must be one of {', '.join(AUDIO_FORMATS)}, got {audio_format!r}")
     classes = read_class_labels(labels_csv)
-    if len(classes) != NUM_CLASSES:
-        raise ValueError(f"{labels_csv}: {len(classes)} classes, expected {NUM_CLASSES}")
+    if len(classes) != AUDIOSET_CLASSES:
+        raise ValueError(f"{labels_csv}: {len(classes)} classes, expected {AUDIOSET_CLASSES}")
     extracted = read_manifest(root, "extract")
     jobs = [
         (s.ytid, str(clip_dir(root, s.ytid)), label_indices(s, classes), audio_format)
@@ -617,7 +616,7 @@ def _pack_split(jobs: list, out: str | Path, staging: Path, classes: Sequence, w
     # count what was actually written: the index is what training will read
     if written != len(jobs):
         raise RuntimeError(f"{out}: LitData wrote {written} of {len(jobs)} samples; see the errors above")
-    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    counts = np.zeros(AUDIOSET_CLASSES, dtype=np.int64)
     for _, _, labels, _ in jobs:
         counts[labels] += 1
     (staging / "label_counts.json").write_text(json.dumps({"clips": len(jobs), "counts": counts.tolist()}))

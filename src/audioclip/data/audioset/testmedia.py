@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from audioclip.lineage import mark_synthetic
+from audioclip.data.provenance import mark_synthetic
 
 # The first rows of the official eval_segments.csv (AudioSet, CC BY 4.0): real YTIDs, times and labels.
 EVAL_ROWS = (

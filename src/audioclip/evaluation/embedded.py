@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from audioclip.data import ESC50DataModule, US8KDataModule, collate
-from audioclip.data.common import class_text
+from audioclip.data.batch import class_text
 from audioclip.data.workers import worker_context
 from audioclip.evaluation.names import DATASETS, MODALITIES
 from audioclip.inference import InputError
@@ -173,8 +173,9 @@ class _ImageFolderItems(Dataset):
 
 
 def _image_folder(root: Path, class_file: str | Path | None, resolution: int):
-    from clip.clip import _transform
     from torchvision.datasets import ImageFolder
+
+    from audioclip.models.preprocess import image_transform
 
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
@@ -182,7 +183,7 @@ def _image_folder(root: Path, class_file: str | Path | None, resolution: int):
     if not folders:
         raise InputError(f"{root}: empty: an ImageFolder tree is ROOT/<class folder>/<image files>")
     try:
-        folder = ImageFolder(str(root), transform=_transform(resolution))
+        folder = ImageFolder(str(root), transform=image_transform(resolution))
     except FileNotFoundError as exc:
         raise InputError(f"{root}: {str(exc).splitlines()[0]}") from None
     if class_file:

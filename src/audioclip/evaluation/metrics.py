@@ -21,7 +21,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import multilabel_average_precision
 from torchmetrics.utilities import dim_zero_cat
 
-NUM_AUDIOSET_CLASSES = 527
+from audioclip.constants import AUDIOSET_CLASSES
 
 
 def macro_average_precision(scores: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -56,7 +56,7 @@ class AudioSetMAP(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, num_classes: int = NUM_AUDIOSET_CLASSES, **kwargs) -> None:
+    def __init__(self, num_classes: int = AUDIOSET_CLASSES, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.classes_left_out: int | None = None

@@ -1,15 +1,12 @@
-"""Shared pieces of the fold-based DataModules: errors, the batch contract, splits, a base DataModule.
+"""The fold-based DataModules' base: metadata rows, the official folds, the splits, a decoded-cache DataModule.
 
-The batch contract is the one of ``shared/DESIGN.md`` ("The batch contract"): ``audio`` float
-(B, C, T) at 44.1 kHz in the int16 value range, ``target`` (B,), ``text`` and ``id`` lists of B
-strings, ``image`` (B, 3, 224, 224) when the dataset has frames. The fold protocol follows the
-datasets' papers (ESC-50: Piczak, 2015; UrbanSound8K: Salamon et al., 2014): the chosen fold is the
-test split, and the validation split used for checkpoint selection is carved, stratified by
+The fold protocol follows the datasets' papers (ESC-50: Piczak, 2015; UrbanSound8K: Salamon et al., 2014): the
+chosen fold is the test split, and the validation split used for checkpoint selection is carved, stratified by
 class, from the remaining training folds (DESIGN.md, "Honest protocol"; ``protocol="honest"``).
-``protocol="reference"`` is the released AudioCLIP trainer's: every non-test fold trains and the
-checkpoint is selected on the test fold, which is how the paper's fine-tuned figures were obtained,
-so it is there to compare like with like, never the default. Dividing the global
-batch by the world size with a loud error follows ashleve/lightning-hydra-template.
+``protocol="reference"`` is the released AudioCLIP trainer's: every non-test fold trains and the checkpoint is
+selected on the test fold, which is how the paper's fine-tuned figures were obtained, so it is there to compare
+like with like, never the default. Items follow the batch contract (`audioclip.data.batch`); bad files follow
+the `on_bad_file` policy (`audioclip.data.errors`).
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,92 +25,26 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from audioclip.data.batch import class_text, collate, per_device_batch_size
 from audioclip.data.cache import CACHE_DIRNAME, CacheReader, CacheSpec, ClipCache, build_cache
+from audioclip.data.errors import (
+    BadFileError,
+    DatasetNotFoundError,
+    MetadataError,
+    MissingFileError,
+    OnBadFile,
+    check_on_bad_file,
+    clip_problem,
+    first_usable,
+)
+from audioclip.data.samplers import EvalShardSampler, ResumableDataLoader, ResumableSampler
 from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
-from audioclip.data.workers import worker_context
-from audioclip.outputs import check_writable_dir
-from audioclip.reliability import EvalShardSampler, IgnoreTerminationSignals, ResumableDataLoader, ResumableSampler
+from audioclip.data.workers import IgnoreTerminationSignals, worker_context
 
 log = logging.getLogger(__name__)
 
-OnBadFile = Literal["error", "skip"]
 Protocol = Literal["honest", "reference"]
 PROTOCOLS = ("honest", "reference")
-
-
-class BadFileError(ValueError):
-    """A dataset file that cannot be used; the message is ``"<path>: <problem>"``."""
-
-    def __init__(self, path: Path | str, problem: str | None = None) -> None:
-        if problem is None:
-            # Re-raised from a DataLoader worker: torch rebuilds the error from one string, its report ending in
-            # the line "audioclip.data.common.BadFileError: <path>: <problem>"; keep the file named, in one line.
-            path, _, problem = str(path).strip().splitlines()[-1].split(": ", 1)[-1].partition(": ")
-        super().__init__(f"{path}: {problem}")
-        self.path = Path(path)
-        self.problem = problem
-
-    def __reduce__(self) -> tuple:
-        return type(self), (self.path, self.problem)
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.problem}"
-
-
-class MissingFileError(BadFileError, FileNotFoundError):
-    """A file listed in the metadata that does not exist."""
-
-    def __init__(self, path: Path | str, problem: str = "file is missing") -> None:
-        super().__init__(path, problem)
-
-
-class MetadataError(BadFileError):
-    """A metadata file whose columns or values do not fit the dataset's official layout."""
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset root, its metadata file or its audio folder does not exist."""
-
-
-def class_text(name: str) -> str:
-    """The text of a class name: ``dog_bark`` -> ``dog bark``."""
-    return name.replace("_", " ").strip()
-
-
-def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
-    """Split the global batch over the DDP ranks; refuse a split that would change the batch size."""
-    if global_batch_size < 1 or world_size < 1:
-        raise ValueError(f"batch_size ({global_batch_size}) and world size ({world_size}) must be positive")
-    if global_batch_size % world_size:
-        raise ValueError(
-            f"batch_size={global_batch_size} is the global batch size and must be divisible by the number of "
-            f"devices (world size {world_size}); choose a multiple of {world_size}"
-        )
-    return global_batch_size // world_size
-
-
-def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack a list of items into one batch dict of the batch contract."""
-    shapes = {tuple(item["audio"].shape) for item in batch}
-    if len(shapes) > 1:
-        raise ValueError(
-            f"collate needs audio of one shape, got {sorted(shapes)} for ids {[item['id'] for item in batch]}; "
-            "crop / pad clips to a fixed length first (transforms.RandomCropPad)"
-        )
-    targets = [item["target"] for item in batch]
-    out = {
-        "audio": torch.stack([item["audio"] for item in batch]).float(),
-        "target": torch.stack(targets) if isinstance(targets[0], torch.Tensor) else torch.tensor(targets),
-        "text": [item["text"] for item in batch],
-        "id": [item["id"] for item in batch],
-    }
-    if "image" in batch[0]:
-        out["image"] = torch.stack([item["image"] for item in batch])
-    skipped = [entry for item in batch for entry in item.get("skipped", ())]
-    if skipped:
-        # "<path>: <problem>" of clips replaced under on_bad_file="skip"; reliability.BadDataLog reports them
-        out["skipped"] = skipped
-    return out
 
 
 @dataclass(frozen=True)
@@ -180,43 +111,6 @@ def split_folds(
     ]
     val = np.sort(np.concatenate(val)) if val else np.empty(0, dtype=np.int64)
     return np.setdiff1d(rest, val), val, test
-
-
-def clip_problem(audio: torch.Tensor, length: int, max_length: int) -> str | None:
-    """What is wrong with a decoded clip (channels, samples) of ``length`` valid samples, or None."""
-    if not 0 < length <= max_length:
-        return f"decoded to the wrong length ({length} samples; expected 1..{max_length})"
-    if not torch.isfinite(audio).all():
-        return "decoded to NaN/Inf samples"
-    if not audio.any():
-        return "decoded to digital silence (every sample 0)"
-    return None
-
-
-def check_on_bad_file(on_bad_file: str) -> None:
-    """The `on_bad_file` setting of every dataset: "error" or "skip"."""
-    if on_bad_file not in ("error", "skip"):
-        raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
-
-
-def first_usable(
-    load: Callable[[int], dict[str, Any]], count: int, on_bad_file: OnBadFile, where: Path | str
-) -> dict[str, Any]:
-    """`load(0)`; when it raises `BadFileError` under `on_bad_file="skip"`, `load(1)`, `load(2)`, ... (the next
-    samples) until one loads, its item listing the problems of those left out in `skipped`."""
-    skipped = []
-    for offset in range(count):
-        try:
-            item = load(offset)
-        except BadFileError as error:
-            if on_bad_file == "error":
-                raise
-            skipped.append(str(error))
-            continue
-        if skipped:
-            item["skipped"] = skipped
-        return item
-    raise BadFileError(where, f"no usable sample left ({len(skipped)} bad)")
 
 
 class ClipDataset(Dataset):
@@ -391,9 +285,10 @@ class FoldedAudioDataModule(L.LightningDataModule):
             raise error_type(record.path, f"{problem}{more}{hint}")
         return bad
 
-    def check_outputs(self) -> None:
-        """The decoded cache must be writable (a read-only dataset root needs `cache_dir`); OutputError if not."""
-        check_writable_dir(self.cache_dir, "--data.init_args.cache_dir (default: <root>/.audioclip-cache)")
+    def output_dirs(self) -> dict[Path, str]:
+        """Folders this DataModule writes, each with the setting that moves it: the decoded cache (a read-only
+        dataset root needs `cache_dir`). `audioclip fit` checks them before anything is decoded."""
+        return {self.cache_dir: "--data.init_args.cache_dir (default: <root>/.audioclip-cache)"}
 
     def prepare_data(self) -> None:
         """Decode new or changed files into the cache (once per node) and fail on bad files before training."""
