@@ -82,7 +82,10 @@ RUNS    ?= runs
 ESC50   ?= data/esc50
 US8K    ?= data/us8k
 INIT    ?= full
-FIT      = $(AC) fit --config conf/trainer.yaml --trainer.num_nodes $(NODES) --trainer.devices $(GPUS)
+# W&B group of the run (a cv-* target gives all its folds one, cv-<phase>-<start time>, unless GROUP= names it)
+GROUP   ?=
+FIT      = $(AC) fit --config conf/trainer.yaml --trainer.num_nodes $(NODES) --trainer.devices $(GPUS) \
+  $(if $(GROUP),--trainer.logger.init_args.group $(GROUP))
 # RESUME=1 continues an interrupted run from its last checkpoint
 resume   = $(if $(filter 1,$(RESUME)),$(if $(wildcard $(1)/checkpoints/last.ckpt),--ckpt_path $(1)/checkpoints/last.ckpt,),)
 
@@ -111,11 +114,13 @@ finetune: $(STAMP)  ## fine-tune on your own data: DATA=<class-folder tree or CS
 	  --trainer.logger.init_args.name finetune-$(notdir $(FINETUNE_RUN)) $(call resume,$(FINETUNE_RUN)) $(ARGS)
 
 cv-esc50: $(STAMP)  ## all 5 ESC-50 folds (FOLDS="1 3" for some), then a table of per-fold and mean ± std test accuracy (runs/finetune-esc50/cv.*)
-	for k in $(or $(FOLDS),1 2 3 4 5); do $(MAKE) --no-print-directory finetune-esc50 FOLD=$$k || exit 1; done
+	group=$(or $(GROUP),cv-esc50-$$(date +%Y%m%d-%H%M%S)); for k in $(or $(FOLDS),1 2 3 4 5); do \
+	  $(MAKE) --no-print-directory finetune-esc50 FOLD=$$k GROUP=$$group || exit 1; done
 	$(PY) -m audioclip.tasks.crossval $(RUNS)/finetune-esc50
 
 cv-us8k: $(STAMP)  ## all 10 UrbanSound8K folds, then the per-fold and mean ± std table (runs/finetune-us8k/cv.*)
-	for k in $(or $(FOLDS),1 2 3 4 5 6 7 8 9 10); do $(MAKE) --no-print-directory finetune-us8k FOLD=$$k || exit 1; done
+	group=$(or $(GROUP),cv-us8k-$$(date +%Y%m%d-%H%M%S)); for k in $(or $(FOLDS),1 2 3 4 5 6 7 8 9 10); do \
+	  $(MAKE) --no-print-directory finetune-us8k FOLD=$$k GROUP=$$group || exit 1; done
 	$(PY) -m audioclip.tasks.crossval $(RUNS)/finetune-us8k
 
 # the standalone audio head starts from the pretrain-audio phase's checkpoint when it exists, else the official tag
@@ -134,11 +139,13 @@ finetune-us8k-audio-head: $(STAMP)  ## paper Tables 1/3 audio head: ESResNeXt-fb
 	  --trainer.logger.init_args.name finetune-us8k-audio-head-fold$(FOLD) $(call resume,$(RUNS)/finetune-us8k-audio-head/fold$(FOLD)) $(ARGS)
 
 cv-esc50-audio-head: $(STAMP)  ## the audio head on all 5 ESC-50 folds, then per-fold and mean ± std (runs/finetune-esc50-audio-head/cv.*)
-	for k in $(or $(FOLDS),1 2 3 4 5); do $(MAKE) --no-print-directory finetune-esc50-audio-head FOLD=$$k || exit 1; done
+	group=$(or $(GROUP),cv-esc50-audio-head-$$(date +%Y%m%d-%H%M%S)); for k in $(or $(FOLDS),1 2 3 4 5); do \
+	  $(MAKE) --no-print-directory finetune-esc50-audio-head FOLD=$$k GROUP=$$group || exit 1; done
 	$(PY) -m audioclip.tasks.crossval $(RUNS)/finetune-esc50-audio-head
 
 cv-us8k-audio-head: $(STAMP)  ## the audio head on all 10 UrbanSound8K folds, then per-fold and mean ± std (runs/finetune-us8k-audio-head/cv.*)
-	for k in $(or $(FOLDS),1 2 3 4 5 6 7 8 9 10); do $(MAKE) --no-print-directory finetune-us8k-audio-head FOLD=$$k || exit 1; done
+	group=$(or $(GROUP),cv-us8k-audio-head-$$(date +%Y%m%d-%H%M%S)); for k in $(or $(FOLDS),1 2 3 4 5 6 7 8 9 10); do \
+	  $(MAKE) --no-print-directory finetune-us8k-audio-head FOLD=$$k GROUP=$$group || exit 1; done
 	$(PY) -m audioclip.tasks.crossval $(RUNS)/finetune-us8k-audio-head
 
 bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU, fp32 vs bf16-mixed + channels_last; one JSON line
