@@ -45,6 +45,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from audioclip.outputs import OutputError
+from audioclip.unloadable import unloadable_reason
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ValueError(f"ckpt_path: {path}: no such checkpoint") from None
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"ckpt_path: {path}: not a loadable checkpoint ({first})") from None
+        raise ValueError(
+            f"ckpt_path: {path}: not a loadable checkpoint: {unloadable_reason(path, exc)}; expected a checkpoint "
+            "that `audioclip fit` wrote (e.g. <run>/checkpoints/last.ckpt)"
+        ) from None
 
 
 class StepCheckpoint(ModelCheckpoint):

@@ -24,6 +24,8 @@ import torch
 from clip.clip import _MODELS as clip_models
 from torch import nn
 
+from audioclip.unloadable import unloadable_reason
+
 _RELEASE = "https://github.com/AndreyGuzhov/AudioCLIP/releases/download/v0.1"
 # OpenAI publishes each CLIP file under its sha256; the `clip` package holds the table
 _CLIP_RN50_URL = clip_models["RN50"]
@@ -146,8 +148,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: not a loadable weight file or refused as unsafe ({first})") from exc
+        raise WeightsError(
+            f"{path}: not a loadable weight file: {unloadable_reason(path, exc)}; expected a state dict, a Lightning "
+            "checkpoint or a TorchScript archive"
+        ) from exc
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]  # a Lightning checkpoint: the LightningModule's parameters
     if not isinstance(state, Mapping):
