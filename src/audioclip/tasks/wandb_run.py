@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-from lightning.pytorch.loggers import WandbLogger
+from typing import TYPE_CHECKING, Any
 
 from audioclip.lineage import describe_data
+
+if TYPE_CHECKING:  # `audioclip report` stages its media here too, without importing Lightning
+    from lightning.pytorch.loggers import WandbLogger
 
 STAGING_ENV = "WANDB_DATA_DIR"
 
@@ -63,11 +64,16 @@ def default_group(job_type: str, model: Any, datamodule: Any, run_dir: Path) -> 
     return f"audioset-{run_dir.resolve().parent.parent.name}"
 
 
+def stage_media_in(run_dir: str | Path) -> None:
+    """W&B stages what the runs started from now on log (tables, their audio and images) in `<run_dir>/wandb/`."""
+    os.environ[STAGING_ENV] = str((Path(run_dir) / "wandb").resolve())
+
+
 def prepare_wandb_run(logger: WandbLogger, model: Any, datamodule: Any) -> None:
     """Before the W&B run starts: staging inside the run directory; job type, group and tags unless set."""
     init = logger._wandb_init  # what Lightning passes to wandb.init when the run starts
     run_dir = Path(init.get("dir") or ".")
-    os.environ[STAGING_ENV] = str((run_dir / "wandb").resolve())
+    stage_media_in(run_dir)
     if not init.get("job_type"):
         init["job_type"] = phase_name(model, datamodule)
     if not init.get("group"):
