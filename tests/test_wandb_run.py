@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 from wandb_offline import wandb_records, wandb_run
 
+from audioclip.data.audioset import AudioSetDataModule
 from audioclip.data.synthetic import write_esc50
 from audioclip.tasks.cli import run_lightning_cli
 from audioclip.tasks.wandb_run import STAGING_ENV, prepare_wandb_run
@@ -103,3 +104,19 @@ def test_every_fold_of_one_cross_validation_goes_to_one_group(target):
     named = subprocess.run(["make", "-n", target, "FOLDS=1 4", "GROUP=mine"], cwd=ROOT, capture_output=True,
                            text=True, check=True)  # fmt: skip
     assert re.findall(r"--trainer\.logger\.init_args\.group (\S+)", named.stdout) == ["mine", "mine"]
+
+
+def test_the_audioset_stages_of_one_runs_folder_share_a_group(tmp_path, monkeypatch):
+    """pretrain-audio, train-partial and train-full write to runs/<phase>/main: one experiment per runs folder."""
+    monkeypatch.delenv(STAGING_ENV, raising=False)
+    datamodule = AudioSetDataModule(train_dir=str(tmp_path / "shards" / "train"), frames=False)
+    groups, jobs = set(), []
+    for phase, kind in [("pretrain-audio", "AudioPretrainModule"), ("train-partial", "PartialTrainingModule"),
+                        ("train-full", "FullTrainingModule")]:  # fmt: skip
+        model = type(kind, (), {"hparams": SimpleNamespace(model="m", multilabel=True), "produces": None,
+                                "init_lineage": {"variant": "other"}})()  # fmt: skip
+        logger = SimpleNamespace(_wandb_init={"dir": str(tmp_path / "my-runs" / phase / "main")})
+        prepare_wandb_run(logger, model, datamodule)
+        groups.add(logger._wandb_init["group"])
+        jobs.append(logger._wandb_init["job_type"])
+    assert groups == {"audioset-my-runs"} and jobs == ["pretrain-audio", "train-partial", "train-full"]

@@ -56,12 +56,16 @@ def run_tags(model: Any, datamodule: Any) -> list[str]:
     return [f"{key}:{value}" for key, value in tags.items() if value]
 
 
-def default_group(job_type: str, model: Any, datamodule: Any, run_dir: Path) -> str:
-    """Folds of one phase into one group; the AudioSet phases of one runs folder (one chain of stages) into one."""
-    if describe_data(datamodule)["test_fold"] is not None:
+def default_group(job_type: str, datamodule: Any, run_dir: Path) -> str:
+    """Folds of one phase into one group; the AudioSet phases of one runs folder (one chain of stages) into one;
+    anything else (own data without folds) by its phase."""
+    data = describe_data(datamodule)
+    if data["test_fold"] is not None:
         return f"{job_type}-folds"
-    # runs/<phase>/<run>: the stages of one experiment share the runs folder (the Makefile's RUNS=)
-    return f"audioset-{run_dir.resolve().parent.parent.name}"
+    if data["dataset"] == "audioset":
+        # runs/<phase>/<run>: the stages of one experiment share the runs folder (the Makefile's RUNS=)
+        return f"audioset-{run_dir.resolve().parent.parent.name}"
+    return job_type
 
 
 def stage_media_in(run_dir: str | Path) -> None:
@@ -77,7 +81,7 @@ def prepare_wandb_run(logger: WandbLogger, model: Any, datamodule: Any) -> None:
     if not init.get("job_type"):
         init["job_type"] = phase_name(model, datamodule)
     if not init.get("group"):
-        init["group"] = default_group(init["job_type"], model, datamodule, run_dir)
+        init["group"] = default_group(init["job_type"], datamodule, run_dir)
     given = list(init.get("tags") or [])
     init["tags"] = given + [tag for tag in run_tags(model, datamodule) if tag not in given]
 
