@@ -65,7 +65,7 @@ lint: $(STAMP)  ## ruff check of src and tests
 weights: $(STAMP)  ## download the official weights into ~/.cache/audioclip ($AUDIOCLIP_CACHE) and verify checksums
 	$(AC) weights download
 
-demo: $(STAMP)  ## fine-tune the tiny AudioCLIP on synthetic ESC-50 data (CPU, ~2 min) and print test accuracy
+demo: $(STAMP)  ## fine-tune the tiny AudioCLIP on synthetic ESC-50 data (CPU, minutes; README: what it prints) and print test accuracy
 	$(PY) -m audioclip.demo $(ARGS)
 
 demo-data: $(STAMP)  ## write tiny synthetic ESC-50, UrbanSound8K (official layouts) and own-data trees/manifests into data/synthetic/
