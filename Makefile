@@ -65,7 +65,7 @@ lint: $(STAMP)  ## ruff check of src and tests
 weights: $(STAMP)  ## download the official weights into ~/.cache/audioclip ($AUDIOCLIP_CACHE) and verify checksums
 	$(AC) weights download
 
-demo: $(STAMP)  ## fine-tune the tiny AudioCLIP on synthetic ESC-50 data (CPU, ~2 min) and print test accuracy
+demo: $(STAMP)  ## fine-tune the tiny AudioCLIP on synthetic ESC-50 data (CPU, minutes; README: what it prints) and print test accuracy
 	$(AC) demo $(ARGS)
 
 demo-data: $(STAMP)  ## write tiny synthetic ESC-50, UrbanSound8K (official layouts) and own-data trees/manifests into data/synthetic/
@@ -82,7 +82,10 @@ RUNS    ?= runs
 ESC50   ?= data/esc50
 US8K    ?= data/us8k
 INIT    ?= full
-FIT      = $(AC) fit --config conf/trainer.yaml --trainer.num_nodes $(NODES) --trainer.devices $(GPUS)
+# W&B group of the run (a cv-* target gives all its folds one, cv-<phase>-<start time>, unless GROUP= names it)
+GROUP   ?=
+FIT      = $(AC) fit --config conf/trainer.yaml --trainer.num_nodes $(NODES) --trainer.devices $(GPUS) \
+  $(if $(GROUP),--trainer.logger.init_args.group $(GROUP))
 # RESUME=1 continues an interrupted run from its last checkpoint
 resume   = $(if $(filter 1,$(RESUME)),$(if $(wildcard $(1)/checkpoints/last.ckpt),--ckpt_path $(1)/checkpoints/last.ckpt,),)
 # the run directory $(1): `audioclip fit` puts the W&B run there and names it <phase>-<run> (tasks/cli.py)
@@ -92,7 +95,9 @@ finetune_fold = $(FIT) --config conf/$(1).yaml --data.init_args.root $(or $(DATA
   --model.init_args.init_from $(3) $(call run,$(RUNS)/$(1)/fold$(FOLD))
 # every fold of $(2) (FOLDS= for some; the fold counts live in audioclip.constants), then the table
 folds_of = $(shell $(PY) -c 'from audioclip.constants import FOLDS; print(*range(1, FOLDS["$(1)"] + 1))')
-cross_validate = for k in $(or $(FOLDS),$(call folds_of,$(2))); do $(MAKE) --no-print-directory $(1) FOLD=$$k || exit 1; done; \
+# all folds of one cross-validation share one W&B group: GROUP=, else <target>-<start time>
+cross_validate = group=$(or $(GROUP),$@-$$(date +%Y%m%d-%H%M%S)); for k in $(or $(FOLDS),$(call folds_of,$(2))); do \
+  $(MAKE) --no-print-directory $(1) FOLD=$$k GROUP=$$group || exit 1; done; \
   $(AC) crossval $(RUNS)/$(1)
 
 finetune-esc50: $(STAMP)  ## fine-tune on ESC-50 with fold FOLD as test split (DATA=, INIT=, GPUS=, NODES=, ARGS=)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from wandb_offline import wandb_records
 
 import audioclip
 from audioclip.cli import main
@@ -178,3 +179,6 @@ def test_report_logs_tables_and_plots_to_wandb_offline(demo_runs, monkeypatch):
     assert tables == ["other", "table1", "table2", "table3", "table4"]
     images = sorted(p.name.rsplit("_", 2)[0] for p in (media / "images" / "report").glob("*.png"))
     assert images == ["query-esc50-pr", "zeroshot-esc50-confusion", "zeroshot-esc50-per-class"]
+    staged = [e["local_path"] for r in wandb_records(demo_runs) if r.get("type") == "artifact"
+              for e in r["artifact"]["manifest"]["contents"]]  # fmt: skip
+    assert staged and all(Path(p).is_relative_to(demo_runs.resolve() / "wandb") for p in staged)  # in runs/wandb

@@ -26,6 +26,8 @@ import torch
 from clip.clip import _MODELS as clip_models
 from torch import nn
 
+from audioclip.models.unloadable import unloadable_reason
+
 _RELEASE = "https://github.com/AndreyGuzhov/AudioCLIP/releases/download/v0.1"
 # OpenAI publishes each CLIP file under its sha256; the `clip` package holds the table
 _CLIP_RN50_URL = clip_models["RN50"]
@@ -143,7 +145,10 @@ class UnloadableFileError(WeightsError):
     """A file that is not a loadable weight file or checkpoint, or that the safety policy refuses."""
 
     def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: not a loadable weight file or refused as unsafe ({reason})")
+        super().__init__(
+            f"{path}: not a loadable weight file: {reason}; expected a state dict, a Lightning checkpoint or a "
+            "TorchScript archive"
+        )
         self.path, self.reason = path, reason
 
 
@@ -175,7 +180,7 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
     except FileNotFoundError:
         raise
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        raise UnloadableFileError(path, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise UnloadableFileError(path, unloadable_reason(path, exc)) from exc
 
 
 def state_dict_of(content: Any, path: str | Path) -> dict[str, torch.Tensor]:

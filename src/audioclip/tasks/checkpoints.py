@@ -93,4 +93,7 @@ def read_resume_checkpoint(path: str | Path) -> Mapping[str, Any]:
     except FileNotFoundError:
         raise ValueError(f"ckpt_path: {path}: no such checkpoint") from None
     except UnloadableFileError as error:
-        raise ValueError(f"ckpt_path: {path}: not a loadable checkpoint ({error.reason})") from None
+        raise ValueError(
+            f"ckpt_path: {path}: not a loadable checkpoint: {error.reason}; expected a checkpoint that `audioclip fit` "
+            "wrote (e.g. <run>/checkpoints/last.ckpt)"
+        ) from None

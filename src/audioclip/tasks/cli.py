@@ -46,6 +46,7 @@ from audioclip.tasks.distributed import (
     smallest_batch_for_batchnorm,
 )
 from audioclip.tasks.preflight import PreflightChecks
+from audioclip.tasks.wandb_run import define_best_metric, prepare_wandb_run
 
 
 def _indent(line: str) -> int:
@@ -270,8 +271,11 @@ class AudioCLIPCLI(PreflightChecks):
         for logger in self.trainer.loggers:
             # W&B runs on rank 0 only: elsewhere Lightning's experiment is a placeholder
             if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
+                prepare_wandb_run(logger, self.model, self.datamodule)  # media, job type, group, tags
                 # the resolved config, so the W&B dashboard shows every setting of the run
                 logger.experiment.config.update({"config": self.config.as_dict()}, allow_val_change=True)
+                if hasattr(self.model, "monitor"):
+                    define_best_metric(logger, self.model.monitor)
 
     before_test = before_validate = before_fit
 

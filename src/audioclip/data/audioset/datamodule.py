@@ -31,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from audioclip.constants import AUDIOSET_CLASSES, SAMPLE_RATE
 from audioclip.data.audioset.batch_augment import augment_batch
 from audioclip.data.audioset.metadata import DEFAULT_LABELS, NUM_FRAMES, read_class_labels
+from audioclip.data.audioset.mixup import batch_seed, mixup_batch
 from audioclip.data.audioset.parts import TIERS, join, read_json
 from audioclip.data.batch import collate, per_device_batch_size
 from audioclip.data.errors import BadFileError, check_on_bad_file, clip_problem, first_usable
@@ -214,6 +215,8 @@ class AudioSetDataModule(L.LightningDataModule):
     ``frames=False`` leaves the frames undecoded (batches without ``image``): for ``pretrain-audio``, which uses none.
     ``balanced=True`` (shards packed with ``--balance-tiers``) draws each training clip in proportion to its repeat
     factor (``prepare.repeat_factors``); a resumed balanced run needs the same devices, ``num_workers`` and batch size.
+    ``mixup_alpha > 0`` mixes each training clip and its multi-hot target with another clip of the batch, weight
+    ``lam ~ Beta(alpha, alpha)`` (``data/audioset/mixup.py``; ``pretrain-audio`` only, needs ``frames=False``).
     """
 
     def __init__(
@@ -233,9 +236,16 @@ class AudioSetDataModule(L.LightningDataModule):
         balanced: bool = False,
         frames: bool = True,
         device_augment: bool = False,
+        mixup_alpha: float = 0.0,
     ) -> None:
         super().__init__()
         check_on_bad_file(on_bad_file)
+        if mixup_alpha < 0 or (mixup_alpha > 0 and frames):
+            raise ValueError(
+                f"mixup_alpha: must be >= 0 and needs frames: false (pretrain-audio mixes audio and targets, not the "
+                f"contrastive phases' frames and text), got mixup_alpha={mixup_alpha}, frames={frames}"
+            )
+        self.mixup_alpha = mixup_alpha
         self.save_hyperparameters()
         self.balanced = balanced
         self.frames = frames
@@ -349,6 +359,8 @@ class AudioSetDataModule(L.LightningDataModule):
         if "audio_length" in batch:
             length = round(self.clip_seconds * SAMPLE_RATE)
             batch["audio"] = augment_batch(batch["audio"], batch.pop("audio_length"), length)
+        if self.mixup_alpha > 0 and self.trainer is not None and self.trainer.training:
+            batch = mixup_batch(batch, self.mixup_alpha, batch_seed(self.trainer, self.seed))
         return batch
 
     def state_dict(self) -> dict[str, Any]:
