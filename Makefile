@@ -95,10 +95,10 @@ finetune_fold = $(FIT) --config conf/$(1).yaml --data.init_args.root $(or $(DATA
   --model.init_args.init_from $(3) $(call run,$(RUNS)/$(1)/fold$(FOLD))
 # every fold of $(2) (FOLDS= for some; the fold counts live in audioclip.constants), then the table
 folds_of = $(shell $(PY) -c 'from audioclip.constants import FOLDS; print(*range(1, FOLDS["$(1)"] + 1))')
-# all folds of one cross-validation share one W&B group: GROUP=, else <target>-<start time>
-cross_validate = group=$(or $(GROUP),$@-$$(date +%Y%m%d-%H%M%S)); for k in $(or $(FOLDS),$(call folds_of,$(2))); do \
-  $(MAKE) --no-print-directory $(1) FOLD=$$k GROUP=$$group || exit 1; done; \
-  $(AC) crossval $(RUNS)/$(1)
+# every fold of $(1), all in one W&B group (GROUP=, else <target>-<start time>); then `audioclip crossval` makes the
+# table. `+`: `make -n cv-*` shows every fold's command
+fold_loop = +group=$(or $(GROUP),$@-$$(date +%Y%m%d-%H%M%S)); for k in $(or $(FOLDS),$(call folds_of,$(2))); do \
+  $(MAKE) --no-print-directory $(1) FOLD=$$k GROUP=$$group || exit 1; done
 
 finetune-esc50: $(STAMP)  ## fine-tune on ESC-50 with fold FOLD as test split (DATA=, INIT=, GPUS=, NODES=, ARGS=)
 	$(call finetune_fold,finetune-esc50,$(ESC50),$(or $(INIT),null))
@@ -118,10 +118,12 @@ finetune: $(STAMP)  ## fine-tune on your own data: DATA=<class-folder tree or CS
 	  $(call run,$(FINETUNE_RUN))
 
 cv-esc50: $(STAMP)  ## all 5 ESC-50 folds (FOLDS="1 3" for some), then a table of per-fold and mean ± std test accuracy (runs/finetune-esc50/cv.*)
-	$(call cross_validate,finetune-esc50,esc50)
+	$(call fold_loop,finetune-esc50,esc50)
+	$(AC) crossval $(RUNS)/finetune-esc50
 
 cv-us8k: $(STAMP)  ## all 10 UrbanSound8K folds, then the per-fold and mean ± std table (runs/finetune-us8k/cv.*)
-	$(call cross_validate,finetune-us8k,us8k)
+	$(call fold_loop,finetune-us8k,us8k)
+	$(AC) crossval $(RUNS)/finetune-us8k
 
 # the standalone audio head starts from the pretrain-audio phase's checkpoint when it exists, else the official tag
 AUDIO_HEAD_INIT = $(or $(INIT_AUDIO_HEAD),$(if $(wildcard $(RUNS)/pretrain-audio/main/checkpoints/last.ckpt),$(RUNS)/pretrain-audio/main/checkpoints/last.ckpt,esrnxfbsp))
@@ -133,10 +135,12 @@ finetune-us8k-audio-head: $(STAMP)  ## paper Tables 1/3 audio head: ESResNeXt-fb
 	$(call finetune_fold,finetune-us8k-audio-head,$(US8K),$(AUDIO_HEAD_INIT))
 
 cv-esc50-audio-head: $(STAMP)  ## the audio head on all 5 ESC-50 folds, then per-fold and mean ± std (runs/finetune-esc50-audio-head/cv.*)
-	$(call cross_validate,finetune-esc50-audio-head,esc50)
+	$(call fold_loop,finetune-esc50-audio-head,esc50)
+	$(AC) crossval $(RUNS)/finetune-esc50-audio-head
 
 cv-us8k-audio-head: $(STAMP)  ## the audio head on all 10 UrbanSound8K folds, then per-fold and mean ± std (runs/finetune-us8k-audio-head/cv.*)
-	$(call cross_validate,finetune-us8k-audio-head,us8k)
+	$(call fold_loop,finetune-us8k-audio-head,us8k)
+	$(AC) crossval $(RUNS)/finetune-us8k-audio-head
 
 bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU, fp32 vs bf16-mixed + channels_last; one JSON line
 	@$(PY) benchmarks/bench_train.py

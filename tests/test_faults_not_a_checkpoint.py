@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_faults_weights import _fit  # `audioclip fit` on the demo config, as the weight-file faults run it
 
 import audioclip.tasks.cli  # noqa: F401  Lightning's log handlers bind to the real stderr, not one test's capture
 from audioclip.cli import main
 
 pytestmark = pytest.mark.faults
 
-ROOT = Path(__file__).resolve().parents[1]
 TORCH_WORDS = ("PytorchStreamReader", "enforce fail", "weights_only` set to `False", "KeyError", "miniz", "mmap")
 
 
@@ -53,14 +53,6 @@ def _one_line(capsys) -> str:
     (line,) = [line for line in err.splitlines() if line.startswith("audioclip: error:")]
     assert not any(word in line for word in TORCH_WORDS), line
     return line
-
-
-def _fit(tmp_path: Path, *extra: str) -> int:
-    return main([
-        "fit", "--config", str(ROOT / "conf/trainer.yaml"), "--config", str(ROOT / "conf/demo.yaml"),
-        "--data.init_args.root", str(tmp_path / "no-data-needed"), "--trainer.default_root_dir", str(tmp_path / "run"),
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "run"), *extra,
-    ])  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", FILES)
