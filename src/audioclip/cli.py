@@ -30,11 +30,13 @@ EXTERNAL = {
 
 def _classify(args: argparse.Namespace) -> int:
     from audioclip.inference import classify, load
+    from audioclip.precision import announce
 
     labels = [x for x in args.labels.split(",") if x.strip()] if args.labels else []
     if not labels:
         raise ValueError("--labels: give the candidate classes, comma-separated, e.g. --labels 'dog,cat,rain'")
-    model = load(args.checkpoint, model_name=args.model)
+    model = load(args.checkpoint, model_name=args.model, precision=args.precision)
+    announce(model.precision_line)
     for path in args.files:
         probs = classify(model, path, labels, template=args.template)
         print(f"{path}")
@@ -73,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="registered model name, when it can't be read off the file")
     p.add_argument("--template", default="{}", help="text template for the labels, e.g. 'the sound of {}'")
     p.add_argument("--top", type=int, default=5, help="how many labels to print per file")
+    p.add_argument(
+        "--precision", default="auto", help="auto (bf16-mixed where the hardware has bf16), 32-true, bf16-mixed"
+    )
     p.set_defaults(func=_classify)
 
     p = sub.add_parser("weights", help="list or download the official weights")

@@ -22,6 +22,7 @@ import torchaudio.functional as AF
 from audioclip.models import AudioCLIP, create_model
 from audioclip.models.pretrained import TAGS, WeightsError, normalize_keys, read_state_dict, resolve
 from audioclip.models.registry import MODELS, AudioCLIPConfig
+from audioclip.precision import to_inference_precision
 
 SAMPLE_RATE = 44_100
 
@@ -44,9 +45,15 @@ def _model_name_for(state: dict[str, torch.Tensor]) -> str:
 
 
 def load(
-    tag_or_path: str | Path = "full", model_name: str | None = None, device: str | torch.device = "cpu"
+    tag_or_path: str | Path = "full",
+    model_name: str | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
 ) -> AudioCLIP:
-    """A ready AudioCLIP in eval mode from an official tag or a file (state dict or Lightning checkpoint)."""
+    """A ready AudioCLIP in eval mode from an official tag or a file (state dict or Lightning checkpoint).
+
+    `precision` `auto` embeds under bf16 autocast where the hardware has bf16, else in fp32 (`32-true`, or force
+    either; `audioclip.precision`); `model.precision_line` says which was chosen and why."""
     if isinstance(tag_or_path, str) and tag_or_path in TAGS:
         if TAGS[tag_or_path].kind != "audioclip":
             raise WeightsError(f"{tag_or_path!r} holds {TAGS[tag_or_path].kind} weights, not a whole AudioCLIP")
@@ -55,7 +62,9 @@ def load(
         path, _ = resolve(tag_or_path)
         state = normalize_keys(read_state_dict(path))
         model = create_model(model_name or _model_name_for(state), pretrained=path)
-    return model.eval().to(device)
+    model = model.eval().to(device)
+    to_inference_precision(model, precision)
+    return model
 
 
 def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:

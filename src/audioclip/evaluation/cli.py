@@ -104,6 +104,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from audioclip.evaluation.zeroshot import evaluated_on, zeroshot
     from audioclip.inference import InputError, load
     from audioclip.lineage import data_kind, result_fields, weights_lineage
+    from audioclip.precision import announce
 
     check_dataset(args.dataset)
     templates = _templates(args)
@@ -125,7 +126,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     check_writable_dir(out.parent, "--out")  # before the model is loaded and the dataset embedded
     _start_distributed()
     is_main = not dist.is_initialized() or dist.get_rank() == 0
-    model = load(args.checkpoint, model_name=args.model, device=_device(args.device))
+    model = load(args.checkpoint, model_name=args.model, device=_device(args.device), precision=args.precision)
+    announce(model.precision_line)
     data = embed_dataset(
         model,
         args.dataset,
@@ -144,6 +146,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     meta = {
         "checkpoint": str(args.checkpoint),
         "fingerprint": fingerprint(model),
+        "precision": model.precision,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         # which variant, whether it was trained on this dataset, real or synthetic data (audioclip.lineage)
         **result_fields(weights_lineage(str(args.checkpoint)), model.model_name, described),
@@ -245,6 +248,9 @@ def _model_args(p: argparse.ArgumentParser, checkpoint_default: str | None = "fu
     p.add_argument("--checkpoint", default=checkpoint_default, help="official tag (full, partial) or a checkpoint path")
     p.add_argument("--model", default=None, help="registered model name, when it can't be read off the file")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
+    p.add_argument(
+        "--precision", default="auto", help="auto (bf16-mixed where the hardware has bf16), 32-true, bf16-mixed"
+    )
 
 
 def _evaluate_parser() -> argparse.ArgumentParser:
@@ -290,9 +296,11 @@ def index(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     from audioclip.evaluation.index import build_index
     from audioclip.inference import load
+    from audioclip.precision import announce
 
     check_writable_dir(Path(args.out).absolute().parent, "--out")  # before the model is loaded and files embedded
-    model = load(args.checkpoint, model_name=args.model, device=_device(args.device))
+    model = load(args.checkpoint, model_name=args.model, device=_device(args.device), precision=args.precision)
+    announce(model.precision_line)
     # an absolute path, so that `search` finds the weights from any working directory
     checkpoint = str(Path(args.checkpoint).resolve()) if Path(args.checkpoint).is_file() else str(args.checkpoint)
     stats = build_index(model, args.folder, args.out, checkpoint, batch_size=args.batch_size)
@@ -318,10 +326,12 @@ def search_cli(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     from audioclip.evaluation.index import load_index, search
     from audioclip.inference import load
+    from audioclip.precision import announce
 
     idx = load_index(args.index)
     checkpoint = args.checkpoint or idx["checkpoint"]  # the index remembers the weights it was built with
-    model = load(checkpoint, model_name=args.model, device=_device(args.device))
+    model = load(checkpoint, model_name=args.model, device=_device(args.device), precision=args.precision)
+    announce(model.precision_line)
     hits = search(idx, model, args.text, args.audio, args.image, args.top, args.modality, args.template)
     for rank, (score, path, modality, label) in enumerate(hits, start=1):
         print(_shown(f"{rank:>3}. {score:+.4f}  {modality:<5}  " + (f"[{label}]  " if label else "") + str(path)))

@@ -40,6 +40,8 @@ from audioclip.reliability import (
     StepCheckpoint,
     read_checkpoint,
 )
+from audioclip.tasks.auto_precision import Trainer as AutoPrecisionTrainer
+from audioclip.tasks.auto_precision import add_channels_last
 from audioclip.tasks.distributed import (
     SyncBatchNormPlugin,
     check_shared_run_dir,
@@ -198,6 +200,7 @@ class AudioCLIPCLI(PreflightChecks):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         trainer.callbacks.extend([ResumeState(), BadDataLog()])
+        add_channels_last(trainer)
         return trainer
 
     def _defer_resume_to_rank_zero(self, trainer: Trainer) -> None:
@@ -283,6 +286,7 @@ def run_lightning_cli(argv: Sequence[str]) -> AudioCLIPCLI:
         os.environ["WANDB_MODE"] = "offline"
     return AudioCLIPCLI(
         parser_class=OneLineErrorParser,
+        trainer_class=AutoPrecisionTrainer,  # precision: auto
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
