@@ -123,6 +123,4 @@ def test_classify_says_its_precision_first_and_refuses_an_unknown_one(tiny_check
     assert capsys.readouterr().err.splitlines()[0].startswith("audioclip: precision auto -> ")
     code = main(["classify", clip, "--labels", "cat,dog", "--checkpoint", str(tiny_checkpoint), "--precision", "fp16"])
     err = capsys.readouterr().err
-    assert code == 2 and err.strip() == (
-        "audioclip: error: --precision: one of auto, 32-true, bf16-mixed, got 'fp16'"
-    )
+    assert code == 2 and err.strip() == ("audioclip: error: --precision: one of auto, 32-true, bf16-mixed, got 'fp16'")

@@ -30,13 +30,13 @@ EXTERNAL = {
 
 def _classify(args: argparse.Namespace) -> int:
     from audioclip.inference import classify, load
-    from audioclip.precision import announce
+    from audioclip.precision import announce_on_first_use
 
     labels = [x for x in args.labels.split(",") if x.strip()] if args.labels else []
     if not labels:
         raise ValueError("--labels: give the candidate classes, comma-separated, e.g. --labels 'dog,cat,rain'")
     model = load(args.checkpoint, model_name=args.model, precision=args.precision)
-    announce(model.precision_line)
+    announce_on_first_use(model)
     for path in args.files:
         probs = classify(model, path, labels, template=args.template)
         print(f"{path}")

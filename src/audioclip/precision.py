@@ -32,9 +32,7 @@ def cpu_bf16() -> tuple[bool, str]:
     """Whether this CPU computes bf16 natively, and the evidence: /proc/cpuinfo's flags where there is one, else
     torch's detected CPU capability (which names AMX only on builds that report it)."""
     try:
-        flags = {
-            flag for line in CPUINFO.read_text().splitlines() if line.startswith("flags") for flag in line.split()
-        }
+        flags = {flag for line in CPUINFO.read_text().splitlines() if line.startswith("flags") for flag in line.split()}
     except OSError:
         flags = None
     if flags is not None:
@@ -112,3 +110,23 @@ def to_inference_precision(model: torch.nn.Module, precision: str = AUTO) -> tup
         for name in ("encode_audio", "encode_image", "encode_text"):
             setattr(model, name, _autocast(getattr(model, name), device.type))
     return chosen, line
+
+
+def announce_on_first_use(model: torch.nn.Module) -> None:
+    """Say `model.precision_line` when the model first embeds something: a command that stops at bad input before
+    that prints its one error line and nothing else."""
+    said = False
+
+    def wrap(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def run(*args: Any, **kwargs: Any) -> torch.Tensor:
+            nonlocal said
+            if not said:
+                said = True
+                announce(model.precision_line)
+            return method(*args, **kwargs)
+
+        return run
+
+    for name in ("encode_audio", "encode_image", "encode_text"):
+        setattr(model, name, wrap(getattr(model, name)))

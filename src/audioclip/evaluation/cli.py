@@ -104,7 +104,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from audioclip.evaluation.zeroshot import evaluated_on, zeroshot
     from audioclip.inference import InputError, load
     from audioclip.lineage import data_kind, result_fields, weights_lineage
-    from audioclip.precision import announce
+    from audioclip.precision import announce_on_first_use
 
     check_dataset(args.dataset)
     templates = _templates(args)
@@ -127,7 +127,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _start_distributed()
     is_main = not dist.is_initialized() or dist.get_rank() == 0
     model = load(args.checkpoint, model_name=args.model, device=_device(args.device), precision=args.precision)
-    announce(model.precision_line)
+    announce_on_first_use(model)
     data = embed_dataset(
         model,
         args.dataset,
@@ -296,11 +296,11 @@ def index(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     from audioclip.evaluation.index import build_index
     from audioclip.inference import load
-    from audioclip.precision import announce
+    from audioclip.precision import announce_on_first_use
 
     check_writable_dir(Path(args.out).absolute().parent, "--out")  # before the model is loaded and files embedded
     model = load(args.checkpoint, model_name=args.model, device=_device(args.device), precision=args.precision)
-    announce(model.precision_line)
+    announce_on_first_use(model)
     # an absolute path, so that `search` finds the weights from any working directory
     checkpoint = str(Path(args.checkpoint).resolve()) if Path(args.checkpoint).is_file() else str(args.checkpoint)
     stats = build_index(model, args.folder, args.out, checkpoint, batch_size=args.batch_size)
@@ -326,12 +326,12 @@ def search_cli(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     from audioclip.evaluation.index import load_index, search
     from audioclip.inference import load
-    from audioclip.precision import announce
+    from audioclip.precision import announce_on_first_use
 
     idx = load_index(args.index)
     checkpoint = args.checkpoint or idx["checkpoint"]  # the index remembers the weights it was built with
     model = load(checkpoint, model_name=args.model, device=_device(args.device), precision=args.precision)
-    announce(model.precision_line)
+    announce_on_first_use(model)
     hits = search(idx, model, args.text, args.audio, args.image, args.top, args.modality, args.template)
     for rank, (score, path, modality, label) in enumerate(hits, start=1):
         print(_shown(f"{rank:>3}. {score:+.4f}  {modality:<5}  " + (f"[{label}]  " if label else "") + str(path)))
