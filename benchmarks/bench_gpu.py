@@ -81,8 +81,6 @@ def step_rate(kind: str, model: str, bf16: bool, batch: int, seconds: float, ste
     _sync(device)
     elapsed = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return {"samples_per_s": round(steps * batch / elapsed, 2), "peak_mem_mb": None if peak is None else round(peak)}
 
 
