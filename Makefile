@@ -141,8 +141,8 @@ cv-us8k-audio-head: $(STAMP)  ## the audio head on all 10 UrbanSound8K folds, th
 	for k in $(or $(FOLDS),1 2 3 4 5 6 7 8 9 10); do $(MAKE) --no-print-directory finetune-us8k-audio-head FOLD=$$k || exit 1; done
 	$(PY) -m audioclip.tasks.crossval $(RUNS)/finetune-us8k-audio-head
 
-bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU, fp32 vs bf16-mixed + channels_last; one JSON line
-	@$(PY) benchmarks/bench_train.py
+bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU (fp32, bf16 + channels_last, bf16 before/after issue 12) and the real fit loop against it; one JSON line
+	@$(PY) benchmarks/bench_train.py $(ARGS)
 
 bench-index: $(STAMP)  ## `audioclip index` over 64 5-s clips, paper-size model: clips/s in fp32 and precision auto; one JSON line
 	@$(PY) benchmarks/bench_index.py $(ARGS)

@@ -1,9 +1,17 @@
-"""Training throughput of the paper-size FinetuneModule step on CPU: fp32 vs bf16-mixed + channels_last.
+"""Training throughput of the paper-size FinetuneModule step on CPU: fp32 vs bf16-mixed + channels_last, the bf16
+step before and after issue 12's changes, and the real training loop against the raw step.
 
 Prints one JSON line: samples/s and peak RSS for each setting (each run in its own process), the speed-up, and the
 largest difference between the bf16 and fp32 audio embeddings (L2-normalised) of the same batch and weights.
 Batch 8, 5 s clips at 44.1 kHz, 2 threads.
+- `bf16_old_samples_per_s`, `step_speedup_new_vs_old`: the bf16 step as it was (`reuse_filter_bank = False`)
+  against today's, in the same run.
+- `fit_samples_per_s`, `fit_vs_step`: `audioclip fit` as a user runs it (`measure_fit`), against the raw bf16 step;
+  `fit_inside_step_s` / `fit_between_steps_s` split its time per step (see docs/performance.md).
 For scale, the reference's fp32 fine-tuning step on this 2-core machine: 1.23 samples/s, 7.2 GB peak RSS.
+
+    python benchmarks/bench_train.py                    # 3 timed raw steps each, 6 timed steps of the loop
+    python benchmarks/bench_train.py --fit-steps 0      # the raw steps only
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import time
 
 import torch
 
+from audioclip.models.esresnext import ESResNeXtFBSP
 from audioclip.tasks import FinetuneModule
 
 
@@ -36,7 +45,9 @@ def _step(module: FinetuneModule, optimizer, batch, bf16: bool) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def measure(bf16: bool, steps: int, batch_size: int, seconds: float) -> dict:
+def measure(bf16: bool, steps: int, batch_size: int, seconds: float, new: bool = True) -> dict:
+    """samples/s of the raw step; `new=False`: the step as it was before issue 12 (the filter bank built twice)."""
+    ESResNeXtFBSP.reuse_filter_bank = new
     torch.manual_seed(0)
     module = FinetuneModule(model="audioclip", num_classes=50).train()
     if bf16:
@@ -135,7 +146,8 @@ def main() -> None:
     parser.add_argument("--fit-warmup", type=int, default=3, help="steps of the real loop before the timing")
     parser.add_argument("--workers", type=int, default=2, help="loader workers of the real loop")
     parser.add_argument("--fit-args", nargs="*", default=[], help="more `audioclip fit` settings for the real loop")
-    parser.add_argument("--mode", choices=["fp32", "bf16", "fit"], help=argparse.SUPPRESS)  # one setting, in a child
+    # one setting, in a child process
+    parser.add_argument("--mode", choices=["fp32", "bf16-old", "bf16", "fit"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
         torch.set_num_threads(args.threads)
@@ -143,12 +155,13 @@ def main() -> None:
             with contextlib.redirect_stdout(sys.stderr):  # the loop's own output is not this child's result
                 result = measure_fit(args.fit_steps, args.fit_warmup, args.batch_size, args.workers, args.fit_args)
         else:
-            result = measure(args.mode == "bf16", args.steps, args.batch_size, args.seconds)
+            bf16, new = args.mode.startswith("bf16"), args.mode != "bf16-old"
+            result = measure(bf16, args.steps, args.batch_size, args.seconds, new)
         torch.save(result, sys.stdout.buffer)
         return
     # each setting in its own process, so that each peak RSS is its own
     runs = {}
-    for mode in ("fp32", "bf16", "fit") if args.fit_steps else ("fp32", "bf16"):
+    for mode in ("fp32", "bf16-old", "bf16", *(["fit"] if args.fit_steps else [])):
         child = subprocess.run([sys.executable, __file__, "--mode", mode, *sys.argv[1:]], capture_output=True)
         if child.returncode != 0:
             raise SystemExit(f"bench_train: the {mode} run failed:\n{child.stderr.decode()[-3000:]}")
@@ -166,6 +179,9 @@ def main() -> None:
         "bf16_channels_last_samples_per_s": bf16["samples_per_s"],
         "bf16_peak_rss_mb": bf16["peak_rss_mb"],
         "speedup": round(bf16["samples_per_s"] / fp32["samples_per_s"], 2),
+        # the bf16 step before issue 12 (filter bank built twice per step), measured in this run
+        "bf16_old_samples_per_s": runs["bf16-old"]["samples_per_s"],
+        "step_speedup_new_vs_old": round(bf16["samples_per_s"] / runs["bf16-old"]["samples_per_s"], 2),
         "max_abs_emb_diff_bf16_vs_fp32": float((bf16["emb"] - fp32["emb"]).abs().max()),
         "reference_fp32_samples_per_s": 1.23,
         "reference_bf16_autocast_samples_per_s": 3.34,
