@@ -45,11 +45,13 @@ def _step(module: FinetuneModule, optimizer, batch, bf16: bool) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def measure(bf16: bool, steps: int, batch_size: int, seconds: float, new: bool = True) -> dict:
+def measure(
+    bf16: bool, steps: int, batch_size: int, seconds: float, new: bool = True, model: str = "audioclip"
+) -> dict:
     """samples/s of the raw step; `new=False`: the step as it was before issue 12 (the filter bank built twice)."""
     ESResNeXtFBSP.reuse_filter_bank = new
     torch.manual_seed(0)
-    module = FinetuneModule(model="audioclip", num_classes=50).train()
+    module = FinetuneModule(model=model, num_classes=50).train()
     if bf16:
         module.model.audio.to(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -80,7 +82,9 @@ class _Timed(Exception):
     """Raised once the timed steps of the real loop are done."""
 
 
-def measure_fit(steps: int, warmup: int, batch_size: int, workers: int, extra: list[str]) -> dict:
+def measure_fit(
+    steps: int, warmup: int, batch_size: int, workers: int, extra: list[str], model: str = "audioclip"
+) -> dict:
     """`audioclip fit` as a user runs it (conf/trainer.yaml + conf/finetune-esc50.yaml: W&B offline, progress bar,
     checkpoint callbacks), on a synthetic 5-s ESC-50 tree, paper-size model from scratch, bf16-mixed (channels-last
     follows), validation off; samples/s over `steps` steps after `warmup`, from the start of one training batch to
@@ -118,7 +122,8 @@ def measure_fit(steps: int, warmup: int, batch_size: int, workers: int, extra: l
         with contextlib.suppress(_Timed):
             run_lightning_cli(
             ["fit", "--config", str(conf / "trainer.yaml"), "--config", str(conf / "finetune-esc50.yaml"),
-             "--model.init_args.init_from", "null", "--data.init_args.root", str(root),
+             "--model.init_args.model", model, "--model.init_args.init_from", "null",
+             "--data.init_args.root", str(root),
              "--data.init_args.batch_size", str(batch_size), "--data.init_args.num_workers", str(workers),
              "--data.init_args.val_fraction", "0.05", "--trainer.precision", "bf16-mixed",
              "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.max_steps", str(total),
@@ -142,6 +147,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default="audioclip", help="registered AudioCLIP (audioclip-tiny: a smoke run)")
     parser.add_argument("--fit-steps", type=int, default=6, help="timed steps of the real loop (0: skip it)")
     parser.add_argument("--fit-warmup", type=int, default=3, help="steps of the real loop before the timing")
     parser.add_argument("--workers", type=int, default=2, help="loader workers of the real loop")
@@ -153,10 +159,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         if args.mode == "fit":
             with contextlib.redirect_stdout(sys.stderr):  # the loop's own output is not this child's result
-                result = measure_fit(args.fit_steps, args.fit_warmup, args.batch_size, args.workers, args.fit_args)
+                result = measure_fit(
+                    args.fit_steps, args.fit_warmup, args.batch_size, args.workers, args.fit_args, args.model
+                )
         else:
             bf16, new = args.mode.startswith("bf16"), args.mode != "bf16-old"
-            result = measure(bf16, args.steps, args.batch_size, args.seconds, new)
+            result = measure(bf16, args.steps, args.batch_size, args.seconds, new, args.model)
         torch.save(result, sys.stdout.buffer)
         return
     # each setting in its own process, so that each peak RSS is its own
@@ -169,7 +177,7 @@ def main() -> None:
     fp32, bf16 = runs["fp32"], runs["bf16"]
     result = {
         "benchmark": "finetune-step",
-        "model": "audioclip",
+        "model": args.model,
         "batch_size": args.batch_size,
         "clip_seconds": args.seconds,
         "threads": args.threads,
