@@ -22,7 +22,7 @@ import torchaudio.functional as AF
 from audioclip.models import AudioCLIP, create_model
 from audioclip.models.pretrained import TAGS, WeightsError, normalize_keys, read_state_dict, resolve
 from audioclip.models.registry import MODELS, AudioCLIPConfig
-from audioclip.precision import to_inference_precision
+from audioclip.precision import check_inference_precision, to_inference_precision
 
 SAMPLE_RATE = 44_100
 
@@ -54,6 +54,7 @@ def load(
 
     `precision` `auto` embeds under bf16 autocast where the hardware has bf16, else in fp32 (`32-true`, or force
     either; `audioclip.precision`); `model.precision_line` says which was chosen and why."""
+    check_inference_precision(precision)
     if isinstance(tag_or_path, str) and tag_or_path in TAGS:
         if TAGS[tag_or_path].kind != "audioclip":
             raise WeightsError(f"{tag_or_path!r} holds {TAGS[tag_or_path].kind} weights, not a whole AudioCLIP")

@@ -94,14 +94,20 @@ def _autocast(method: Callable, device_type: str) -> Callable:
     return run
 
 
+def check_inference_precision(precision: str) -> str:
+    """A precision inference takes, or a one-line error naming the setting (before any weights are read)."""
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"--precision: one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 def to_inference_precision(model: torch.nn.Module, precision: str = AUTO) -> tuple[str, str]:
     """Put a loaded AudioCLIP in `precision` (`auto`, `32-true` or `bf16-mixed`) for inference: under bf16-mixed its
     `encode_audio/_image/_text` run under bf16 autocast (fp32 embeddings out) with channels-last convolutions.
 
     Returns (the precision used, the line saying why), also kept as `model.precision` and `model.precision_line`.
     The weights stay fp32, so a model's fingerprint is the same in every precision."""
-    if precision not in INFERENCE_PRECISIONS:
-        raise ValueError(f"--precision: one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}")
+    check_inference_precision(precision)
     device = next(model.parameters()).device
     chosen, line = resolve_precision(precision, device)
     model.precision, model.precision_line = chosen, line
