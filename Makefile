@@ -18,7 +18,7 @@ ARGS    ?=
 DATA    ?=
 RESUME  ?= 0
 
-.PHONY: help install test test-fast test-gpu test-faults mutation lint demo demo-data weights bench-data bench-train \
+.PHONY: help install test test-fast test-gpu test-faults mutation lint demo demo-data weights bench-data bench-train bench-index bench-gpu \
         finetune finetune-esc50 finetune-us8k cv-esc50 cv-us8k finetune-esc50-audio-head finetune-us8k-audio-head \
         cv-esc50-audio-head cv-us8k-audio-head data-audioset bench-audioset pretrain-audio train-partial train-full
 
@@ -142,8 +142,14 @@ cv-us8k-audio-head: $(STAMP)  ## the audio head on all 10 UrbanSound8K folds, th
 	$(call fold_loop,finetune-us8k-audio-head,us8k)
 	$(AC) crossval $(RUNS)/finetune-us8k-audio-head
 
-bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU, fp32 vs bf16-mixed + channels_last; one JSON line
-	@$(PY) benchmarks/bench_train.py
+bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU (fp32, bf16 + channels_last, bf16 before/after issue 12) and the real fit loop against it; one JSON line
+	@$(PY) benchmarks/bench_train.py $(ARGS)
+
+bench-index: $(STAMP)  ## `audioclip index` over 64 5-s clips, paper-size model: clips/s in fp32 and precision auto; one JSON line
+	@$(PY) benchmarks/bench_index.py $(ARGS)
+
+bench-gpu: $(STAMP)  ## on a GPU: paper-size fine-tuning + full-training steps at batch 64, fp32 vs bf16, and the AudioSet loader's feed rate (< 4 min); one JSON line
+	@$(PY) benchmarks/bench_gpu.py $(ARGS)
 
 # ---- AudioSet: segment list -> clips (download or ingest) -> extracted media -> LitData shards ----
 AUDIOSET_SEGMENTS ?= data/audioset-demo/segments.csv

@@ -47,11 +47,13 @@ def classify(argv: Sequence[str]) -> int:
     args = _parser().parse_args(["classify", *argv])
     from audioclip.inference import classify as classify_file
     from audioclip.inference import load
+    from audioclip.precision import announce_on_first_use
 
     labels = [x for x in args.labels.split(",") if x.strip()] if args.labels else []
     if not labels:
         raise ValueError("--labels: give the candidate classes, comma-separated, e.g. --labels 'dog,cat,rain'")
-    model = load(args.checkpoint, model_name=args.model)
+    model = load(args.checkpoint, model_name=args.model, precision=args.precision)
+    announce_on_first_use(model)
     for path in args.files:
         probs = classify_file(model, path, labels, template=args.template)
         print(f"{path}")
@@ -92,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="registered model name, when it can't be read off the file")
     p.add_argument("--template", default="{}", help="text template for the labels, e.g. 'the sound of {}'")
     p.add_argument("--top", type=int, default=5, help="how many labels to print per file")
+    p.add_argument(
+        "--precision", default="auto", help="auto (bf16-mixed where the hardware has bf16), 32-true, bf16-mixed"
+    )
 
     p = sub.add_parser("weights", help=COMMANDS["weights"][0])
     p.add_argument("action", choices=["list", "download"], help="list: the tags and where they are; download: fetch")

@@ -26,6 +26,7 @@ from audioclip.models.losses import clamp_scale
 from audioclip.models.preprocess import image_transform
 from audioclip.models.pretrained import TAGS, WeightsError, load_state, read_checkpoint, resolve, state_dict_of
 from audioclip.models.registry import guess_model_name
+from audioclip.precision import check_inference_precision, to_inference_precision
 
 
 class InputError(ValueError):
@@ -33,10 +34,17 @@ class InputError(ValueError):
 
 
 def load(
-    tag_or_path: str | Path = "full", model_name: str | None = None, device: str | torch.device = "cpu"
+    tag_or_path: str | Path = "full",
+    model_name: str | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
 ) -> AudioCLIP:
     """A ready AudioCLIP in eval mode from an official tag or a file (state dict or Lightning checkpoint); its
-    `lineage` (`audioclip.models.lineage.weights_lineage`) says which variant it is."""
+    `lineage` (`audioclip.models.lineage.weights_lineage`) says which variant it is.
+
+    `precision` `auto` embeds under bf16 autocast where the hardware has bf16, else in fp32 (`32-true`, or force
+    either; `audioclip.precision`); `model.precision_line` says which was chosen and why."""
+    check_inference_precision(precision)
     is_tag = isinstance(tag_or_path, str) and tag_or_path in TAGS
     if is_tag and TAGS[tag_or_path].kind != "audioclip":
         raise WeightsError(f"{tag_or_path!r} holds {TAGS[tag_or_path].kind} weights, not a whole AudioCLIP")
@@ -46,7 +54,9 @@ def load(
     state = state_dict_of(content, path)
     model = create_model(model_name or ("audioclip" if is_tag else guess_model_name(state)))
     model.lineage = weights_lineage(str(tag_or_path), content)
-    return load_state(model, state, str(path)).eval().to(device)
+    model = load_state(model, state, str(path)).eval().to(device)
+    to_inference_precision(model, precision)
+    return model
 
 
 def read_audio_unit_range(path: str | Path) -> tuple[torch.Tensor, int]:

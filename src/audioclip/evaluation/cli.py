@@ -105,6 +105,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from audioclip.evaluation.zeroshot import evaluated_on, zeroshot
     from audioclip.inference import InputError, load
     from audioclip.models.lineage import result_fields
+    from audioclip.precision import announce_on_first_use
 
     check_dataset(args.dataset)
     templates = _templates(args)
@@ -126,7 +127,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     check_writable_dir(out.parent, "--out")  # before the model is loaded and the dataset embedded
     _start_distributed()
     is_main = not dist.is_initialized() or dist.get_rank() == 0
-    model = load(args.checkpoint, model_name=args.model, device=_device(args.device))
+    model = load(args.checkpoint, model_name=args.model, device=_device(args.device), precision=args.precision)
+    announce_on_first_use(model)
     data = embed_dataset(
         model,
         args.dataset,
@@ -145,6 +147,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     meta = {
         "checkpoint": str(args.checkpoint),
         "fingerprint": fingerprint(model),
+        "precision": model.precision,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         # which variant, whether it was trained on this dataset, real or synthetic data (audioclip.models.lineage)
         **result_fields(model.lineage, model.model_name, described),
@@ -246,6 +249,9 @@ def _model_args(p: argparse.ArgumentParser, checkpoint_default: str | None = "fu
     p.add_argument("--checkpoint", default=checkpoint_default, help="official tag (full, partial) or a checkpoint path")
     p.add_argument("--model", default=None, help="registered model name, when it can't be read off the file")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
+    p.add_argument(
+        "--precision", default="auto", help="auto (bf16-mixed where the hardware has bf16), 32-true, bf16-mixed"
+    )
 
 
 def _evaluate_parser() -> argparse.ArgumentParser:
@@ -291,9 +297,11 @@ def index(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     from audioclip.evaluation.index import build_index
     from audioclip.inference import load
+    from audioclip.precision import announce_on_first_use
 
     check_writable_dir(Path(args.out).absolute().parent, "--out")  # before the model is loaded and files embedded
-    model = load(args.checkpoint, model_name=args.model, device=_device(args.device))
+    model = load(args.checkpoint, model_name=args.model, device=_device(args.device), precision=args.precision)
+    announce_on_first_use(model)
     # an absolute path, so that `search` finds the weights from any working directory
     checkpoint = str(Path(args.checkpoint).resolve()) if Path(args.checkpoint).is_file() else str(args.checkpoint)
     stats = build_index(model, args.folder, args.out, checkpoint, batch_size=args.batch_size)
@@ -319,10 +327,12 @@ def search_cli(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     from audioclip.evaluation.index import load_index, search
     from audioclip.inference import load
+    from audioclip.precision import announce_on_first_use
 
     idx = load_index(args.index)
     checkpoint = args.checkpoint or idx["checkpoint"]  # the index remembers the weights it was built with
-    model = load(checkpoint, model_name=args.model, device=_device(args.device))
+    model = load(checkpoint, model_name=args.model, device=_device(args.device), precision=args.precision)
+    announce_on_first_use(model)
     hits = search(idx, model, args.text, args.audio, args.image, args.top, args.modality, args.template)
     for rank, (score, path, modality, label) in enumerate(hits, start=1):
         print(_shown(f"{rank:>3}. {score:+.4f}  {modality:<5}  " + (f"[{label}]  " if label else "") + str(path)))

@@ -174,9 +174,12 @@ def build_index(
             pending.clear()
         _save(index, out)
 
+    # counted in files, so that the bar's rate is the clips/s `make bench-index` measures
+    bar = tqdm(total=len(todo), desc=f"Indexing {folder}", unit="file", disable=not progress)
     try:
-        for number, batch in enumerate(tqdm(batches, desc=f"Indexing {folder}", unit="batch", disable=not progress)):
+        for number, batch in enumerate(batches):
             done, failed = _embed_files(model, batch)
+            bar.update(len(batch))
             stats["failed"] += failed
             # the files left out by the latest run, kept with the index (they are tried again next run)
             index["skipped_files"] = [str(path) for path, _ in stats["failed"]]
@@ -189,6 +192,7 @@ def build_index(
             if (number + 1) % save_every == 0:
                 flush()
     finally:
+        bar.close()
         # also on Ctrl-C or an error: what was embedded is kept and the next run resumes after it
         flush()
     stats["total"] = len(index["paths"])

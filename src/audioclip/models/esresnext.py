@@ -158,7 +158,7 @@ class ESResNeXtFBSP(nn.Module):
                 frames = frame_signal(x.reshape(batch * channels, -1), cfg.win_length, cfg.hop_length) * window
                 left = (cfg.n_fft - cfg.win_length) // 2
                 frames = F.pad(frames, [left, cfg.n_fft - cfg.win_length - left])
-            weights = self.fbsp.weights(cfg.n_fft, dtype)
+            weights = self._filter_bank(dtype, keep=True)
             real, imag = F.linear(frames, weights[..., 0]), F.linear(frames, weights[..., 1])
             power = (real**2 + imag**2).transpose(-1, -2)  # (B*C, freq, frames)
 
@@ -167,10 +167,28 @@ class ESResNeXtFBSP(nn.Module):
             power = torch.where(power > 0.0, power, torch.full_like(power, 1e-18))
             return torch.log10(power).mul(10.0)
 
+    # the spectrogram keeps the filter bank it built for `ttf_loss` of the same step (issue 12); False: build it twice
+    reuse_filter_bank: bool = True
+
+    def _filter_bank(self, dtype: torch.dtype, keep: bool = False) -> torch.Tensor:
+        """The filter bank materialised (`LinearFBSP.weights`), or the one the spectrogram kept: one build and one
+        backward through it per training step instead of two, the same values. The kept bank is taken at most once,
+        only with gradients on and while m, fb and fc are unchanged (the optimizer's in-place step bumps their
+        version), so a stale bank is never used; back-propagating the embeddings before calling `ttf_loss` would
+        reuse a freed graph: set `reuse_filter_bank = False` for such a use."""
+        versions = (dtype, *(p._version for p in (self.fbsp.m, self.fbsp.fb, self.fbsp.fc)))
+        kept, self._kept_bank = self.__dict__.get("_kept_bank"), None
+        if not keep and kept is not None and kept[0] == versions and torch.is_grad_enabled():
+            return kept[1]
+        bank = self.fbsp.weights(self.config.n_fft, dtype)
+        if keep and self.reuse_filter_bank and torch.is_grad_enabled() and bank.requires_grad:
+            self._kept_bank = (versions, bank)
+        return bank
+
     def ttf_loss(self) -> torch.Tensor:
         """Time-frequency transformation loss: MSE between each filter's L2 norm and its target norm
         (1 when normalized, sqrt(n_fft) otherwise), keeping the learned filter bank energy-preserving."""
-        norms = torch.linalg.vector_norm(self.fbsp.weights(self.config.n_fft), ord=2, dim=(-2, -1))
+        norms = torch.linalg.vector_norm(self._filter_bank(self.fbsp.fb.dtype), ord=2, dim=(-2, -1))
         target = 1.0 if self.config.normalized else self.config.n_fft**0.5
         return F.mse_loss(norms, torch.full_like(norms, target))
 

@@ -31,6 +31,8 @@ from lightning.pytorch.loggers import WandbLogger
 
 from audioclip.data.batch import per_device_batch_size
 from audioclip.models.lineage import result_fields
+from audioclip.tasks.auto_precision import Trainer as AutoPrecisionTrainer
+from audioclip.tasks.auto_precision import add_channels_last
 from audioclip.tasks.callbacks import BadDataLog, ResumeState, SaveOnSignal, StepCheckpoint
 from audioclip.tasks.checkpoints import (
     RESUME_KEY,
@@ -220,6 +222,7 @@ class AudioCLIPCLI(PreflightChecks):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         trainer.callbacks.extend([ResumeState(), BadDataLog()])
+        add_channels_last(trainer)
         return trainer
 
     def _defer_resume_to_rank_zero(self, trainer: Trainer) -> None:
@@ -329,6 +332,7 @@ def run_lightning_cli(argv: Sequence[str]) -> AudioCLIPCLI:
         os.environ["WANDB_MODE"] = "offline"
     return AudioCLIPCLI(
         parser_class=OneLineErrorParser,
+        trainer_class=AutoPrecisionTrainer,  # precision: auto
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},

@@ -1,0 +1,166 @@
+"""Where the paper-size fine-tuning step spends its time, by stage, in fp32 and bf16-mixed + channels-last.
+
+The step of `FinetuneModule` (audio head trained, text frozen) is cut at its stage boundaries (detached tensors that
+require grad), so each stage's forward and backward are timed on their own:
+
+- `fbsp_weights`: materialising the filter bank (1025 x 2048 x 2, from m, fb, fc), twice per step (the spectrogram
+  and the TTF loss each build it);
+- `fbsp_projection`: windowed frames (B, 392, 2048) projected onto the real and imaginary filter banks (fp32 IEEE,
+  whatever the autocast), and the power;
+- `power_to_db`: the three-band reshape and `10 log10(max(power, 1e-18))`;
+- `body`: ResNeXt-50 32x4d + attention blocks + `fc` (under autocast in bf16);
+- `loss`: L2 normalisation, the audio-text contrastive loss and the TTF loss.
+
+Then `torch.profiler` over one whole step lists the operators with the most self CPU time. Prints one JSON line per
+precision (`--precision fp32 bf16`), and with `--table` the profiler's table on stderr.
+
+    python benchmarks/profile_step.py                       # batch 8, 5-s clips, both precisions
+    python benchmarks/profile_step.py --precision bf16 --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+from audioclip.models.fbsp import frame_signal, normalize_fbsp_grads_
+from audioclip.tasks import FinetuneModule
+
+
+def _setup(bf16: bool, batch_size: int, seconds: float):
+    torch.manual_seed(0)
+    module = FinetuneModule(model="audioclip", num_classes=50).train()
+    if bf16:
+        module.model.audio.to(memory_format=torch.channels_last)
+    net = module.clip_model
+    with torch.no_grad():
+        text = net.encode_text(net.tokenize([f"class {i}" for i in range(50)]))
+    class_text = text / text.norm(dim=-1, keepdim=True)
+    gen = torch.Generator().manual_seed(0)
+    audio = torch.randn(batch_size, 1, int(44_100 * seconds), generator=gen) * 3000
+    target = torch.randint(0, 50, (batch_size,), generator=gen)
+    return module, net, class_text, audio, target
+
+
+def staged_step(net, class_text, audio, target, bf16: bool, times: dict[str, float]) -> None:
+    """One step, stage by stage, adding each stage's forward and backward seconds to `times`."""
+    head = net.audio
+    cfg = head.config
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def clock(name: str, fn):
+        start = time.perf_counter()
+        out = fn()
+        times[name] += time.perf_counter() - start
+        return out
+
+    batch, channels, _ = audio.shape
+    with torch.no_grad():  # the input scaling and framing: no parameters, no gradient
+        x = (((audio + 32768.0) * 2.0) / 65535.0) - 1.0
+        frames = frame_signal(x.reshape(batch * channels, -1), cfg.win_length, cfg.hop_length) * head.window
+        left = (cfg.n_fft - cfg.win_length) // 2
+        frames = F.pad(frames, [left, cfg.n_fft - cfg.win_length - left])
+    # forward, stage by stage, each stage's input cut from the graph
+    weights = clock("fbsp_weights_fwd", lambda: head.fbsp.weights(cfg.n_fft))
+    w_in = weights.detach().requires_grad_()
+
+    def project():
+        real, imag = F.linear(frames, w_in[..., 0]), F.linear(frames, w_in[..., 1])
+        return (real**2 + imag**2).transpose(-1, -2)
+
+    power = clock("fbsp_projection_fwd", project)
+    p_in = power.detach().requires_grad_()
+
+    def to_db():
+        rows = p_in.shape[-2] // cfg.bands
+        p = p_in[:, : rows * cfg.bands].reshape(batch, channels, cfg.bands, rows, p_in.shape[-1])
+        p = torch.where(p > 0.0, p, torch.full_like(p, 1e-18))
+        return torch.log10(p).mul(10.0)
+
+    spec = clock("power_to_db_fwd", to_db)
+    s_in = spec.detach().requires_grad_()
+
+    def body():
+        with autocast:
+            return head.fc(sum(head.features(s_in[:, ch]) for ch in range(channels)))
+
+    emb = clock("body_fwd", body)
+    e_in = emb.detach().requires_grad_()
+
+    def loss_fwd():
+        with autocast:
+            e = e_in / e_in.norm(dim=-1, keepdim=True)
+            return net.loss({"audio": e, "text": class_text[target]})  # includes the TTF loss (its own weights)
+
+    loss = clock("loss_fwd", loss_fwd)
+    # backward, last stage first, each handing its input's gradient to the stage before
+    clock("loss_bwd", lambda: loss.backward())
+    clock("body_bwd", lambda: emb.backward(e_in.grad))
+    clock("power_to_db_bwd", lambda: spec.backward(s_in.grad))
+    clock("fbsp_projection_bwd", lambda: power.backward(p_in.grad))
+    clock("fbsp_weights_bwd", lambda: weights.backward(w_in.grad))
+
+
+def profile(precision: str, batch_size: int, seconds: float, steps: int, table: bool) -> dict:
+    bf16 = precision == "bf16"
+    module, net, class_text, audio, target = _setup(bf16, batch_size, seconds)
+    optimizer = module.configure_optimizers()["optimizer"]
+
+    def optimizer_step() -> None:
+        normalize_fbsp_grads_(net)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    warm: dict[str, float] = defaultdict(float)
+    staged_step(net, class_text, audio, target, bf16, warm)  # oneDNN builds its primitives on first use
+    optimizer_step()
+    times: dict[str, float] = defaultdict(float)
+    start = time.perf_counter()
+    for _ in range(steps):
+        staged_step(net, class_text, audio, target, bf16, times)
+        optimizer_step()
+    total = (time.perf_counter() - start) / steps
+    stages = {name: round(value / steps, 3) for name, value in times.items()}
+    stages["optimizer_and_rest"] = round(total - sum(stages.values()), 3)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        staged_step(net, class_text, audio, target, bf16, defaultdict(float))
+        optimizer_step()
+    averages = prof.key_averages()
+    if table:
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
+    top = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    return {
+        "precision": precision + ("-mixed + channels_last" if bf16 else ""),
+        "batch_size": batch_size,
+        "clip_seconds": seconds,
+        "threads": torch.get_num_threads(),
+        "step_s": round(total, 3),
+        "stages_s": stages,
+        "stages_share": {name: round(value / total, 3) for name, value in stages.items()},
+        "top_ops_self_s": {e.key: round(e.self_cpu_time_total / 1e6, 3) for e in top},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=1, help="timed staged steps after one warm-up step")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--table", action="store_true", help="the profiler's operator table on stderr")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for precision in args.precision:
+        print(json.dumps(profile(precision, args.batch_size, args.seconds, args.steps, args.table)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
