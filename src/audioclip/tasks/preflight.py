@@ -108,6 +108,9 @@ def quiet_known_messages() -> None:
     # the frozen CLIP towers (and BatchNorm statistics of frozen parts) are in eval mode on purpose
     # (`tasks.base.freeze`, kept by the phases' `train()`); Lightning warns of any module in eval mode at the start
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # under bf16-mixed (precision auto's choice on bf16 hardware) the model summary sizes parameters as fp32, which is
+    # right: mixed precision keeps the parameters in fp32
+    warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model summary")
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
         rank_zero.addFilter(_DropLightningTips())
