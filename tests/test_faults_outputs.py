@@ -347,3 +347,19 @@ def test_a_broken_yaml_config_is_one_line_naming_its_file(tmp_path, capsys):
         f"audioclip: error: --config {path}: not valid YAML (line 3, column 1: expected ',' or ']', but got "
         "'<stream end>')"
     )
+
+
+@pytest.mark.parametrize(("given", "expected"), [("1", 1), ("1.0", 1.0), ("0.5", 0.5), ("3", 3)])
+def test_limit_batches_of_one_means_one_batch_not_all_of_them(given, expected):
+    """Lightning reads an int as a number of batches and a float as a fraction; `--trainer.limit_val_batches 1` was
+    parsed as 1.0 (typing hands back Lightning's `Union[int, float]` as `Union[float, int]`): every batch, silently."""
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    from audioclip.tasks.auto_precision import Trainer  # the trainer class `audioclip fit` parses
+
+    parser = LightningArgumentParser()
+    parser.add_class_arguments(Trainer, "trainer")
+    for stage in ("train", "val", "test", "predict"):
+        parsed = parser.parse_args([f"--trainer.limit_{stage}_batches", given]).trainer
+        value = getattr(parsed, f"limit_{stage}_batches")
+        assert (value, type(value)) == (expected, type(expected)), stage

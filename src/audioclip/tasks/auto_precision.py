@@ -17,13 +17,35 @@ from audioclip.precision import announce, is_mixed, resolve_precision
 
 
 class Trainer(L.Trainer):
-    """`L.Trainer` whose `precision` also takes `auto` (its default)."""
+    """`L.Trainer` whose `precision` also takes `auto` (its default).
 
-    def __init__(self, *args: Any, precision: _PRECISION_INPUT | Literal["auto"] | None = "auto", **kwargs: Any):
+    It also restates the `limit_*_batches` types. Lightning annotates them `Optional[Union[int, float]]`, but
+    typing caches unions regardless of their order and hands back `Union[float, int]`, so the command line parsed
+    `--trainer.limit_val_batches 1` as the float 1.0 (100 % of the batches) instead of one batch, silently.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        precision: _PRECISION_INPUT | Literal["auto"] | None = "auto",
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
+        **kwargs: Any,
+    ):
         chosen, line = resolve_precision(precision, kwargs.get("accelerator", "auto"))
         if rank_zero_only.rank == 0:
             announce(line)
-        super().__init__(*args, precision=chosen, **kwargs)
+        super().__init__(
+            *args,
+            precision=chosen,
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            **kwargs,
+        )
 
 
 def add_channels_last(trainer: L.Trainer) -> None:
