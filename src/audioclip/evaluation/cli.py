@@ -103,9 +103,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from audioclip.evaluation.index import fingerprint
     from audioclip.evaluation.query import default_pairs, query
     from audioclip.evaluation.zeroshot import evaluated_on, zeroshot
-    from audioclip.inference import InputError, load
+    from audioclip.inference import InputError
     from audioclip.models.lineage import result_fields
-    from audioclip.precision import announce_on_first_use
 
     check_dataset(args.dataset)
     templates = _templates(args)
@@ -127,8 +126,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     check_writable_dir(out.parent, "--out")  # before the model is loaded and the dataset embedded
     _start_distributed()
     is_main = not dist.is_initialized() or dist.get_rank() == 0
-    model = load(args.checkpoint, model_name=args.model, device=_device(args.device), precision=args.precision)
-    announce_on_first_use(model)
+    model = _load_model(args)
     data = embed_dataset(
         model,
         args.dataset,
@@ -254,6 +252,18 @@ def _model_args(p: argparse.ArgumentParser, checkpoint_default: str | None = "fu
     )
 
 
+def _load_model(args: argparse.Namespace, checkpoint: str | None = None):  # noqa: ANN202 - an AudioCLIP
+    """The model `_model_args` describe (`checkpoint` overrides `--checkpoint`), saying its precision when it first
+    embeds."""
+    from audioclip.inference import load
+    from audioclip.precision import announce_on_first_use
+
+    model = load(checkpoint or args.checkpoint, model_name=args.model, device=_device(args.device),
+                 precision=args.precision)  # fmt: skip
+    announce_on_first_use(model)
+    return model
+
+
 def _evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audioclip evaluate", description="zero-shot classification and querying")
     sub = parser.add_subparsers(dest="task", required=True)
@@ -296,12 +306,9 @@ def index(argv: Sequence[str]) -> int:
     _model_args(parser)
     args = parser.parse_args(argv)
     from audioclip.evaluation.index import build_index
-    from audioclip.inference import load
-    from audioclip.precision import announce_on_first_use
 
     check_writable_dir(Path(args.out).absolute().parent, "--out")  # before the model is loaded and files embedded
-    model = load(args.checkpoint, model_name=args.model, device=_device(args.device), precision=args.precision)
-    announce_on_first_use(model)
+    model = _load_model(args)
     # an absolute path, so that `search` finds the weights from any working directory
     checkpoint = str(Path(args.checkpoint).resolve()) if Path(args.checkpoint).is_file() else str(args.checkpoint)
     stats = build_index(model, args.folder, args.out, checkpoint, batch_size=args.batch_size)
@@ -326,13 +333,10 @@ def search_cli(argv: Sequence[str]) -> int:
     _model_args(parser, checkpoint_default=None)
     args = parser.parse_args(argv)
     from audioclip.evaluation.index import load_index, search
-    from audioclip.inference import load
-    from audioclip.precision import announce_on_first_use
 
     idx = load_index(args.index)
     checkpoint = args.checkpoint or idx["checkpoint"]  # the index remembers the weights it was built with
-    model = load(checkpoint, model_name=args.model, device=_device(args.device), precision=args.precision)
-    announce_on_first_use(model)
+    model = _load_model(args, checkpoint)
     hits = search(idx, model, args.text, args.audio, args.image, args.top, args.modality, args.template)
     for rank, (score, path, modality, label) in enumerate(hits, start=1):
         print(_shown(f"{rank:>3}. {score:+.4f}  {modality:<5}  " + (f"[{label}]  " if label else "") + str(path)))
