@@ -82,7 +82,7 @@ RUNS    ?= runs
 ESC50   ?= data/esc50
 US8K    ?= data/us8k
 INIT    ?= full
-# W&B group of the run (a cv-* target gives all its folds one, cv-<phase>-<start time>, unless GROUP= names it)
+# W&B group of the run (a cv-* target gives all its folds one, <target>-<start time>, unless GROUP= names it)
 GROUP   ?=
 FIT      = $(AC) fit --config conf/trainer.yaml --trainer.num_nodes $(NODES) --trainer.devices $(GPUS) \
   $(if $(GROUP),--trainer.logger.init_args.group $(GROUP))
@@ -93,10 +93,10 @@ run      = --trainer.default_root_dir $(1) $(call resume,$(1)) $(ARGS)
 # one fine-tuning fold: $(1) the phase (conf/$(1).yaml, runs/$(1)/fold$(FOLD)), $(2) the dataset root, $(3) init_from
 finetune_fold = $(FIT) --config conf/$(1).yaml --data.init_args.root $(or $(DATA),$(2)) --data.init_args.fold $(FOLD) \
   --model.init_args.init_from $(3) $(call run,$(RUNS)/$(1)/fold$(FOLD))
-# every fold of $(2) (FOLDS= for some; the fold counts live in audioclip.constants), then the table
+# the fold numbers of dataset $(1) (the fold counts live in audioclip.constants)
 folds_of = $(shell $(PY) -c 'from audioclip.constants import FOLDS; print(*range(1, FOLDS["$(1)"] + 1))')
-# every fold of $(1), all in one W&B group (GROUP=, else <target>-<start time>); then `audioclip crossval` makes the
-# table. `+`: `make -n cv-*` shows every fold's command
+# every fold of phase $(1) on dataset $(2) (FOLDS= for some), all in one W&B group (GROUP=, else <target>-<start
+# time>); the target's next line makes the table. `+`: `make -n cv-*` shows every fold's command
 fold_loop = +group=$(or $(GROUP),$@-$$(date +%Y%m%d-%H%M%S)); for k in $(or $(FOLDS),$(call folds_of,$(2))); do \
   $(MAKE) --no-print-directory $(1) FOLD=$$k GROUP=$$group || exit 1; done
 
