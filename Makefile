@@ -18,7 +18,7 @@ ARGS    ?=
 DATA    ?=
 RESUME  ?= 0
 
-.PHONY: help install test test-fast test-gpu test-faults mutation lint demo demo-data weights bench-data bench-train bench-index bench-gpu \
+.PHONY: help install test test-fast test-gpu test-faults mutation lint demo demo-data weights bench-data bench-train bench-index bench-gpu profile \
         finetune finetune-esc50 finetune-us8k cv-esc50 cv-us8k finetune-esc50-audio-head finetune-us8k-audio-head \
         cv-esc50-audio-head cv-us8k-audio-head data-audioset bench-audioset pretrain-audio train-partial train-full
 
@@ -147,6 +147,9 @@ bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU (fp32, bf16 + chann
 
 bench-index: $(STAMP)  ## `audioclip index` over 64 5-s clips, paper-size model: clips/s in fp32 and precision auto; one JSON line
 	@$(PY) benchmarks/bench_index.py $(ARGS)
+
+profile: $(STAMP)  ## where the paper-size fine-tuning step spends its time, by stage, and its bound at this machine's matrix-product peak; one JSON line per precision
+	@$(PY) benchmarks/profile_step.py $(ARGS)
 
 bench-gpu: $(STAMP)  ## on a GPU: paper-size fine-tuning + full-training steps at batch 64, fp32 vs bf16, and the AudioSet loader's feed rate (< 4 min); one JSON line
 	@$(PY) benchmarks/bench_gpu.py $(ARGS)

@@ -11,11 +11,18 @@ require grad), so each stage's forward and backward are timed on their own:
 - `body`: ResNeXt-50 32x4d + attention blocks + `fc` (under autocast in bf16);
 - `loss`: L2 normalisation, the audio-text contrastive loss and the TTF loss.
 
-Then `torch.profiler` over one whole step lists the operators with the most self CPU time. Prints one JSON line per
-precision (`--precision fp32 bf16`), and with `--table` the profiler's table on stderr.
+Then `torch.profiler` over one whole step lists the operators with the most self CPU time, and `roofline` sets the
+step against what this machine can compute: the matrix work of the body (every convolution and `fc`, counted from
+their shapes: forward, input gradient and weight gradient) and of the projection (forward and the filter banks'
+gradient), divided by the rate of a large matrix product measured here in the same precision (`gemm_peak`). Its
+`max_step_speedup` is the step's speed-up if that work ran at the measured peak and everything else in the body
+(BatchNorm, ReLU, masks, residual adds, pooling, casts) cost nothing: a bound no kernel change can pass. (torch's
+`FlopCounterMode` is not used: it counts a grouped convolution's backward as if it were dense, 16x too much here.)
+Prints one JSON line per precision (`--precision fp32 bf16`), and with `--table` the profiler's table on stderr.
 
     python benchmarks/profile_step.py                       # batch 8, 5-s clips, both precisions
     python benchmarks/profile_step.py --precision bf16 --table
+    make profile ARGS="--precision bf16"
 """
 
 from __future__ import annotations
@@ -30,13 +37,88 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
-from audioclip.models.fbsp import frame_signal, normalize_fbsp_grads_
+from audioclip.models.fbsp import frame_signal, normalize_fbsp_grads_, num_frames
 from audioclip.tasks import FinetuneModule
 
 
-def _setup(bf16: bool, batch_size: int, seconds: float):
+def conv_and_linear_flops(module: torch.nn.Module, forward) -> int:
+    """Multiply-add FLOPs (2 per multiply-add) of `module`'s convolutions and linear layers in one call of
+    `forward()`, read from the shapes they see (a grouped convolution's output channel sees in_channels / groups
+    inputs); the call runs without gradients."""
+    total = 0
+
+    def count(layer, args, out) -> None:
+        nonlocal total
+        if isinstance(layer, torch.nn.Conv2d):
+            kh, kw = layer.kernel_size
+            total += 2 * out.numel() * (layer.in_channels // layer.groups) * kh * kw
+        else:
+            total += 2 * out.numel() * layer.in_features
+
+    layers = [m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [layer.register_forward_hook(count) for layer in layers]
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+def gemm_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
+    """This machine's matrix-product rate (GFLOP/s) in `dtype` at the current thread count: best of `repeats`."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def max_step_speedup(step_s: float, parts: dict[str, tuple[float, float, float]]) -> float:
+    """The step's speed-up if each part (name -> (seconds it took, its GFLOP, the GFLOP/s peak it could run at))
+    took only its GFLOP at the peak instead of the seconds it took; the rest of the step unchanged."""
+    bound = step_s - sum(seconds - gflop / peak for seconds, gflop, peak in parts.values())
+    return step_s / bound
+
+
+def roofline(head, audio: torch.Tensor, bf16: bool, stages: dict[str, float], step_s: float, conv_s: float) -> dict:
+    """The step's matrix work and the bound on its speed-up at this machine's measured peak (see the docstring)."""
+    cfg = head.config
+    batch, channels, samples = audio.shape
+    frames = num_frames(samples, cfg.win_length, cfg.hop_length)
+    bins = cfg.n_fft // 2 + 1
+    spec = torch.zeros(batch, cfg.bands, bins // cfg.bands, frames)
+    features = conv_and_linear_flops(head, lambda: head.features(spec)) * channels
+    body_fwd = features + 2 * batch * head.fc.in_features * head.fc.out_features
+    body_gflop = 3 * body_fwd / 1e9  # forward, input gradient, weight gradient (the spectrogram is trained through)
+    projection_gflop = 2 * (2 * 2 * batch * channels * frames * cfg.n_fft * bins) / 1e9  # forward + banks' gradient
+    peak = {"bf16": round(gemm_peak_gflops(torch.bfloat16), 1), "fp32": round(gemm_peak_gflops(torch.float32), 1)}
+    body_peak = peak["bf16" if bf16 else "fp32"]
+    body_s = stages["body_fwd"] + stages["body_bwd"]
+    projection_s = stages["fbsp_projection_fwd"] + stages["fbsp_projection_bwd"]
+    parts = {"body": (body_s, body_gflop, body_peak), "projection": (projection_s, projection_gflop, peak["fp32"])}
+    return {
+        "gemm_peak_gflop_per_s": peak,
+        "body_gflop": round(body_gflop, 3),
+        "body_gflop_per_s": round(body_gflop / body_s, 1),
+        "body_fraction_of_peak": round(body_gflop / body_s / body_peak, 3),
+        "conv_self_s": round(conv_s, 3),
+        "conv_gflop_per_s": round(body_gflop / conv_s, 1),
+        "body_outside_conv_s": round(max(body_s - conv_s, 0.0), 3),
+        "projection_gflop": round(projection_gflop, 3),
+        "projection_gflop_per_s": round(projection_gflop / projection_s, 1),
+        "max_step_speedup": round(max_step_speedup(step_s, parts), 3),
+    }
+
+
+def _setup(bf16: bool, batch_size: int, seconds: float, model: str = "audioclip"):
     torch.manual_seed(0)
-    module = FinetuneModule(model="audioclip", num_classes=50).train()
+    module = FinetuneModule(model=model, num_classes=50).train()
     if bf16:
         module.model.audio.to(memory_format=torch.channels_last)
     net = module.clip_model
@@ -108,9 +190,9 @@ def staged_step(net, class_text, audio, target, bf16: bool, times: dict[str, flo
     clock("fbsp_weights_bwd", lambda: weights.backward(w_in.grad))
 
 
-def profile(precision: str, batch_size: int, seconds: float, steps: int, table: bool) -> dict:
+def profile(precision: str, batch_size: int, seconds: float, steps: int, table: bool, model: str = "audioclip") -> dict:
     bf16 = precision == "bf16"
-    module, net, class_text, audio, target = _setup(bf16, batch_size, seconds)
+    module, net, class_text, audio, target = _setup(bf16, batch_size, seconds, model)
     optimizer = module.configure_optimizers()["optimizer"]
 
     def optimizer_step() -> None:
@@ -136,7 +218,9 @@ def profile(precision: str, batch_size: int, seconds: float, steps: int, table: 
     if table:
         print(averages.table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
     top = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    conv_s = sum(e.self_cpu_time_total for e in averages if e.key in CONVOLUTION_OPS) / 1e6
     return {
+        "model": model,
         "precision": precision + ("-mixed + channels_last" if bf16 else ""),
         "batch_size": batch_size,
         "clip_seconds": seconds,
@@ -145,7 +229,12 @@ def profile(precision: str, batch_size: int, seconds: float, steps: int, table: 
         "stages_s": stages,
         "stages_share": {name: round(value / total, 3) for name, value in stages.items()},
         "top_ops_self_s": {e.key: round(e.self_cpu_time_total / 1e6, 3) for e in top},
+        "roofline": roofline(net.audio, audio, bf16, {k: v / steps for k, v in times.items()}, total, conv_s),
     }
+
+
+# the profiler's names of the body's convolution kernels (oneDNN on CPU), forward and backward
+CONVOLUTION_OPS = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::cudnn_convolution"}
 
 
 def main() -> None:
@@ -155,11 +244,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--steps", type=int, default=1, help="timed staged steps after one warm-up step")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default="audioclip", help="audioclip (paper size) or audioclip-tiny (a smoke run)")
     parser.add_argument("--table", action="store_true", help="the profiler's operator table on stderr")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for precision in args.precision:
-        print(json.dumps(profile(precision, args.batch_size, args.seconds, args.steps, args.table)), flush=True)
+        result = profile(precision, args.batch_size, args.seconds, args.steps, args.table, args.model)
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
