@@ -5,7 +5,7 @@ backward, the fbsp gradient rule, SGD) in eager mode, then with `ESResNeXtFBSP.f
 body, where inductor can fuse BatchNorm, ReLU, the attention masks and the residual adds) compiled, then eager again
 (the machine's drift within the run). The compiled path's first step includes the compilation. One JSON line.
 
-    python benchmarks/compile_body.py                 # paper size, batch 8, 2 timed steps per path (~10 min on 2 cores)
+    python benchmarks/compile_body.py                 # paper size, batch 8, 2 timed steps per path (~2 min idle)
     python benchmarks/compile_body.py --model audioclip-tiny --batch-size 2 --seconds 1
 """
 

@@ -3,8 +3,8 @@
 The step of `FinetuneModule` (audio head trained, text frozen) is cut at its stage boundaries (detached tensors that
 require grad), so each stage's forward and backward are timed on their own:
 
-- `fbsp_weights`: materialising the filter bank (1025 x 2048 x 2, from m, fb, fc), twice per step (the spectrogram
-  and the TTF loss each build it);
+- `fbsp_weights`: materialising the filter bank (1025 x 2048 x 2, from m, fb, fc) for the spectrogram (the TTF
+  loss, in `loss`, builds it a second time in this cut; the real step hands it the spectrogram's bank);
 - `fbsp_projection`: windowed frames (B, 392, 2048) projected onto the real and imaginary filter banks (fp32 IEEE,
   whatever the autocast), and the power;
 - `power_to_db`: the three-band reshape and `10 log10(max(power, 1e-18))`;
@@ -15,9 +15,12 @@ Then `torch.profiler` over one whole step lists the operators with the most self
 step against what this machine can compute: the matrix work of the body (every convolution and `fc`, counted from
 their shapes: forward, input gradient and weight gradient) and of the projection (forward and the filter banks'
 gradient), divided by the rate of a large matrix product measured here in the same precision (`gemm_peak`). Its
-`max_step_speedup` is the step's speed-up if that work ran at the measured peak and everything else in the body
-(BatchNorm, ReLU, masks, residual adds, pooling, casts) cost nothing: a bound no kernel change can pass. (torch's
-`FlopCounterMode` is not used: it counts a grouped convolution's backward as if it were dense, 16x too much here.)
+`max_step_speedup` is the step's speed-up if that work ran at the measured rate and everything else in the body
+(BatchNorm, ReLU, masks, residual adds, pooling, casts) cost nothing, the stages outside the body and the projection
+unchanged. The rate of a 2048 x 2048 product is a measured reference, not a hardware limit (the best 1x1
+convolutions match it), so the bound is an estimate of what kernel work could gain, not a proof. `conv_self_s` comes
+from the profiled step, the stage times from the timed steps. (torch's `FlopCounterMode` is not used: it counts a
+grouped convolution's backward as if it were dense, 16x too much here.)
 Prints one JSON line per precision (`--precision fp32 bf16`), and with `--table` the profiler's table on stderr.
 
     python benchmarks/profile_step.py                       # batch 8, 5-s clips, both precisions
@@ -44,7 +47,7 @@ from audioclip.tasks import FinetuneModule
 def conv_and_linear_flops(module: torch.nn.Module, forward) -> int:
     """Multiply-add FLOPs (2 per multiply-add) of `module`'s convolutions and linear layers in one call of
     `forward()`, read from the shapes they see (a grouped convolution's output channel sees in_channels / groups
-    inputs); the call runs without gradients."""
+    inputs); the call runs without gradients and in eval mode, so BatchNorm's running statistics stay as they were."""
     total = 0
 
     def count(layer, args, out) -> None:
@@ -57,12 +60,16 @@ def conv_and_linear_flops(module: torch.nn.Module, forward) -> int:
 
     layers = [m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     hooks = [layer.register_forward_hook(count) for layer in layers]
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
     try:
         with torch.no_grad():
             forward()
     finally:
         for hook in hooks:
             hook.remove()
+        for m, training in modes.items():
+            m.training = training
     return total
 
 
@@ -104,16 +111,20 @@ def roofline(head, audio: torch.Tensor, bf16: bool, stages: dict[str, float], st
     parts = {"body": (body_s, body_gflop, body_peak), "projection": (projection_s, projection_gflop, peak["fp32"])}
     return {
         "gemm_peak_gflop_per_s": peak,
-        "body_gflop": round(body_gflop, 3),
+        "body_gflop": _significant(body_gflop),
         "body_gflop_per_s": round(body_gflop / body_s, 1),
         "body_fraction_of_peak": round(body_gflop / body_s / body_peak, 3),
         "conv_self_s": round(conv_s, 3),
         "conv_gflop_per_s": round(body_gflop / conv_s, 1),
         "body_outside_conv_s": round(max(body_s - conv_s, 0.0), 3),
-        "projection_gflop": round(projection_gflop, 3),
+        "projection_gflop": _significant(projection_gflop),
         "projection_gflop_per_s": round(projection_gflop / projection_s, 1),
         "max_step_speedup": round(max_step_speedup(step_s, parts), 3),
     }
+
+
+def _significant(value: float, digits: int = 6) -> float:
+    return float(f"{value:.{digits}g}")
 
 
 def _setup(bf16: bool, batch_size: int, seconds: float, model: str = "audioclip"):
@@ -234,7 +245,14 @@ def profile(precision: str, batch_size: int, seconds: float, steps: int, table: 
 
 
 # the profiler's names of the body's convolution kernels (oneDNN on CPU), forward and backward
-CONVOLUTION_OPS = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::cudnn_convolution"}
+# (one thread in fp32 takes ATen's own kernels for 1x1 convolutions)
+CONVOLUTION_OPS = {
+    "aten::mkldnn_convolution",
+    "aten::convolution_backward",
+    "aten::cudnn_convolution",
+    "aten::_slow_conv2d_forward",
+    "aten::_slow_conv2d_backward",
+}
 
 
 def main() -> None:
