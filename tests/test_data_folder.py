@@ -1,12 +1,15 @@
 """Your own data (issue 14): `AudioFolderDataModule` on class-folder trees and CSV/TSV manifests: decoding of any
 rate / channel count / length, class names, the three split protocols, bad layouts as one-line errors."""
 
+import inspect
+
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
 from audioclip.data import AudioFolderDataModule, BadFileError, DatasetNotFoundError, MetadataError, MissingFileError
+from audioclip.data.folds import FoldedAudioDataModule
 from audioclip.data.synthetic import class_sound, write_caption_manifest
 from audioclip.evaluation.metrics import retrieval_at_k
 
@@ -233,3 +236,14 @@ def test_retrieval_at_k_and_map_at_10_on_a_worked_example():
     assert retrieval_at_k(scores, relevant, ks=(1,), map_at=3)["map@3"] == pytest.approx((0.25 + 1.0) / 2)
     # R@k is a hit rate (one relevant result in the top k suffices), not the share of relevant results found
     assert retrieval_at_k(scores, relevant, ks=(2,))["r@2"] == 1.0
+
+
+def test_own_data_loads_with_the_same_loader_defaults_as_esc50_and_us8k() -> None:
+    """A user's folder gets what the paper's datasets get unless they say otherwise: pinned memory on a GPU,
+    persistent workers, the same batch, workers, bad-file policy (a subclass that re-declares a parameter must not
+    keep a stale default)."""
+    ours = inspect.signature(AudioFolderDataModule.__init__).parameters
+    base = inspect.signature(FoldedAudioDataModule.__init__).parameters
+    shared = sorted(set(ours) & set(base) - {"self", "root", "fold"})
+    assert {"pin_memory", "persistent_workers", "batch_size", "num_workers", "on_bad_file"} <= set(shared)
+    assert {name: ours[name].default for name in shared} == {name: base[name].default for name in shared}
