@@ -372,7 +372,7 @@ def test_without_a_process_group_the_gather_is_the_identity_and_the_loss_local()
     import audioclip.models.losses as losses
 
     x = torch.ones(2, 3)
-    assert losses._distributed() == (0, 1) and losses.gather_with_grad(x) is x
+    assert losses.rank_and_world() == (0, 1) and losses.gather_with_grad(x) is x
 
 
 def test_under_ddp_a_rank_scores_its_rows_against_the_global_batch_with_offset_labels(monkeypatch):
@@ -380,7 +380,7 @@ def test_under_ddp_a_rank_scores_its_rows_against_the_global_batch_with_offset_l
     import audioclip.models.losses as losses
 
     rank0_row = torch.tensor([[1.0, 0.0, 0.0]])  # rank 0's clip: a_0 = b_0 = e_0
-    monkeypatch.setattr(losses, "_distributed", lambda: (1, 2))
+    monkeypatch.setattr(losses, "rank_and_world", lambda: (1, 2))
     monkeypatch.setattr(losses, "gather_with_grad", lambda x: torch.cat([rank0_row, x]))
     a, b = torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[0.6, 0.8, 0.0]])
     # this rank's row of S = [0, 0.8] and of S^T = [0.6, 0.8]; its label is 1 (offset by rank x local batch)

@@ -21,14 +21,15 @@ import signal
 from collections.abc import Callable
 from multiprocessing.context import BaseContext
 
-import torch.distributed as dist
 from lightning.fabric.utilities.seed import pl_worker_init_function
+
+from audioclip.process_group import rank_and_world
 
 
 def worker_context(workers: int) -> BaseContext | None:
     """The multiprocessing context for ``workers`` worker processes: ``forkserver`` in a process group of more than
     one rank, else ``None`` (a DataLoader's default)."""
-    if workers > 0 and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if workers > 0 and rank_and_world()[1] > 1:
         return multiprocessing.get_context("forkserver")
     return None
 

@@ -105,6 +105,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from audioclip.evaluation.zeroshot import evaluated_on, zeroshot
     from audioclip.inference import InputError
     from audioclip.models.lineage import result_fields
+    from audioclip.process_group import rank_and_world
 
     check_dataset(args.dataset)
     templates = _templates(args)
@@ -125,7 +126,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) / (args.name or default) / "results.json"
     check_writable_dir(out.parent, "--out")  # before the model is loaded and the dataset embedded
     _start_distributed()
-    is_main = not dist.is_initialized() or dist.get_rank() == 0
+    is_main = rank_and_world()[0] == 0
     model = _load_model(args)
     data = embed_dataset(
         model,

@@ -24,6 +24,7 @@ from audioclip.data.workers import worker_context
 from audioclip.evaluation.names import DATASETS, MODALITIES
 from audioclip.inference import InputError
 from audioclip.models import AudioCLIP
+from audioclip.process_group import rank_and_world
 
 
 @dataclass
@@ -86,15 +87,9 @@ def read_class_names(path: str | Path, folders: Sequence[str]) -> list[str]:
     return names
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _share(dataset: Dataset) -> Dataset:
     """This rank's strided share of a map-style dataset (all of it in one process)."""
-    rank, world = _world()
+    rank, world = rank_and_world()
     return dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
 
 
@@ -108,7 +103,7 @@ def _rank_loader(dataset: Dataset, batch_size: int, num_workers: int, collate_fn
 
 def _gather(part: dict) -> dict:
     """Concatenate every rank's embedded share (lists and tensors) in rank order."""
-    rank, world = _world()
+    rank, world = rank_and_world()
     if world == 1:
         return part
     shares: list[dict] = [{} for _ in range(world)]
@@ -247,7 +242,9 @@ def embed_dataset(
 
         if folds:
             raise ValueError("AudioSet has no folds; evaluate on a shard directory (--root) instead of --fold")
-        dm = AudioSetDataModule(test_dir=str(root), batch_size=batch_size * _world()[1], num_workers=num_workers)
+        dm = AudioSetDataModule(
+            test_dir=str(root), batch_size=batch_size * rank_and_world()[1], num_workers=num_workers
+        )
         dm.setup("test")
         class_names = dm.class_names
         # LitData splits the shards over the ranks itself

@@ -34,6 +34,7 @@ from torchmetrics.retrieval import RetrievalMAP, RetrievalPrecision, RetrievalRe
 from audioclip.evaluation.embedded import EmbeddedSet
 from audioclip.evaluation.zeroshot import class_text_embeddings
 from audioclip.models import AudioCLIP
+from audioclip.process_group import rank_and_world
 
 RECALL_LEVELS = np.round(np.linspace(0.0, 1.0, 11), 2)  # the 11-point interpolated precision-recall curve
 
@@ -75,7 +76,7 @@ def top_k_metrics(scores: torch.Tensor, relevant: torch.Tensor) -> dict[str, flo
     denominator = relevant.sum(1).clamp(min=1, max=MAP_AT).double()
     per_query[f"map@{MAP_AT}"] = (precision[:, :MAP_AT] * hits[:, :MAP_AT]).sum(1) / denominator
     sums = torch.stack([v[keep].sum() for v in per_query.values()] + [keep.sum().double()])
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if rank_and_world()[1] > 1:
         dist.all_reduce(sums)
     count = max(float(sums[-1]), 1.0)
     return {name: float(total) / count for name, total in zip(per_query, sums[:-1], strict=True)}
@@ -132,7 +133,7 @@ def query(
     ids = {labels: i for i, labels in enumerate(sorted(set(q_labels) | set(r_labels)))}
     q_ids = torch.tensor([ids[x] for x in q_labels])
     r_ids = torch.tensor([ids[x] for x in r_labels])
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_and_world()
     mine = torch.arange(rank, len(q_ids), world)  # this rank's share of the queries
     scores = q_emb[mine] @ r_emb.T
     metrics = retrieval_metrics(scores, q_ids[mine, None] == r_ids[None], mine)

@@ -20,8 +20,9 @@ import math
 from collections.abc import Mapping
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+
+from audioclip.process_group import rank_and_world
 
 # (first modality, second modality, name of the logit scale)
 PAIRS: tuple[tuple[str, str, str], ...] = (
@@ -31,15 +32,9 @@ PAIRS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate `x` from every rank along dim 0; gradients flow back to each rank's own rows."""
-    _, world = _distributed()
+    _, world = rank_and_world()
     if world == 1:
         return x
     from torch.distributed.nn.functional import all_gather
@@ -58,7 +53,7 @@ def symmetric_contrastive(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor)
     Under DDP the rows of this rank are scored against all ranks' rows (`local_loss` as in open_clip), so the
     value is this rank's share of the global loss and DDP's gradient averaging yields the global gradient.
     """
-    rank, world = _distributed()
+    rank, world = rank_and_world()
     all_a, all_b = (gather_with_grad(a), gather_with_grad(b)) if world > 1 else (a, b)
     labels = torch.arange(a.shape[0], device=a.device) + rank * a.shape[0]
     return F.cross_entropy(scale * a @ all_b.T, labels) + F.cross_entropy(scale * b @ all_a.T, labels)

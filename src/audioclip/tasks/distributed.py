@@ -23,13 +23,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.plugins import LayerSync
 from torch import nn
 
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from audioclip.process_group import rank_and_world
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -41,7 +38,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and _world() > 1):
+        if not (self.training and rank_and_world()[1] > 1):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 

@@ -26,6 +26,7 @@ from torch import nn
 from torchmetrics.classification import MultilabelAveragePrecision
 
 from audioclip.evaluation.metrics import caption_retrieval
+from audioclip.process_group import rank_and_world
 from audioclip.tasks.phases import FinetuneModule
 
 TASKS = ("class", "multilabel", "caption")
@@ -161,8 +162,9 @@ class FolderFinetuneModule(FinetuneModule):
         audio = torch.cat(self._eval_audio) if self._eval_audio else torch.empty(0, self.clip_model.config.embed_dim)
         ids = torch.cat(self._eval_ids) if self._eval_ids else torch.empty(0, dtype=torch.long)
         self._eval_audio, self._eval_ids = [], []
-        if dist.is_available() and dist.is_initialized():
-            shares: list = [None] * dist.get_world_size()
+        _, world = rank_and_world()
+        if world > 1:
+            shares: list = [None] * world
             dist.all_gather_object(shares, (audio.cpu(), ids.cpu()))
             audio, ids = torch.cat([s[0] for s in shares]), torch.cat([s[1] for s in shares])
         captions = list(self.trainer.datamodule.captions)

@@ -22,7 +22,6 @@ import lightning as L
 import numpy as np
 import soundfile as sf
 import torch
-import torch.distributed as dist
 from litdata import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 from litdata.utilities.env import _WorkerEnv
@@ -38,6 +37,7 @@ from audioclip.data.errors import BadFileError, check_on_bad_file, clip_problem,
 from audioclip.data.transforms import eval_audio_transform, train_audio_transform
 from audioclip.data.workers import IgnoreTerminationSignals, worker_context
 from audioclip.models.preprocess import image_transform
+from audioclip.process_group import rank_and_world
 
 # Ten frames sit at the centres of ten equal intervals (prepare.frame_times), so none is at the exact middle;
 # frame 5 (55 % of the clip) is the one Python's ``len // 2`` convention calls central.
@@ -272,7 +272,7 @@ class AudioSetDataModule(L.LightningDataModule):
     def _world_size(self) -> int:
         if self.trainer is not None:
             return self.trainer.world_size
-        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        return rank_and_world()[1]
 
     def _dataset(self, split: str, directory: str | None, train: bool) -> AudioSetStreamingDataset:
         if directory is None:
