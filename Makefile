@@ -18,7 +18,7 @@ ARGS    ?=
 DATA    ?=
 RESUME  ?= 0
 
-.PHONY: help install test test-fast test-gpu test-faults mutation lint demo demo-data weights bench-data bench-train bench-index bench-gpu profile \
+.PHONY: help install lock lock-check upgrade smoke doctor test test-fast test-gpu test-faults mutation lint demo demo-data weights bench-data bench-train bench-index bench-gpu profile \
         finetune finetune-esc50 finetune-us8k cv-esc50 cv-us8k finetune-esc50-audio-head finetune-us8k-audio-head \
         cv-esc50-audio-head cv-us8k-audio-head data-audioset bench-audioset pretrain-audio train-partial train-full
 
@@ -26,18 +26,50 @@ help:  ## list every target with its description
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+# ---- install: exactly the versions in uv.lock (docs/install.md) ----
+# uv itself lives in its own small venv (.tools/), so a machine with only python3 can run `make install`
+UV_VERSION := 0.13.9
+TOOLS   := .tools
+UV      := $(TOOLS)/bin/uv
+# optional extras beside `test` (audioset, audioset-cloud, ray, mutation): make install EXTRAS="ray audioset-cloud"
+EXTRAS  ?=
+SYNC     = UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --python python3 \
+  $(foreach e,test $(EXTRAS),--extra $(e))
+
+$(UV):
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(SYNC)
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the project (editable) with its test extras
+install: $(STAMP)  ## create .venv with exactly the locked versions (uv.lock; never re-resolves), project editable + test extras (EXTRAS=)
 
-test: $(STAMP)  ## run the whole test suite (tiny models, one paper-size parity check); GPU checks: make test-gpu
+lock: | $(UV)  ## re-resolve uv.lock from pyproject.toml (after editing dependencies); commit both
+	$(UV) lock
+
+lock-check: | $(UV)  ## fail when pyproject.toml and uv.lock disagree (CI runs it first)
+	@out=$$($(UV) lock --check --offline 2>&1) || { echo "$$out" | grep -E '^(error|hint)' >&2; \
+	  echo "uv.lock does not match pyproject.toml: run \`make lock\` and commit uv.lock" >&2; exit 1; }
+	@echo "uv.lock matches pyproject.toml"
+
+upgrade: | $(UV)  ## bump every unpinned dependency in uv.lock to its newest release, install it and run make test-fast
+	$(UV) lock --upgrade
+	$(SYNC)
+	touch $(STAMP)
+	$(MAKE) --no-print-directory test-fast
+
+smoke: $(STAMP)  ## the install check, first in make test: every compiled extension loads, every audio format decodes (seconds)
+	@$(PY) -m audioclip.install_check
+
+doctor: $(STAMP)  ## versions against the lock, extensions, devices and precision, ffmpeg/yt-dlp, W&B, weights, datasets
+	$(AC) doctor $(if $(DATA),--data $(DATA))
+
+test: smoke  ## run the whole test suite (tiny models, one paper-size parity check); GPU checks: make test-gpu
 	$(PY) -m pytest tests -q -m "not gpu"
 
-test-fast: $(STAMP)  ## run the tests without the paper-size checks
+test-fast: smoke  ## run the tests without the paper-size checks
 	$(PY) -m pytest tests -q -m "not slow and not gpu"
 
 test-gpu: $(STAMP)  ## the checks that need CUDA (NCCL DDP + SyncBatchNorm, 16/bf16-mixed fbsp, TF32 parity); on a GPU machine
@@ -55,7 +87,7 @@ MUTATION_SCOPE ?= 'audioclip.models.losses.*' 'audioclip.evaluation.metrics.*' '
 JOBS ?= 2
 
 mutation: $(STAMP)  ## mutation score per module + surviving mutants (mutmut over the fast tests; ~30 min on 2 cores)
-	@$(PY) -c "import mutmut" 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[mutation]'
+	@$(PY) -c "import mutmut" 2>/dev/null || $(SYNC) --extra mutation
 	AUDIOCLIP_SHARED=$(abspath ../shared) $(VENV)/bin/mutmut run --max-children $(JOBS) $(MUTATION_SCOPE)
 	$(PY) tools/mutation_report.py $(MUTATION_SCOPE)
 
