@@ -4,7 +4,11 @@ The inference helpers are imported on first use, so that `import audioclip.data`
 does not pay for CLIP and the models.
 """
 
+import warnings
 from importlib import import_module
+
+# `clip` imports pkg_resources, which warns at every start since setuptools 81 (the locked version): nothing to act on
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated as an API", category=UserWarning)
 
 __all__ = ["classify", "create_model", "embed_audio", "embed_image", "embed_text", "list_models", "load"]
 __version__ = "0.1.0"

@@ -5,6 +5,7 @@
     audioclip weights list | download [TAG...]
     audioclip prepare audioset ...                                     # AudioSet download/ingest/extract/pack
     audioclip crossval runs/finetune-esc50                             # per-fold table of a cross-validation
+    audioclip doctor                                                   # what this install is, what is broken
 
 Every subcommand is one row of `COMMANDS`: a help line and the `module:function` that takes the rest of the
 command line; the module is imported only when its subcommand runs, so `--help` answers at once.
@@ -37,6 +38,7 @@ COMMANDS = {
     "demo": ("fine-tune the tiny AudioCLIP on synthetic ESC-50 (make demo)", "audioclip.demo:main"),
     "synthetic": ("write synthetic datasets in the official layouts", "audioclip.data.synthetic:main"),
     "testmedia": ("write small AudioSet-like test videos", "audioclip.data.audioset.testmedia:main"),
+    "doctor": ("what this install is (versions, devices, weights, data) and what is broken", "audioclip.doctor:main"),
 }
 # the subcommands whose options this parser holds; the others parse their own
 OWN = ("classify", "weights")
