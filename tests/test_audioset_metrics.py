@@ -1,14 +1,12 @@
 """AudioSet mAP against a plain NumPy average precision and a case worked out by hand, including the DDP gather of
 torchmetrics."""
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import gloo_group, spawn
 
 from audioclip.evaluation.metrics import AudioSetMAP, class_scores
 
@@ -107,10 +105,8 @@ def test_class_scores_are_the_references_sigmoid_of_cosine_minus_half() -> None:
     assert torch.allclose(class_scores(3 * embeddings, text), expected, atol=1e-6)
 
 
-def _ddp_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
+def _ddp_worker(rank: int, store: Path, out: str) -> None:
+    with gloo_group(rank, 2, store):
         target, audio, image = random_case(2)
         metric = AudioSetMAP()
         metric.update(target[rank::2], audio=audio[rank::2], image=image[rank::2])
@@ -120,13 +116,11 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
         hand.update(target[rank::2], audio=scores[rank::2])
         result = {"random": metric.compute(), "hand": hand.compute()["audio"], "left_out": hand.classes_left_out}
         torch.save(result, Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.ddp
 def test_ranks_agree_on_the_map_of_all_their_samples(tmp_path: Path) -> None:
-    mp.spawn(_ddp_worker, args=(29_500 + (os.getpid() + 7) % 1000, str(tmp_path)), nprocs=2, join=True)
+    spawn(_ddp_worker, tmp_path, str(tmp_path))
     target, audio, _ = random_case(2)
     expected = macro_map(audio.numpy(), target.numpy())
     for rank in range(2):

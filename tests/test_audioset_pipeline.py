@@ -7,7 +7,6 @@ comes from, so the frame positions can be checked after JPEG compression and CLI
 
 import io
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -15,8 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import gloo_group, spawn
 from litdata import StreamingDataset
 from PIL import Image
 from wandb_offline import wandb_run
@@ -216,10 +214,8 @@ def test_class_weights_are_inverse_frequency(prepared: dict) -> None:
     assert dm.sample_weights(target).tolist() == pytest.approx([float(weights[music] + weights[0]), 0.0])
 
 
-def _ddp_worker(rank: int, prepared: dict, out: str, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
+def _ddp_worker(rank: int, store: Path, prepared: dict, out: str) -> None:
+    with gloo_group(rank, 2, store):
         dm = datamodule(prepared, batch_size=2)
         dm.setup("fit")
         ids = {
@@ -228,14 +224,11 @@ def _ddp_worker(rank: int, prepared: dict, out: str, port: int) -> None:
         }
         assert dm.per_device_batch_size == 1
         Path(out, f"rank{rank}.json").write_text(json.dumps(ids))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.ddp
 def test_two_ddp_ranks_read_disjoint_samples(prepared: dict, tmp_path: Path) -> None:
-    port = 29_500 + os.getpid() % 1000
-    mp.spawn(_ddp_worker, args=(prepared, str(tmp_path), port), nprocs=2, join=True)
+    spawn(_ddp_worker, tmp_path, prepared, str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for split in ("train", "val"):
         a, b = ranks[0][split], ranks[1][split]

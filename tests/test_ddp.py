@@ -23,14 +23,12 @@ Ranks report their results to the test through `torch.save` files in `tmp_path`.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import gloo_group, spawn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -100,17 +98,9 @@ def _assert_grads_close(
         torch.testing.assert_close(actual[name], ref, rtol=1e-4, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def _init(rank: int, store: Path) -> None:
-    torch.set_num_threads(1)  # two ranks on a 2-core machine
-    dist.init_process_group(
-        "gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=120)
-    )
-
-
 def _spawn(fn, tmp_path: Path, *args) -> list[dict]:
     """Run `fn(rank, store, out, *args)` on WORLD gloo ranks and return what each rank saved to `out`."""
-    store = tmp_path / "store"  # FileStore rendezvous: no port to pick, so no race with other tests on the machine
-    mp.spawn(fn, args=(store, tmp_path, *args), nprocs=WORLD, join=True)
+    spawn(fn, tmp_path, tmp_path, *args, nprocs=WORLD)
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
 
@@ -119,8 +109,7 @@ def _spawn(fn, tmp_path: Path, *args) -> list[dict]:
 
 
 def _ddp_loss_worker(rank: int, store: Path, out: Path) -> None:
-    _init(rank, store)
-    try:
+    with gloo_group(rank, WORLD, store):
         model = _tiny_model()
         # find_unused_parameters: fbsp's empty `bias` is never used (kept for the reference's checkpoints), nor is
         # the visual tower without images; without it DDP waits for their gradients and fails at the next
@@ -138,8 +127,6 @@ def _ddp_loss_worker(rank: int, store: Path, out: Path) -> None:
             normalize_fbsp_grads_(model)  # after DDP's averaging, as the phases do before the optimizer step
             results[case] = {"loss": loss.detach(), "grads": _grads(model)}
         torch.save(results, out / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -324,12 +311,9 @@ def _update_and_compute(data: dict[str, torch.Tensor], rows: slice) -> dict[str,
 
 
 def _metric_worker(rank: int, store: Path, out: Path) -> None:
-    _init(rank, store)
-    try:
+    with gloo_group(rank, WORLD, store):
         rows = slice(0, SPLIT) if rank == 0 else slice(SPLIT, SAMPLES_METRIC)
         torch.save(_update_and_compute(_metric_data(), rows), out / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_synced_metrics_match_single_process(tmp_path: Path) -> None:

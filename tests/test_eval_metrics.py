@@ -3,14 +3,12 @@ average is the same when the queries are split over 2 DDP ranks (gloo on CPU).""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import gloo_group, spawn
 
 from audioclip.evaluation.embedded import EmbeddedSet
 from audioclip.evaluation.query import default_pairs, precision_recall_curve, query, retrieval_metrics
@@ -105,17 +103,14 @@ def test_query_result_fields_pairs_and_errors():
 
 
 def _ddp_worker(rank: int, store: Path, out: Path) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=120))  # fmt: skip
-    row = query(None, _two_modality_set(), "audio", "image")
-    torch.save(row, out / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    with gloo_group(rank, 2, store):
+        row = query(None, _two_modality_set(), "audio", "image")
+        torch.save(row, out / f"rank{rank}.pt")
 
 
 @pytest.mark.ddp
 def test_query_metrics_are_the_same_when_queries_are_split_over_two_ranks(tmp_path):
-    mp.spawn(_ddp_worker, args=(tmp_path / "store", tmp_path), nprocs=2, join=True)
+    spawn(_ddp_worker, tmp_path, tmp_path)
     single = query(None, _two_modality_set(), "audio", "image")
     for rank in range(2):
         ranked = torch.load(tmp_path / f"rank{rank}.pt")

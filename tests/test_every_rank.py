@@ -3,13 +3,11 @@ sets that each rank embeds a share of and then gathers (gloo on CPU)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import gloo_group, spawn
 from torch.utils.data import Dataset
 
 from audioclip.data.samplers import ResumableDataLoader, ResumableSampler
@@ -74,18 +72,13 @@ def test_each_rank_resumes_after_its_own_share_of_the_consumed_samples():
 def _embed_worker(rank: int, store: Path, root: Path, checkpoint: Path, out: Path) -> None:
     import audioclip
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=120))  # fmt: skip
-    try:
+    with gloo_group(rank, 2, store):
         model = audioclip.load(checkpoint)
         # one loader worker: it starts from the fork server, so the dataset must survive pickling
         data = embed_dataset(model, "esc50", root, folds=[1, 2], batch_size=2, num_workers=1, progress=False)
         result = zeroshot(model, data, num_folds=5)
         torch.save({"data": data, "accuracy": result["accuracy"], "confusion": result["confusion"]},
                    out / f"rank{rank}.pt")  # fmt: skip
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.ddp
@@ -97,7 +90,7 @@ def test_two_ranks_embed_disjoint_shares_and_both_end_with_the_whole_set(tiny_ch
     model = audioclip.load(tiny_checkpoint)
     single = embed_dataset(model, "esc50", root, folds=[1, 2], batch_size=2, progress=False)  # builds the cache
     expected = zeroshot(model, single, num_folds=5)
-    mp.spawn(_embed_worker, args=(tmp_path / "store", root, tiny_checkpoint, tmp_path), nprocs=2, join=True)
+    spawn(_embed_worker, tmp_path, root, tiny_checkpoint, tmp_path)
     by_id = {i: k for k, i in enumerate(single.ids)}
     assert len(by_id) == 6
     for rank in range(2):
@@ -116,12 +109,8 @@ def test_two_ranks_embed_disjoint_shares_and_both_end_with_the_whole_set(tiny_ch
 def _context_worker(rank: int, store: Path, out: Path) -> None:
     from audioclip.data.workers import worker_context
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=120))  # fmt: skip
-    try:
+    with gloo_group(rank, 2, store):
         (out / f"rank{rank}.txt").write_text(f"{worker_context(2).get_start_method()} {worker_context(0)}")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.ddp
@@ -131,5 +120,5 @@ def test_workers_of_a_rank_start_from_a_fork_server_and_a_single_process_forks(t
     from audioclip.data.workers import worker_context
 
     assert worker_context(2) is None
-    mp.spawn(_context_worker, args=(tmp_path / "store", tmp_path), nprocs=2, join=True)
+    spawn(_context_worker, tmp_path, tmp_path)
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["forkserver None"] * 2
