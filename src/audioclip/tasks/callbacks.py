@@ -154,7 +154,7 @@ class ResumeState(Callback):
     models have no dropout. AudioSet's frame choice and augmentations do draw from the global generator, but in
     the loader workers, which `DataLoader` seeds when the epoch's iterator is created, before any training-batch
     hook could restore a state (and with `num_workers=0` the first batch is drawn before it too). A restore there
-    could not make a resumed run equal to the uninterrupted one; `tests/test_faults_resume.py` shows that the
+    could not make a resumed run equal to the uninterrupted one; `tests/faults/test_kill_and_resume.py` shows that the
     ESC-50 run is equal, to the bit, without it.
     """
 

@@ -1,5 +1,5 @@
 """Fault injection, bad data at training time: clips that read as silence, the wrong length or NaN/Inf, or cannot be
-read at all, after the decoded cache was built (bad files found while building it: tests/test_data_bad_input.py).
+read at all, after the decoded cache was built (bad files found while building it: tests/data/test_bad_input.py).
 
 ESC-50 items come from the int16 cache, so faults go into the cache (a zeroed row, a wrong length in its index) or
 into its reader (NaN samples, a failing read), and reach the training loop through real DataLoader workers.
@@ -25,7 +25,7 @@ from audioclip.tasks.cli import run_lightning_cli
 
 pytestmark = pytest.mark.faults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROBLEMS = {
     "silence": "decoded to digital silence (every sample 0)",
     "wrong length": "decoded to the wrong length (0 samples; expected 1..220500)",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from litdata.utilities.env import _DistributedEnv
-from test_audioset_scale import fake_clips
+from test_cluster_scale import fake_clips
 
 from audioclip.data.audioset import AudioSetDataModule
 from audioclip.data.audioset.datamodule import AudioSetStreamingDataset

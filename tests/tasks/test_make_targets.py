@@ -11,7 +11,7 @@ import pytest
 from audioclip.data.synthetic import write_esc50
 from audioclip.tasks.crossval import main as crossval
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _make(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -42,7 +42,7 @@ def test_finetune_esc50_target_runs_end_to_end_on_a_synthetic_root(tmp_path):
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     metrics = json.loads((run / "test_metrics.json").read_text())
     # the target's wiring: fold 3 is the test split of 4 clips (one per class); the accuracy that training
-    # reaches is asserted through the same configuration in tests/test_learning.py
+    # reaches is asserted through the same configuration in tests/tasks/test_learning.py
     assert metrics["test/acc"] * 4 == pytest.approx(round(metrics["test/acc"] * 4))
     assert "fold: 3" in (run / "config.yaml").read_text()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults_weights import _fit  # `audioclip fit` on the demo config, as the weight-file faults run it
+from test_unsafe_weights import _fit  # `audioclip fit` on the demo config, as the weight-file faults run it
 
 import audioclip.tasks.cli  # noqa: F401  Lightning's log handlers bind to the real stderr, not one test's capture
 from audioclip.cli import main

@@ -77,7 +77,7 @@ def test_true_half_precisions_are_refused_in_one_line(precision: str, tmp_path, 
     from audioclip.data.synthetic import write_esc50
 
     root = write_esc50(tmp_path / "esc50", clips_per_class=2, classes=2, seed=0, progress=False)
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     code = main(["fit", "--config", str(conf / "trainer.yaml"), "--config", str(conf / "finetune-esc50.yaml"),
                  "--model.init_args.model", "audioclip-tiny", "--model.init_args.init_from", "null",
                  "--data.init_args.root", str(root), "--trainer.logger", "false", "--trainer.accelerator", "cpu",

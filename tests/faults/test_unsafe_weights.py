@@ -1,6 +1,6 @@
 """Fault injection, unsafe or broken weight files at every entry point: `init_from`, `--ckpt_path` (resume),
 `audioclip.load` and Lightning's own checkpoint reader. The loader itself (`read_state_dict`, `verify`) is tested
-in tests/test_weights.py; here each entry point gives one clear error and never runs pickled code."""
+in tests/models/test_weight_loading.py; here each entry point gives one clear error and never runs pickled code."""
 
 import os
 from pathlib import Path
@@ -16,7 +16,7 @@ from audioclip.tasks.checkpoints import AtomicCheckpointIO
 
 pytestmark = pytest.mark.faults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _RunsCode:

@@ -15,7 +15,7 @@ from audioclip.tasks import AudioPretrainModule, FinetuneModule, FullTrainingMod
 from audioclip.tasks.base import _no_decay
 from audioclip.tasks.cli import run_lightning_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.name for p in (ROOT / "conf").glob("*.yaml") if p.name != "trainer.yaml")
 
 
@@ -136,7 +136,7 @@ def test_tiny_fit_writes_config_checkpoints_test_metrics_and_wandb_summary(esc50
     assert any(p.name.startswith("best-") for p in (run / "checkpoints").iterdir())
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert Path(metrics["checkpoint"]).name.startswith("best-")  # tested: the checkpoint selected on validation
-    # the reported accuracy is that checkpoint's (that training raises it above chance: tests/test_learning.py)
+    # the reported accuracy is that checkpoint's (that training raises it above chance: tests/tasks/test_learning.py)
     tester = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     again = tester.test(cli.model, datamodule=cli.datamodule, ckpt_path=metrics["checkpoint"], verbose=False)
     assert again[0]["test/acc"] == pytest.approx(metrics["test/acc"])

@@ -23,7 +23,7 @@ from audioclip.data.synthetic import class_sound, write_esc50
 from audioclip.tasks import AudioPretrainModule
 from audioclip.tasks.cli import run_lightning_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["dog", "rain", "siren", "church bells"]
 
 

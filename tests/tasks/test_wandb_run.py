@@ -20,7 +20,7 @@ from audioclip.data.synthetic import write_esc50
 from audioclip.tasks.cli import run_lightning_cli
 from audioclip.tasks.wandb_run import STAGING_ENV, prepare_wandb_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

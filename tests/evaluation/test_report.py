@@ -18,7 +18,7 @@ from audioclip.cli import main
 from audioclip.data.synthetic import write_esc50
 from audioclip.tasks.cli import run_lightning_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fold_metrics(group: Path, variant: str, accs: list[float], result: str = "text", data: str = "real",

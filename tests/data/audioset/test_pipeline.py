@@ -247,7 +247,7 @@ def test_audioset_phases_train_a_few_steps_on_the_shards(prepared: dict, tmp_pat
     """The phase configs run end to end on prepared shards: training steps, mAP evaluation, last.ckpt."""
     from audioclip.tasks.cli import run_lightning_cli
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[3] / "conf"
     shards, run = str(prepared["shards"]), tmp_path / "run"
     init = ["--model.init_args.init_from", "null"] + (
         ["--model.init_args.audio_init_from", "null"] if config == "train-partial.yaml" else []

@@ -16,7 +16,7 @@ from audioclip.models import create_model
 from audioclip.models.pretrained import WeightsError
 from audioclip.tasks import AudioPretrainModule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from audioclip.models import create_model
 
 pytestmark = pytest.mark.faults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

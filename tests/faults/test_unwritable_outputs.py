@@ -20,7 +20,7 @@ from audioclip.data.synthetic import write_esc50
 
 pytestmark = pytest.mark.faults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _read_only_mount(monkeypatch, top: Path) -> None:

@@ -25,7 +25,7 @@ from audioclip.models import create_model
 
 pytestmark = pytest.mark.ddp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent.parent
 TINY = "--trainer.accelerator cpu --trainer.enable_progress_bar false --trainer.strategy ddp"
 

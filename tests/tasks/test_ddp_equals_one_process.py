@@ -229,7 +229,7 @@ def _one_step(name: str, out: Path, world: int, accelerator: str = "cpu") -> lis
     trainer = L.Trainer(
         accelerator=accelerator,
         # ddp_spawn, not ddp: "ddp" starts rank 1 by re-running the command line, i.e. all of pytest (the users'
-        # commands are run under "ddp" in test_multigpu.py). No find_unused_parameters: every trainable parameter
+        # commands are run under "ddp" in tests/tasks/test_multigpu_commands.py). No find_unused_parameters: every trainable parameter
         # of the phases takes part in their loss.
         strategy="ddp_spawn" if world > 1 else "auto",
         devices=world,

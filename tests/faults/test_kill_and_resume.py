@@ -23,7 +23,7 @@ from audioclip.tasks.checkpoints import RESUME_KEY, AtomicCheckpointIO
 
 pytestmark = pytest.mark.faults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STEPS_PER_EPOCH = 4
 EPOCHS = 3
 

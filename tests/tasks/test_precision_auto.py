@@ -15,7 +15,7 @@ from audioclip.inference import embed_audio
 from audioclip.tasks.callbacks import ChannelsLast
 from audioclip.tasks.cli import run_lightning_cli
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 CLIP = "cat_3-95694-A-5.wav"
 
 

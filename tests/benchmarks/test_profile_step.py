@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_step.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_step.py"
 _spec = importlib.util.spec_from_file_location("profile_step", SCRIPT)
 profile_step = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(profile_step)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_ddp import WORLD, _assert_grads_close, _one_step, _phase
+from test_ddp_equals_one_process import WORLD, _assert_grads_close, _one_step, _phase
 from torch.utils.data import DataLoader
 
 from audioclip.models import create_model
@@ -29,7 +29,7 @@ from audioclip.tasks import ChannelsLast, FinetuneModule
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (make test-gpu)")]
 
 FBSP = ("audio.fbsp.m", "audio.fbsp.fb", "audio.fbsp.fc")
-SRC = str(Path(__file__).resolve().parents[1] / "src" / "audioclip")
+SRC = str(Path(__file__).resolve().parents[2] / "src" / "audioclip")
 
 
 def _clips(n: int, seconds: float = 1.0) -> torch.Tensor:

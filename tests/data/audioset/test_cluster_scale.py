@@ -118,7 +118,7 @@ def test_data_audioset_holds_out_one_percent_unless_told_otherwise() -> None:
     """`make data-audioset` on the user's own list keeps 99 % of the clips for training; the demo a quarter."""
     import subprocess
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[3]
 
     def command(*assignments: str) -> str:
         # --no-print-directory: under `make test` MAKELEVEL is set and make would print "Leaving directory" last
@@ -250,7 +250,7 @@ def test_slurm_array_tasks_and_merge_run_as_documented(tmp_path: Path) -> None:
 
     from audioclip.data.audioset.metadata import read_segments, shard_of
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[3]
     videos, segments = write_test_set(tmp_path / "media", 8)
     good = {s.ytid for i, s in enumerate(read_segments(segments)) if i not in (2, 3)}
     assert {shard_of(y, 2) for y in good} == {0, 1}  # both tasks have clips to pack
@@ -313,7 +313,7 @@ def test_frames_off_decodes_no_jpeg_and_pretrain_audio_asks_for_it(packed: dict,
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert "image" not in batch and batch["audio"].shape == (4, 1, 11_025) and len(batch["id"]) == 4
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[3]
     command = subprocess.run(["make", "-n", "pretrain-audio"], cwd=repo, capture_output=True, text=True).stdout
     assert "--data.init_args.frames false" in command
 
