@@ -174,7 +174,7 @@ cv-us8k-audio-head: $(STAMP)  ## the audio head on all 10 UrbanSound8K folds, th
 	$(call fold_loop,finetune-us8k-audio-head,us8k)
 	$(AC) crossval $(RUNS)/finetune-us8k-audio-head
 
-bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU (fp32, bf16 + channels_last, bf16 before/after issue 12) and the real fit loop against it; one JSON line
+bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU (fp32, bf16 + channels_last, bf16 with the filter bank built twice vs once) and the real fit loop against it; one JSON line
 	@$(PY) benchmarks/bench_train.py $(ARGS)
 
 bench-index: $(STAMP)  ## `audioclip index` over 64 5-s clips, paper-size model: clips/s in fp32 and precision auto; one JSON line

@@ -1,6 +1,6 @@
 """Benchmark of the ESC-50 data pipeline on a synthetic ESC-50-sized dataset; prints one JSON line.
 
-Measures (issue 3, "Performance"): the cold cache build, the time from DataModule creation to
+Measures: the cold cache build, the time from DataModule creation to
 the first training batch on a warm cache, train-loader throughput with the paper's augmentations
 and 2 workers, and the peak memory of the whole process tree (main process, cache-build pool,
 DataLoader workers). The reference AudioCLIP loader needed 21 s and 2.8 GB for one ESC-50

@@ -1,4 +1,4 @@
-"""Does `torch.compile` pay for the paper-size bf16 fine-tuning step on this machine? (issue 12)
+"""Does `torch.compile` pay for the paper-size bf16 fine-tuning step on this machine?
 
 Times the step (audio head forward under bf16 autocast + channels-last, the audio-text loss with the TTF loss,
 backward, the fbsp gradient rule, SGD) in eager mode, then with `ESResNeXtFBSP.features` (the per-channel ResNeXt

@@ -1,4 +1,4 @@
-"""`precision: auto`: bf16-mixed where the hardware computes in bf16, else fp32 (issue 12, "fast by default").
+"""`precision: auto`: bf16-mixed where the hardware computes in bf16, else fp32: fast by default.
 
 bf16 autocast pays where matrix units take bf16 natively: CUDA devices with bf16 support (Ampere and later), and
 x86 CPUs with AMX (`amx_bf16`) or AVX512-BF16 (`avx512_bf16`), on which oneDNN runs bf16 convolutions and matmuls

@@ -1,4 +1,4 @@
-"""`make bench-gpu` (issue 12): the GPU benchmark script runs end to end on CPU with the tiny models, and its JSON
+"""`make bench-gpu`: the GPU benchmark script runs end to end on CPU with the tiny models, and its JSON
 line says whether the loader or the step is the slower one."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`make profile` (issue 12): the step's matrix work is counted from the layers' shapes (a grouped convolution does
+"""`make profile`: the step's matrix work is counted from the layers' shapes (a grouped convolution does
 1/groups of a dense one's work), and the bound on the step's speed-up at the measured peak follows from it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Your own data (issue 14): `AudioFolderDataModule` on class-folder trees and CSV/TSV manifests: decoding of any
+"""Your own data: `AudioFolderDataModule` on class-folder trees and CSV/TSV manifests: decoding of any
 rate / channel count / length, class names, the three split protocols, bad layouts as one-line errors."""
 
 import inspect

@@ -1,4 +1,4 @@
-"""`audioclip index` and `audioclip search` (issue 6, item 5): batched, resumable indexing of a folder of audio and
+"""`audioclip index` and `audioclip search`: batched, resumable indexing of a folder of audio and
 images, exact cosine search, and refusal to mix embeddings of different checkpoints."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`audioclip evaluate` / `index` / `search` on your own data (issue 14): a class-folder tree, a multi-label and a
+"""`audioclip evaluate` / `index` / `search` on your own data: a class-folder tree, a multi-label and a
 caption manifest, with the tiny model."""
 
 import json

@@ -1,5 +1,5 @@
 """End to end on the paper-size AudioCLIP with deterministic weights (shared/tools/detweights.py, seed 0): zero-shot,
-querying, the report, index and search all run on a handful of clips (issue 6, "Done when")."""
+querying, the report, index and search all run on a handful of clips."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Querying metrics (issue 6, item 2): torchmetrics' P@1 / R@1 / mAP agree with a plain NumPy computation, and the
+"""Querying metrics: torchmetrics' P@1 / R@1 / mAP agree with a plain NumPy computation, and the
 average is the same when the queries are split over 2 DDP ranks (gloo on CPU)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`make report` (issue 10, item 4): every row of the paper's Tables 1-4, our figure beside it only when it is
+"""`make report`: every row of the paper's Tables 1-4, our figure beside it only when it is
 comparable (real data, paper-size model, same variant, dataset, setting and metric), everything else under "Other
 runs"; REPORT.json holds the rows and REPORT.md is rendered from it; PNG plots embedded and logged to W&B."""
 

@@ -1,4 +1,4 @@
-"""`audioclip evaluate zeroshot` / `query` on the synthetic datasets with the tiny model (issue 6, items 1, 2, 6)."""
+"""`audioclip evaluate zeroshot` / `query` on the synthetic datasets with the tiny model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which model a result came from (issue 10, items 2 and 3): the variant is read from official tags and from the
+"""Which model a result came from: the variant is read from official tags and from the
 lineage checkpoints record, never from a file name; synthetic data is marked; both fine-tuning protocols."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""Precision at the edges (issue 17): the fbsp front end always computes in fp32, the filter-bank gradient rule
+"""Precision at the edges: the fbsp front end always computes in fp32, the filter-bank gradient rule
 runs after loss-scale unscaling, and precisions that would cast the filter bank to half are refused."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Distributed data parallel training gives the same result as one process (issue 4, item 2).
+"""Distributed data parallel training gives the same result as one process.
 
 Proven on 2 CPU processes with the gloo backend, against one process that sees the concatenated batch:
 
@@ -229,8 +229,8 @@ def _one_step(name: str, out: Path, world: int, accelerator: str = "cpu") -> lis
     trainer = L.Trainer(
         accelerator=accelerator,
         # ddp_spawn, not ddp: "ddp" starts rank 1 by re-running the command line, i.e. all of pytest (the users'
-        # commands are run under "ddp" in tests/tasks/test_multigpu_commands.py). No find_unused_parameters: every trainable parameter
-        # of the phases takes part in their loss.
+        # commands are run under "ddp" in tests/tasks/test_multigpu_commands.py). No find_unused_parameters: every
+        # trainable parameter of the phases takes part in their loss.
         strategy="ddp_spawn" if world > 1 else "auto",
         devices=world,
         plugins=[SyncBatchNormPlugin("cuda" if accelerator == "gpu" else "cpu")] if world > 1 else None,

@@ -1,4 +1,4 @@
-"""The faster training step (issue 12): the filter bank is materialised once per step (the spectrogram keeps it for
+"""The faster training step: the filter bank is materialised once per step (the spectrogram keeps it for
 the TTF loss), with the same loss and (to rounding) gradients as building it twice, and never reused across steps."""
 
 from __future__ import annotations

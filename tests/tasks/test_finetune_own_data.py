@@ -1,4 +1,4 @@
-"""`make finetune DATA=...` on your own data (issue 14) end to end with the tiny model: a class-folder tree mixing
+"""`make finetune DATA=...` on your own data end to end with the tiny model: a class-folder tree mixing
 sample rates, channel counts, lengths and formats, a caption manifest, a multi-label manifest with FOLD; bad layouts
 stop with one line."""
 

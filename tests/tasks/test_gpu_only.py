@@ -1,4 +1,4 @@
-"""Checks that only mean something on CUDA (issue 17, item 8): `make test-gpu` runs them, `make test` leaves them out.
+"""Checks that only mean something on CUDA: `make test-gpu` runs them, `make test` leaves them out.
 
 - NCCL DDP with SyncBatchNorm: 2 ranks equal 1 rank on the concatenated batch (needs 2 GPUs).
 - 16-mixed and bf16-mixed: one step moves the fbsp filter bank as fp32 does (the gradient rule after unscaling).

@@ -1,4 +1,4 @@
-"""The users' own commands on 2 ranks (issue 17): `make <phase> GPUS=2` and `torchrun ... audioclip evaluate`.
+"""The users' own commands on 2 ranks: `make <phase> GPUS=2` and `torchrun ... audioclip evaluate`.
 
 Each test runs the command a user types, as a subprocess, on 2 CPU ranks (gloo, Lightning's `ddp` strategy, which
 starts rank 1 by re-running the command), with the W&B offline logger on, tiny models and synthetic data. One loader

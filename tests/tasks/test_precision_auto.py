@@ -1,4 +1,4 @@
-"""`precision: auto` (issue 12): bf16-mixed where the hardware computes in bf16, else 32-true; the choice is said
+"""`precision: auto`: bf16-mixed where the hardware computes in bf16, else 32-true; the choice is said
 in the run's first line, and mixed precision brings channels-last convolutions with it."""
 
 from __future__ import annotations

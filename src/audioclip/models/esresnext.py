@@ -167,7 +167,8 @@ class ESResNeXtFBSP(nn.Module):
             power = torch.where(power > 0.0, power, torch.full_like(power, 1e-18))
             return torch.log10(power).mul(10.0)
 
-    # the spectrogram keeps the filter bank it built for `ttf_loss` of the same step (issue 12); False: build it twice
+    # the spectrogram keeps the filter bank it built for `ttf_loss` of the same step (one build per step, not two);
+    # False: build it twice
     reuse_filter_bank: bool = True
 
     def _filter_bank(self, dtype: torch.dtype, keep: bool = False) -> torch.Tensor:

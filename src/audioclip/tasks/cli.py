@@ -4,7 +4,7 @@ Every YAML key is a constructor argument of a LightningModule / DataModule / Tra
 so a misspelled key or a wrong type fails before any data is read. The resolved configuration is written into
 the run directory (`config.yaml`) and into W&B's run config.
 
-Reliability (issue 7, `audioclip.tasks.callbacks`, `audioclip.tasks.checkpoints`): checkpoints are written
+Reliability (`audioclip.tasks.callbacks`, `audioclip.tasks.checkpoints`): checkpoints are written
 atomically and read with `weights_only=True`; `last.ckpt` is written every `--last_checkpoint.every_n_train_steps`
 steps and on SIGTERM / SIGUSR1; `--ckpt_path last` resumes the run directory's `last.ckpt` (or starts afresh when
 there is none) and continues its W&B run. A bad setting is one line naming it, before any data is read.
