@@ -57,7 +57,7 @@ def test_draws_follow_the_per_sample_paths_distributions() -> None:
 def test_datamodule_sends_int16_and_augments_after_transfer(tmp_path) -> None:
     """`device_augment=True`: loader workers send int16 audio and its lengths; the hook Lightning calls after the
     transfer returns the augmented float batch of the batch contract."""
-    from test_audioset_scale import fake_clips
+    from test_cluster_scale import fake_clips
 
     from audioclip.data.audioset import AudioSetDataModule
     from audioclip.data.audioset.prepare import pack
