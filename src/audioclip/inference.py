@@ -24,7 +24,7 @@ from audioclip.models import AudioCLIP, create_model
 from audioclip.models.lineage import weights_lineage
 from audioclip.models.losses import clamp_scale
 from audioclip.models.preprocess import image_transform
-from audioclip.models.pretrained import TAGS, WeightsError, load_state, read_checkpoint, resolve, state_dict_of
+from audioclip.models.pretrained import TAGS, WeightsError, load_weights, read_weights
 from audioclip.models.registry import guess_model_name
 from audioclip.precision import check_inference_precision, to_inference_precision
 
@@ -48,13 +48,12 @@ def load(
     is_tag = isinstance(tag_or_path, str) and tag_or_path in TAGS
     if is_tag and TAGS[tag_or_path].kind != "audioclip":
         raise WeightsError(f"{tag_or_path!r} holds {TAGS[tag_or_path].kind} weights, not a whole AudioCLIP")
-    path, _ = resolve(tag_or_path)
-    # the file is read once: the architecture is guessed from the same tensors, and the lineage read beside them
-    content = read_checkpoint(path)
-    state = state_dict_of(content, path)
-    model = create_model(model_name or ("audioclip" if is_tag else guess_model_name(state)))
-    model.lineage = weights_lineage(str(tag_or_path), content)
-    model = load_state(model, state, str(path)).eval().to(device)
+    # read once: the architecture is guessed from the same tensors, and the lineage read beside them
+    weights = read_weights(tag_or_path)
+    model = create_model(model_name or ("audioclip" if is_tag else guess_model_name(weights.state)))
+    load_weights(model, weights)
+    model.lineage = weights_lineage(str(tag_or_path), weights.content)
+    model = model.eval().to(device)
     to_inference_precision(model, precision)
     return model
 

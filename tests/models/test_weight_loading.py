@@ -7,7 +7,7 @@ import pytest
 import torch
 from clip.model import CLIP
 
-from audioclip.models import WeightsError, create_model, load_pretrained
+from audioclip.models import WeightsError, create_model, load_weights
 from audioclip.models.pretrained import TAGS, read_state_dict
 
 
@@ -67,7 +67,7 @@ def test_torchscript_clip_file_initialises_image_and_text_heads_only(tiny, tmp_p
 
     model = create_model("audioclip-tiny")
     audio_before = {k: v.clone() for k, v in model.audio.state_dict().items()}
-    load_pretrained(model, tmp_path / "RN50-tiny.pt")
+    load_weights(model, tmp_path / "RN50-tiny.pt")
     for key, value in clip_model.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
     assert all(torch.equal(model.audio.state_dict()[k], v) for k, v in audio_before.items())
@@ -79,7 +79,7 @@ def test_standalone_audio_weights_fill_audioclip_audio_head_except_classifier(tm
     torch.save(esrn.state_dict(), tmp_path / "ESRNXFBSP-tiny.pt")
     model = create_model("audioclip-tiny")
     fc_before = model.audio.fc.weight.clone()
-    load_pretrained(model, tmp_path / "ESRNXFBSP-tiny.pt")
+    load_weights(model, tmp_path / "ESRNXFBSP-tiny.pt")
     assert torch.equal(model.audio.layer1[0].conv1.weight, esrn.layer1[0].conv1.weight)
     assert torch.equal(model.audio.fbsp.fc, esrn.fbsp.fc)
     assert torch.equal(model.audio.fc.weight, fc_before)  # 527-way classifier -> fresh 64-d projection

@@ -1,21 +1,37 @@
-"""Plain `nn.Module`s (no Lightning inside) and the encoder registry."""
+"""Plain `nn.Module`s (no Lightning inside), the model registry and weight loading."""
 
 from audioclip.models.audioclip import AudioCLIP, AudioCLIPConfig
 from audioclip.models.esresnext import AudioConfig, ESResNeXtFBSP
 from audioclip.models.fbsp import LinearFBSP
-from audioclip.models.pretrained import TAGS, WeightsError, load_pretrained
-from audioclip.models.registry import create_model, get_config, list_models
+from audioclip.models.pretrained import TAGS, Weights, WeightsError, load_weights, read_weights
+from audioclip.models.registry import (
+    AUDIO_HEAD,
+    AUDIOCLIP,
+    ModelSpec,
+    create_model,
+    get_config,
+    get_spec,
+    list_models,
+    list_pretrained,
+)
 
 __all__ = [
+    "AUDIOCLIP",
+    "AUDIO_HEAD",
     "TAGS",
     "AudioCLIP",
     "AudioCLIPConfig",
     "AudioConfig",
     "ESResNeXtFBSP",
     "LinearFBSP",
+    "ModelSpec",
+    "Weights",
     "WeightsError",
     "create_model",
     "get_config",
+    "get_spec",
     "list_models",
-    "load_pretrained",
+    "list_pretrained",
+    "load_weights",
+    "read_weights",
 ]

@@ -76,3 +76,25 @@ def contrastive_loss(
     if not terms:
         return None
     return torch.stack(terms).sum() / math.factorial(len(terms))
+
+
+def class_logits(audio: torch.Tensor, class_text: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Zero-shot-style class scores of unit-norm audio embeddings (B, D) against unit-norm class-name text
+    embeddings (C, D): the clamped audio-text logit scale times their cosines (fine-tuning's evaluation)."""
+    return clamp_scale(log_scale) * audio @ class_text.T
+
+
+def audio_head_loss(
+    logits: torch.Tensor, target: torch.Tensor, multilabel: bool, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The standalone audio head's classification loss (the TTF loss is added by the caller).
+
+    Multi-label (AudioSet): the reference's BCE, summed over classes and averaged over the batch; with per-clip
+    `weights` each clip's sum is weighted first. Single-label (ESC-50 / US8K audio head): cross-entropy.
+    """
+    if not multilabel:
+        return F.cross_entropy(logits, target)
+    if weights is None:
+        return F.binary_cross_entropy_with_logits(logits, target.float(), reduction="sum") / logits.shape[0]
+    per_clip = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none").sum(-1)
+    return (per_clip * weights).sum() / logits.shape[0]

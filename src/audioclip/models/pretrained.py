@@ -99,6 +99,8 @@ def resolve(tag_or_path: str | Path) -> tuple[Path, WeightTag | None]:
         verify(path, tag)
         return path, tag
     path = Path(tag_or_path).expanduser()
+    if path.is_dir():
+        path = run_checkpoint(path)
     if not path.is_file():
         known = ", ".join(TAGS)
         raise WeightsError(f"weights {str(tag_or_path)!r}: no such file, and not a known tag ({known})")
@@ -106,6 +108,30 @@ def resolve(tag_or_path: str | Path) -> tuple[Path, WeightTag | None]:
     if tag is not None:
         verify(path, tag)
     return path, tag
+
+
+# a training run's folder (`runs/<phase>/<run>`): its checkpoints, and the metrics file naming the tested one
+RUN_CHECKPOINTS, RUN_METRICS = "checkpoints", "test_metrics.json"
+
+
+def run_checkpoint(folder: Path) -> Path:
+    """The weights a run folder ended with: the checkpoint its test metrics are of (the one selected on validation),
+    else its newest `best-*.ckpt`, else its `last.ckpt`; WeightsError naming the folder when it holds none."""
+    import json
+
+    try:
+        tested = json.loads((folder / RUN_METRICS).read_text()).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        tested = None
+    if tested and Path(tested).is_file():
+        return Path(tested)
+    checkpoints = folder / RUN_CHECKPOINTS
+    best = sorted(checkpoints.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if best:
+        return best[-1]
+    if (checkpoints / "last.ckpt").is_file():
+        return checkpoints / "last.ckpt"
+    raise WeightsError(f"{folder}: a folder, but no run's weights in it (no {RUN_METRICS}, no {checkpoints}/*.ckpt)")
 
 
 def download(name: str, force: bool = False) -> Path:
@@ -197,6 +223,36 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state_dict_of(read_checkpoint(path), path)
 
 
+@dataclass(frozen=True)
+class Weights:
+    """A weight file read once: what the user named, where it lies, its official tag, its whole content (the lineage
+    and the run records are read from it) and its tensors."""
+
+    source: str
+    path: Path
+    tag: WeightTag | None
+    content: Mapping[str, Any]
+    state: dict[str, torch.Tensor]
+
+
+def read_weights(source: str | Path) -> Weights:
+    """The one way weights are read: an official tag or a file is resolved (checksum verified), read safely
+    (`read_checkpoint`) and its tensors taken out (`state_dict_of`). `audioclip.load`, `create_model(pretrained=)`
+    and a training phase's `init_from` all come through here."""
+    path, tag = resolve(source)
+    content = read_checkpoint(path)
+    return Weights(str(source), path, tag, content, state_dict_of(content, path))
+
+
+def load_weights(
+    model: nn.Module, source: str | Path | Weights, strict: bool = True, fresh: tuple[str, ...] = ()
+) -> Weights:
+    """Read `source` (unless it was read already) and load it into `model` (see `load_state`); returns what was read."""
+    weights = source if isinstance(source, Weights) else read_weights(source)
+    load_state(model, weights.state, str(weights.path), strict, fresh)
+    return weights
+
+
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     if state and all(k.startswith(prefix) for k in state):
         return {k[len(prefix) :]: v for k, v in state.items()}
@@ -231,14 +287,6 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str,
     module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
 
 
-def load_pretrained(
-    model: nn.Module, tag_or_path: str | Path, strict: bool = True, fresh: tuple[str, ...] = ()
-) -> nn.Module:
-    """Load official weights or a file into `model` (an AudioCLIP or an ESResNeXtFBSP); see `load_state`."""
-    path, _ = resolve(tag_or_path)
-    return load_state(model, read_state_dict(path), str(path), strict, fresh)
-
-
 def load_state(
     model: nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -267,6 +315,12 @@ def load_state(
         fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(fitting, strict=False)
         return model
+    if not is_clip_model and (has_clip or has_audio_head):
+        raise WeightsError(
+            f"{source} holds {'a whole AudioCLIP' if has_audio_head else 'CLIP image and text heads'}, but "
+            f"{type(model).__name__} is the standalone audio head: start it from audio-head weights (esrnxfbsp, or a "
+            "pretrain-audio run)"
+        )
     if is_clip_model and has_clip and not has_audio_head:
         load_into(model, state, source, ignore=("audio.", "logit_scale_ai", "logit_scale_at"))
     elif is_clip_model and not has_clip and "fbsp.m" in state:

@@ -1,4 +1,5 @@
-"""Encoder registry (open_clip style): model names -> configurations, and `create_model`.
+"""Model registry (open_clip / timm style): every model name -> its builder, configuration and the official weight
+tags that load into it; `create_model`, `list_models(pattern)`, `list_pretrained()`.
 
 `audioclip` and `esresnext-fbsp` are the paper's sizes; the `-tiny` variants keep every code path (fbsp front end,
 attention blocks, CLIP heads) at a size where a training step takes well under a second on a laptop CPU, for
@@ -7,8 +8,9 @@ tests and demos.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import replace
+import fnmatch
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -18,6 +20,21 @@ from audioclip.constants import AUDIOSET_CLASSES
 from audioclip.models.audioclip import AudioCLIP, AudioCLIPConfig
 from audioclip.models.esresnext import AudioConfig, ESResNeXtFBSP
 from audioclip.models.pretrained import WeightsError
+
+AUDIOCLIP = "audioclip"  # image + text (CLIP RN50) + audio heads in one embedding space
+AUDIO_HEAD = "audio-head"  # the standalone ESResNeXt-fbsp classifier
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model: what it is, how it is built, which official weights load into it."""
+
+    name: str
+    family: str  # AUDIOCLIP or AUDIO_HEAD
+    config: AudioCLIPConfig | AudioConfig
+    build: Callable[..., nn.Module]  # build(config, **overrides)
+    pretrained: tuple[str, ...] = ()  # official weight tags (models.pretrained.TAGS) that load into it
+
 
 _TINY_AUDIO = AudioConfig(
     n_fft=512,  # 257 frequencies -> 3 bands of 85 rows
@@ -39,22 +56,38 @@ _TINY_CLIP = AudioCLIPConfig(
     audio=_TINY_AUDIO,
 )
 
-MODELS: dict[str, AudioCLIPConfig | AudioConfig] = {
-    "audioclip": AudioCLIPConfig(),
-    "audioclip-tiny": _TINY_CLIP,
-    "esresnext-fbsp": AudioConfig(num_classes=AUDIOSET_CLASSES),
-    "esresnext-fbsp-tiny": replace(_TINY_AUDIO, num_classes=AUDIOSET_CLASSES),
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        # `clip-rn50` loads CLIP's image and text heads only; the audio head keeps its initialisation
+        ModelSpec("audioclip", AUDIOCLIP, AudioCLIPConfig(), AudioCLIP, ("full", "partial", "clip-rn50")),
+        ModelSpec("audioclip-tiny", AUDIOCLIP, _TINY_CLIP, AudioCLIP),
+        ModelSpec(
+            "esresnext-fbsp", AUDIO_HEAD, AudioConfig(num_classes=AUDIOSET_CLASSES), ESResNeXtFBSP, ("esrnxfbsp",)
+        ),
+        ModelSpec("esresnext-fbsp-tiny", AUDIO_HEAD, replace(_TINY_AUDIO, num_classes=AUDIOSET_CLASSES), ESResNeXtFBSP),
+    )
 }
 
 
-def list_models() -> list[str]:
-    return sorted(MODELS)
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style `pattern` (e.g. `*-tiny`), sorted."""
+    return sorted(name for name in MODELS if fnmatch.fnmatchcase(name, pattern))
 
 
-def get_config(name: str) -> AudioCLIPConfig | AudioConfig:
+def list_pretrained() -> list[tuple[str, str]]:
+    """(model name, official weight tag) for every tag that loads into a registered model."""
+    return [(name, tag) for name in list_models() for tag in MODELS[name].pretrained]
+
+
+def get_spec(name: str) -> ModelSpec:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     return MODELS[name]
+
+
+def get_config(name: str) -> AudioCLIPConfig | AudioConfig:
+    return get_spec(name).config
 
 
 def create_model(name: str, pretrained: str | Path | None = None, strict: bool = True, **overrides) -> nn.Module:
@@ -62,15 +95,13 @@ def create_model(name: str, pretrained: str | Path | None = None, strict: bool =
 
     `overrides` replace fields of the configuration (e.g. `num_classes=50` for a standalone ESC-50 classifier).
     """
-    config = get_config(name)
-    model = (
-        AudioCLIP(config, **overrides) if isinstance(config, AudioCLIPConfig) else ESResNeXtFBSP(config, **overrides)
-    )
+    spec = get_spec(name)
+    model = spec.build(spec.config, **overrides)
     model.model_name = name
     if pretrained is not None:
-        from audioclip.models.pretrained import load_pretrained
+        from audioclip.models.pretrained import load_weights
 
-        load_pretrained(model, pretrained, strict=strict)
+        load_weights(model, pretrained, strict=strict)
     return model
 
 
@@ -78,11 +109,11 @@ def guess_model_name(state: Mapping[str, torch.Tensor]) -> str:
     """The registered AudioCLIP whose state-dict layout the weights have (`audioclip.load` of a file without a
     model name)."""
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    for name, config in MODELS.items():
-        if not isinstance(config, AudioCLIPConfig):
-            continue
+    candidates = [spec for spec in MODELS.values() if spec.family == AUDIOCLIP]
+    for spec in candidates:
         with torch.device("meta"):
-            layout = {k: tuple(v.shape) for k, v in AudioCLIP(config).state_dict().items()}
+            layout = {k: tuple(v.shape) for k, v in spec.build(spec.config).state_dict().items()}
         if layout == shapes:
-            return name
-    raise WeightsError("the weights match no registered AudioCLIP model (audioclip, audioclip-tiny)")
+            return spec.name
+    names = ", ".join(spec.name for spec in candidates)
+    raise WeightsError(f"the weights match no registered AudioCLIP model ({names})")
