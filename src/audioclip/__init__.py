@@ -5,7 +5,8 @@ does not pay for CLIP and the models.
 """
 
 import warnings
-from importlib import import_module
+
+from audioclip.lazy import lazy_exports
 
 # `clip` imports pkg_resources, which warns at every start since setuptools 81 (the locked version): nothing to act on
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated as an API", category=UserWarning)
@@ -23,8 +24,4 @@ _LAZY = {
     "list_models": "audioclip.models",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'audioclip' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

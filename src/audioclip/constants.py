@@ -1,6 +1,7 @@
 """Numbers the paper and the datasets fix, each written down once; importable without torch.
 
-- `SAMPLE_RATE`: the ESResNeXt-fbsp front end's rate (Guzhov et al. 2021, section 3.2; DESIGN.md, "Audio input").
+- `SAMPLE_RATE`: the ESResNeXt-fbsp front end's rate (Guzhov et al. 2021, section 3.2; docs/design.md,
+  "The model, exactly").
 - `AUDIOSET_CLASSES`: AudioSet's ontology leaves with labels (Gemmeke et al. 2017, `class_labels_indices.csv`).
 - `FOLDS`: the official folds of ESC-50 (Piczak 2015) and UrbanSound8K (Salamon et al. 2014).
 """

@@ -79,3 +79,14 @@ def write_with(path: str | Path, setting: str, writer: Callable[[IO], None]) -> 
     """`writer(file)` into a binary file at `path`, atomically (e.g. `lambda f: torch.save(obj, f)`)."""
     with atomic_output(path, setting, mode="wb") as file:
         writer(file)
+
+
+# W&B copies what a run logs in tables (audio, images) into `$WANDB_DATA_DIR/artifacts/staging`, by default
+# `~/.local/share/wandb`: outside the run, so a copied offline run lost its media (wandb/server#149)
+STAGING_ENV = "WANDB_DATA_DIR"
+
+
+def stage_media_in(run_dir: str | Path) -> None:
+    """W&B stages what the runs started from now on log (tables, their audio and images) in `<run_dir>/wandb/`
+    (W&B reads `WANDB_DATA_DIR` at every log call)."""
+    os.environ[STAGING_ENV] = str((Path(run_dir) / "wandb").resolve())

@@ -1,6 +1,6 @@
-"""Datasets of AudioCLIP as LightningDataModules yielding the dict batches of DESIGN.md ("The batch contract")."""
+"""Datasets of AudioCLIP as LightningDataModules yielding the dict batches of docs/design.md, "The batch contract"."""
 
-from importlib import import_module
+from audioclip.lazy import lazy_exports
 
 # imported on first use: `audioclip prepare --help` and `import audioclip.data.audioset.metadata` need no Lightning
 _LAZY = {
@@ -27,8 +27,4 @@ __all__ = [
     "per_device_batch_size",
 ]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'audioclip.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -1,4 +1,4 @@
-"""The batch contract (shared/DESIGN.md, "The batch contract") every DataModule yields, so every phase can take
+"""The batch contract (docs/design.md, "The batch contract") every DataModule yields, so every phase can take
 every dataset: `audio` float (B, C, T) at 44.1 kHz in the int16 value range, `target` (B,) or a multi-hot (B, 527),
 `text` and `id` lists of B strings, `image` (B, 3, 224, 224) when the dataset has frames.
 

@@ -15,7 +15,7 @@ import numpy as np
 from audioclip.constants import ESC50_FOLDS, SAMPLE_RATE
 from audioclip.data.audio import read_audio_int16_range, resample, round_to_int16
 from audioclip.data.cache import CacheSpec
-from audioclip.data.folds import ClipRecord, FoldedAudioDataModule, parse_int, read_metadata_csv
+from audioclip.data.folds import ClipRecord, FoldedAudioDataModule, FoldLayout
 
 ESC50_CLASSES = (
     "dog", "rooster", "pig", "cow", "frog", "cat", "hen", "insects", "sheep", "crow",
@@ -33,6 +33,8 @@ ESC10_CLASSES = frozenset(
 ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 ESC50_METADATA = Path("meta") / "esc50.csv"
 ESC50_LENGTH = 5 * SAMPLE_RATE
+ESC50_LAYOUT = FoldLayout(ESC50_METADATA, id="filename", fold="fold", target="target", label="category",
+                          num_folds=ESC50_FOLDS, audio="audio/{id}")  # fmt: skip
 
 
 def decode_esc50(path: Path) -> np.ndarray:
@@ -44,30 +46,13 @@ def decode_esc50(path: Path) -> np.ndarray:
 
 def read_esc50_metadata(root: Path) -> list[ClipRecord]:
     """The rows of ``root/meta/esc50.csv`` (only the columns the DataModule needs are required)."""
-    path = root / ESC50_METADATA
-    records = []
-    for line, row in read_metadata_csv(path, ("filename", "fold", "target", "category")):
-        records.append(
-            ClipRecord(
-                id=row["filename"],
-                path=root / "audio" / row["filename"],
-                fold=parse_int(path, line, "fold", row["fold"], 1, ESC50_FOLDS),
-                target=parse_int(path, line, "target", row["target"], 0, 10**6),
-                label=row["category"],
-            )
-        )
-    return records
+    return ESC50_LAYOUT.read(root)
 
 
 class ESC50DataModule(FoldedAudioDataModule):
     """ESC-50 with fold ``fold`` as the test split; items are 1 channel x 220,500 samples."""
 
     dataset_name = "ESC-50"
+    layout = ESC50_LAYOUT
     num_folds = ESC50_FOLDS
     cache_spec = CacheSpec(name="esc50", decoder=decode_esc50, channels=1, length=ESC50_LENGTH, version="1")
-
-    def metadata_path(self) -> Path:
-        return self.root / ESC50_METADATA
-
-    def read_records(self) -> list[ClipRecord]:
-        return read_esc50_metadata(self.root)

@@ -1,6 +1,6 @@
 """Your own sounds: a class-folder tree or a CSV/TSV manifest as a DataModule of the batch contract.
 
-Two layouts (README, "Your own data"):
+Two layouts (docs/data.md, "Your own data"):
 
 - a class-folder tree ``root/<class name>/**/*.{wav,flac,ogg,mp3}``: the class is the top folder's name, underscores
   read as spaces (as the ESC-50 / US8K class names are turned into text);
@@ -16,7 +16,7 @@ the other folds validates, as ESC-50's protocol (Piczak, 2015); else the ``split
 
 Audio: any sample rate and channel count, resampled to 44.1 kHz (``torchaudio.functional.resample``) and brought to
 ``channels`` (1: the channel mean, as ESC-50; 2: mono duplicated, as UrbanSound8K) in the int16 value range AudioCLIP
-expects (Guzhov et al., 2021; DESIGN.md, "The model, exactly"). The decoded cache keeps the first ``max_seconds``
+expects (Guzhov et al., 2021; docs/design.md, "The model, exactly"). The decoded cache keeps the first ``max_seconds``
 of every clip; training crops ``clip_seconds`` at random (with the paper's augmentations, section 4.2), evaluation
 takes the centre ``clip_seconds`` (shorter clips are padded). Files are decoded by soundfile's libsndfile, which
 reads WAV, FLAC, OGG/Vorbis and MP3. Bad files follow ``on_bad_file`` as for ESC-50.
@@ -37,9 +37,9 @@ import torch
 
 from audioclip.constants import SAMPLE_RATE
 from audioclip.data.audio import read_audio_int16_range, resample, round_to_int16
-from audioclip.data.batch import class_text, per_device_batch_size
-from audioclip.data.cache import CacheReader, CacheSpec
-from audioclip.data.errors import DatasetNotFoundError, MetadataError, OnBadFile
+from audioclip.data.batch import class_text
+from audioclip.data.cache import CacheSpec
+from audioclip.data.errors import DatasetNotFoundError, MetadataError
 from audioclip.data.folds import ClipDataset, FoldedAudioDataModule, parse_int, split_folds
 from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
 
@@ -206,31 +206,25 @@ class AudioFolderDataModule(FoldedAudioDataModule):
     """
 
     dataset_name = "audio folder"
+    layout = None  # a class-folder tree or a manifest, read by `read_tree` / `read_manifest`
+    num_folds = 0  # a manifest's folds are its own
 
     def __init__(
         self,
         root: str | Path | None = None,
         manifest: str | Path | None = None,
         fold: int | None = None,
-        batch_size: int = 64,
-        num_workers: int = 2,
-        val_fraction: float = 0.1,
         test_fraction: float = 0.2,
-        seed: int = 0,
-        augment: bool = True,
         clip_seconds: float = 5.0,
         max_seconds: float = 10.0,
         channels: int = 1,
-        pin_memory: bool | None = None,
-        persistent_workers: bool = True,
-        on_bad_file: OnBadFile = "error",
-        cache_dir: str | Path | None = None,
-        progress: bool = True,
+        **kwargs,
     ) -> None:
         if (root is None) == (manifest is None):
             raise ValueError("give root (a class-folder tree) or manifest (a CSV/TSV file), one of the two")
         if root is not None and Path(root).is_file():
             raise ValueError(f"root: {root} is a file; pass a CSV/TSV manifest as manifest")
+        val_fraction = kwargs.get("val_fraction", 0.1)
         if not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
             raise ValueError(f"test_fraction must be in [0, 1) with val_fraction + test_fraction < 1, got "
                              f"{test_fraction} and {val_fraction}")  # fmt: skip
@@ -239,10 +233,9 @@ class AudioFolderDataModule(FoldedAudioDataModule):
         if channels not in (1, 2):
             raise ValueError(f"channels must be 1 or 2, got {channels}")
         self.manifest = Path(manifest) if manifest is not None else None
-        base = Path(root) if root is not None else self.manifest.parent
-        super().__init__(base, fold, batch_size, num_workers, val_fraction, seed, augment, pin_memory,
-                         persistent_workers, on_bad_file, cache_dir, progress)  # fmt: skip
-        self.save_hyperparameters()
+        # the protocol of own data is what its layout says (`split`), not a setting
+        root = Path(root) if root is not None else self.manifest.parent
+        super().__init__(root=root, fold=fold, protocol="honest", **kwargs)
         self.test_fraction = test_fraction
         self.clip_length = round(clip_seconds * SAMPLE_RATE)
         length = round(max_seconds * SAMPLE_RATE)
@@ -269,6 +262,9 @@ class AudioFolderDataModule(FoldedAudioDataModule):
     def metadata_path(self) -> Path:
         return self.source
 
+    def source_name(self) -> str:
+        return f"{self.source} ({self.task} task)"
+
     def _read_layout(self) -> tuple[Task, list[FolderRecord], list[str]]:
         if self._read is None:
             if self.manifest is None:
@@ -292,12 +288,19 @@ class AudioFolderDataModule(FoldedAudioDataModule):
     def _records(self) -> list[FolderRecord]:
         return self._read_layout()[1]
 
-    def _texts(self, records: list[FolderRecord]) -> list[str]:
+    def class_layout(self) -> tuple[list[FolderRecord], list[str]]:
+        _, records, names = self._read_layout()
+        return records, names
+
+    def texts(self, records: list[FolderRecord]) -> list[str]:
         names = self.class_names
         return [record.caption or ", ".join(names[i] for i in record.labels) for record in records]
 
-    def _split(self, records: list[FolderRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-        """Row indices (train, val, test) and the protocol in words."""
+    def transforms(self) -> tuple[AudioTransform, AudioTransform]:
+        return train_audio_transform(self.clip_length), eval_audio_transform(self.clip_length)
+
+    def split(self, records: list[FolderRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row indices (train, val, test); the protocol, in words, becomes ``protocol``."""
         strata = np.array([record.labels[0] if record.labels else 0 for record in records])
         if self.fold is not None:
             folds = [record.fold for record in records]
@@ -306,8 +309,8 @@ class AudioFolderDataModule(FoldedAudioDataModule):
                 raise MetadataError(self.source, f"{where}; fold={self.fold} needs a fold for every row")
             if self.fold not in folds:
                 raise MetadataError(self.source, f"fold={self.fold} is not in the 'fold' column ({sorted(set(folds))})")
-            train, val, test = split_folds(np.array(folds), strata, self.fold, self.val_fraction, self.seed)
-            return train, val, test, f"fold {self.fold} as test split"
+            self.protocol = f"fold {self.fold} as test split"
+            return split_folds(np.array(folds), strata, self.fold, self.val_fraction, self.seed)
         splits = [record.split for record in records]
         if any(split is not None for split in splits):
             if None in splits:
@@ -319,70 +322,35 @@ class AudioFolderDataModule(FoldedAudioDataModule):
             if not len(rows["val"]):
                 part, val, _ = stratified_split(strata[rows["train"]], 0.0, self.val_fraction, self.seed)
                 rows["train"], rows["val"] = rows["train"][part], rows["train"][val]
-            return rows["train"], rows["val"], rows["test"], "the manifest's split column"
-        train, val, test = stratified_split(strata, self.test_fraction, self.val_fraction, self.seed)
-        return train, val, test, (
+            self.protocol = "the manifest's split column"
+            return rows["train"], rows["val"], rows["test"]
+        self.protocol = (
             f"seeded stratified split (seed {self.seed}): test {self.test_fraction:.0%}, val {self.val_fraction:.0%}"
         )
+        return stratified_split(strata, self.test_fraction, self.val_fraction, self.seed)
 
-    def _check_training_classes(self, records: list[FolderRecord], train: np.ndarray) -> None:
-        if self._read_layout()[0] == "caption":
-            return
-        present = {label for row in train for label in records[row].labels}
-        missing = [name for i, name in enumerate(self.class_names) if i not in present]
-        if missing:
-            raise MetadataError(
-                self.source,
-                f"class(es) {missing[:5]} have no usable sample in the training split ({self.protocol}); "
-                "add clips of them or change the split",
-            )
-
-    def _load_cache(self) -> list[FolderRecord]:
-        """Read the layout, decode what is new into the cache, apply ``on_bad_file``; the records."""
-        task, records, names = self._read_layout()
-        self.class_names = names
-        self.captions = sorted({record.caption for record in records}) if task == "caption" else []
-        cache = self._cache(records)
-        bad = self._bad_files(records, cache)
-        if bad:
-            self.skipped_files = [record.id for record, _ in bad]
-            log.warning("%s: skipped %d bad file(s) (on_bad_file='skip'): %s", self.source, len(bad),
-                        "; ".join(f"{record.path}: {problem}" for record, problem in bad))  # fmt: skip
-        self._reader, self._lengths = CacheReader(cache), cache.lengths
-        self._usable = np.array([error is None for error in cache.errors])
-        return records
-
-    def setup(self, stage: str | None = None) -> None:
-        world_size = self.trainer.world_size if self.trainer is not None else 1
-        self.device_batch_size = per_device_batch_size(self.batch_size, world_size)
-        if self.train_set is not None:
-            return
-        records = self._load_cache()
-        # split before dropping bad files so that skipping a file never reshuffles the splits
-        train, val, test, self.protocol = self._split(records)
-        train, val, test = (rows[self._usable[rows]] for rows in (train, val, test))
-        self._check_training_classes(records, train)
+    def check_splits(self, records: list[FolderRecord], train: np.ndarray, val: np.ndarray) -> None:
+        if self._read_layout()[0] != "caption":
+            present = {label for row in train for label in records[row].labels}
+            missing = [name for i, name in enumerate(self.class_names) if i not in present]
+            if missing:
+                raise MetadataError(
+                    self.source,
+                    f"class(es) {missing[:5]} have no usable sample in the training split ({self.protocol}); "
+                    "add clips of them or change the split",
+                )
         if not len(val):
             # without a validation split no checkpoint is selected: say so rather than test the last weights silently
             raise MetadataError(
                 self.source, f"the validation split is empty ({self.protocol}, val_fraction={self.val_fraction} of "
                 f"{len(train)} training clips); raise val_fraction or give rows with split=val",
             )
-        train_transform = train_audio_transform(self.clip_length) if self.augment else self._eval_transform()
-        self.train_set = self._dataset(train, train_transform)
-        self.val_set = self._dataset(val, self._eval_transform())
-        self.test_set = self._dataset(test, self._eval_transform())
-        log.info("%s: %s task, %d train / %d val / %d test clips (%s)", self.source, self.task, len(train), len(val),
-                 len(test), self.protocol)  # fmt: skip
 
-    def _eval_transform(self) -> AudioTransform:
-        return eval_audio_transform(self.clip_length)
-
-    def _dataset(self, rows: np.ndarray, transform: AudioTransform) -> ClipDataset:
-        records = self._records()
-        chosen = [records[row] for row in rows]
-        return ClipDataset(self._reader, rows, self._lengths[rows], chosen, self._texts(chosen), transform,
-                           self.on_bad_file)  # fmt: skip
+    def _load_cache(self) -> list[FolderRecord]:
+        records = super()._load_cache()
+        task = self._read_layout()[0]
+        self.captions = sorted({record.caption for record in records}) if task == "caption" else []
+        return records
 
     def evaluation_set(self, fold: int | None = None) -> ClipDataset:
         """Every usable clip (or those of ``fold``) with the evaluation transform, for zero-shot and querying; the
@@ -394,7 +362,7 @@ class AudioFolderDataModule(FoldedAudioDataModule):
             if fold not in folds:
                 raise MetadataError(self.source, f"fold={fold} is not in the 'fold' column")
             rows = rows[folds[rows] == fold]
-        return self._dataset(rows, self._eval_transform())
+        return self._dataset(rows, self.transforms()[1])
 
     def folds_by_id(self) -> dict[str, int]:
         """The ``fold`` of every clip by id (0 where the layout has none)."""

@@ -2,7 +2,7 @@
 
 The fold protocol follows the datasets' papers (ESC-50: Piczak, 2015; UrbanSound8K: Salamon et al., 2014): the
 chosen fold is the test split, and the validation split used for checkpoint selection is carved, stratified by
-class, from the remaining training folds (DESIGN.md, "Honest protocol"; ``protocol="honest"``).
+class, from the remaining training folds (docs/design.md, "Honest protocol"; ``protocol="honest"``).
 ``protocol="reference"`` is the released AudioCLIP trainer's: every non-test fold trains and the checkpoint is
 selected on the test fold, which is how the paper's fine-tuned figures were obtained, so it is there to compare
 like with like, never the default. Items follow the batch contract (`audioclip.data.batch`); bad files follow
@@ -56,6 +56,37 @@ class ClipRecord:
     fold: int
     target: int
     label: str  # the class name as written in the metadata, e.g. "dog_bark"
+
+
+@dataclass(frozen=True)
+class FoldLayout:
+    """How a fold-based dataset's official layout names things: ESC-50 and UrbanSound8K differ only here (and in
+    their decoders)."""
+
+    metadata: Path  # the metadata CSV, relative to the root
+    id: str  # the columns of the file name, the fold, the class index and the class name
+    fold: str
+    target: str
+    label: str
+    num_folds: int
+    audio: str  # an audio file's path relative to the root, with {id} and {fold}
+
+    def read(self, root: Path) -> list[ClipRecord]:
+        """The metadata's rows as records; only the columns named here are required."""
+        path = root / self.metadata
+        records = []
+        for line, row in read_metadata_csv(path, (self.id, self.fold, self.target, self.label)):
+            fold = parse_int(path, line, self.fold, row[self.fold], 1, self.num_folds)
+            records.append(
+                ClipRecord(
+                    id=row[self.id],
+                    path=root / self.audio.format(id=row[self.id], fold=fold),
+                    fold=fold,
+                    target=parse_int(path, line, self.target, row[self.target], 0, 10**6),
+                    label=row[self.label],
+                )
+            )
+        return records
 
 
 def read_metadata_csv(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
@@ -195,7 +226,8 @@ class FoldedAudioDataModule(L.LightningDataModule):
     """
 
     dataset_name: ClassVar[str]  # for messages, e.g. "ESC-50"
-    num_folds: ClassVar[int]
+    layout: ClassVar[FoldLayout | None]  # the official layout; None for a layout read otherwise (own data)
+    num_folds: ClassVar[int]  # the official folds (0: none)
     cache_spec: ClassVar[CacheSpec]
 
     def __init__(
@@ -250,15 +282,14 @@ class FoldedAudioDataModule(L.LightningDataModule):
                 f"got {fold}"
             )
 
-    # Subclasses describe their official layout.
     def metadata_path(self) -> Path:
-        raise NotImplementedError
+        return self.root / self.layout.metadata
 
     def audio_dir(self) -> Path:
         return self.root / "audio"
 
     def read_records(self) -> list[ClipRecord]:
-        raise NotImplementedError
+        return self.layout.read(self.root)
 
     def _records(self) -> list[ClipRecord]:
         if not self.root.is_dir():
@@ -295,46 +326,78 @@ class FoldedAudioDataModule(L.LightningDataModule):
         records = self._records()
         self._bad_files(records, self._cache(records))
 
-    def setup(self, stage: str | None = None) -> None:
-        world_size = self.trainer.world_size if self.trainer is not None else 1
-        self.device_batch_size = per_device_batch_size(self.batch_size, world_size)
-        if self.train_set is not None:
-            return
+    # ---- what a dataset says about itself: records and class names, the splits, the text and the transforms -----
+    def class_layout(self) -> tuple[list[ClipRecord], list[str]]:
+        """The metadata's records and class names, read without decoding anything."""
         records = self._records()
-        self.class_names = class_names(records, self.metadata_path())
+        return records, class_names(records, self.metadata_path())
+
+    def declared_class_names(self) -> list[str]:
+        """The class names, from the metadata alone (`audioclip fit`'s pre-flight compares them with the model)."""
+        return self.class_layout()[1]
+
+    def split(self, records: Sequence[ClipRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row indices (train, val, test): the test fold, and a class-stratified validation share of the others
+        (`protocol="reference"`: the other folds train, the test fold validates)."""
+        folds = np.array([record.fold for record in records])
+        targets = np.array([record.target for record in records])
+        train, val, test = split_folds(folds, targets, self.fold, self.val_fraction, self.seed)
+        if self.protocol == "reference":
+            train, val = np.sort(np.concatenate([train, val])), test
+        return train, val, test
+
+    def source_name(self) -> str:
+        """What log lines call this dataset."""
+        return self.dataset_name
+
+    def check_splits(self, records: Sequence[ClipRecord], train: np.ndarray, val: np.ndarray) -> None:
+        """A dataset whose splits can come out unusable says so here (the official folds cannot)."""
+
+    def texts(self, records: Sequence[ClipRecord]) -> list[str]:
+        """Each clip's text: its class name."""
+        return [self.class_names[record.target] for record in records]
+
+    def transforms(self) -> tuple[AudioTransform, AudioTransform]:
+        """(training, evaluation) transforms: the paper's augmentations, and the centre crop."""
+        length = self.cache_spec.length
+        return train_audio_transform(length), eval_audio_transform(length)
+
+    # ---- the shared machinery ---------------------------------------------------------------------------------
+    def _load_cache(self) -> list[ClipRecord]:
+        """Read the layout, decode what is new into the cache, apply ``on_bad_file``; the records."""
+        records, self.class_names = self.class_layout()
         # A warm cache makes this a check of file sizes and mtimes; it also builds the cache when
         # setup is used without prepare_data (a notebook, a test).
         cache = self._cache(records)
         bad = self._bad_files(records, cache)
         if bad:
             self.skipped_files = [record.id for record, _ in bad]
-            log.warning(
-                "%s: skipped %d bad file(s) (on_bad_file='skip'): %s",
-                self.dataset_name,
-                len(bad),
-                "; ".join(f"{record.path}: {problem}" for record, problem in bad),
-            )
-        usable = np.array([error is None for error in cache.errors])
-        folds = np.array([record.fold for record in records])
-        targets = np.array([record.target for record in records])
-        # Split before dropping bad files so that skipping a file never reshuffles the validation split.
-        train, val, test = (
-            rows[usable[rows]] for rows in split_folds(folds, targets, self.fold, self.val_fraction, self.seed)
-        )
-        if self.protocol == "reference":
-            train, val = np.sort(np.concatenate([train, val])), test
-        reader = CacheReader(cache)
-        length = self.cache_spec.length
-        train_transform = train_audio_transform(length) if self.augment else eval_audio_transform(length)
+            log.warning("%s: skipped %d bad file(s) (on_bad_file='skip'): %s", self.source_name(), len(bad),
+                        "; ".join(f"{record.path}: {problem}" for record, problem in bad))  # fmt: skip
+        self._all_records, self._reader, self._lengths = records, CacheReader(cache), cache.lengths
+        self._usable = np.array([error is None for error in cache.errors])
+        return records
 
-        def dataset(rows: np.ndarray, transform: AudioTransform) -> ClipDataset:
-            chosen = [records[row] for row in rows]
-            texts = [self.class_names[record.target] for record in chosen]
-            return ClipDataset(reader, rows, cache.lengths[rows], chosen, texts, transform, self.on_bad_file)
+    def _dataset(self, rows: np.ndarray, transform: AudioTransform) -> ClipDataset:
+        chosen = [self._all_records[row] for row in rows]
+        return ClipDataset(self._reader, rows, self._lengths[rows], chosen, self.texts(chosen), transform,
+                           self.on_bad_file)  # fmt: skip
 
-        self.train_set = dataset(train, train_transform)
-        self.val_set = dataset(val, eval_audio_transform(length))
-        self.test_set = dataset(test, eval_audio_transform(length))
+    def setup(self, stage: str | None = None) -> None:
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        self.device_batch_size = per_device_batch_size(self.batch_size, world_size)
+        if self.train_set is not None:
+            return
+        records = self._load_cache()
+        # split before dropping bad files so that skipping a file never reshuffles the splits
+        train, val, test = (rows[self._usable[rows]] for rows in self.split(records))
+        self.check_splits(records, train, val)
+        log.info("%s: %d train / %d val / %d test clips (%s)", self.source_name(), len(train), len(val), len(test),
+                 self.protocol)  # fmt: skip
+        train_transform, eval_transform = self.transforms()
+        self.train_set = self._dataset(train, train_transform if self.augment else eval_transform)
+        self.val_set = self._dataset(val, eval_transform)
+        self.test_set = self._dataset(test, eval_transform)
 
     def _loader(
         self,

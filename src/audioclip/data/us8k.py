@@ -18,7 +18,7 @@ from audioclip.constants import SAMPLE_RATE, US8K_FOLDS
 from audioclip.data.audio import minmax_to_int16, read_audio_int16_range, resample
 from audioclip.data.cache import CacheSpec
 from audioclip.data.errors import BadFileError
-from audioclip.data.folds import ClipRecord, FoldedAudioDataModule, parse_int, read_metadata_csv
+from audioclip.data.folds import ClipRecord, FoldedAudioDataModule, FoldLayout
 
 US8K_CLASSES = (
     "air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
@@ -27,6 +27,8 @@ US8K_CLASSES = (
 US8K_COLUMNS = ("slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class")
 US8K_METADATA = Path("metadata") / "UrbanSound8K.csv"
 US8K_LENGTH = 4 * SAMPLE_RATE
+US8K_LAYOUT = FoldLayout(US8K_METADATA, id="slice_file_name", fold="fold", target="classID", label="class",
+                         num_folds=US8K_FOLDS, audio="audio/fold{fold}/{id}")  # fmt: skip
 
 
 def decode_us8k(path: Path) -> np.ndarray:
@@ -42,31 +44,13 @@ def decode_us8k(path: Path) -> np.ndarray:
 
 def read_us8k_metadata(root: Path) -> list[ClipRecord]:
     """The rows of ``root/metadata/UrbanSound8K.csv`` (only the columns the DataModule needs are required)."""
-    path = root / US8K_METADATA
-    records = []
-    for line, row in read_metadata_csv(path, ("slice_file_name", "fold", "classID", "class")):
-        fold = parse_int(path, line, "fold", row["fold"], 1, US8K_FOLDS)
-        records.append(
-            ClipRecord(
-                id=row["slice_file_name"],
-                path=root / "audio" / f"fold{fold}" / row["slice_file_name"],
-                fold=fold,
-                target=parse_int(path, line, "classID", row["classID"], 0, 10**6),
-                label=row["class"],
-            )
-        )
-    return records
+    return US8K_LAYOUT.read(root)
 
 
 class US8KDataModule(FoldedAudioDataModule):
     """UrbanSound8K with fold ``fold`` as the test split; items are 2 channels x 176,400 samples."""
 
     dataset_name = "UrbanSound8K"
+    layout = US8K_LAYOUT
     num_folds = US8K_FOLDS
     cache_spec = CacheSpec(name="us8k", decoder=decode_us8k, channels=2, length=US8K_LENGTH, version="1")
-
-    def metadata_path(self) -> Path:
-        return self.root / US8K_METADATA
-
-    def read_records(self) -> list[ClipRecord]:
-        return read_us8k_metadata(self.root)

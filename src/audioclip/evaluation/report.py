@@ -384,7 +384,7 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
 def log_to_wandb(out: Path, content: dict) -> None:
     import wandb
 
-    from audioclip.tasks.wandb_run import stage_media_in
+    from audioclip.outputs import stage_media_in
 
     stage_media_in(out.parent)  # the tables' files inside the runs folder, not in ~/.local/share/wandb
     with wandb.init(project="audioclip", name="report", dir=str(out.parent), job_type="report") as run:

@@ -1,6 +1,6 @@
 """AudioSet (Gemmeke et al. 2017) for AudioCLIP: metadata readers, preparation into LitData shards, the DataModule."""
 
-from importlib import import_module
+from audioclip.lazy import lazy_exports
 
 # imported on first use: `audioclip prepare` needs neither Lightning nor CLIP
 _LAZY = {
@@ -21,8 +21,4 @@ __all__ = [
     "read_segments",
 ]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'audioclip.data.audioset' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

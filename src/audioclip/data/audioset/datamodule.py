@@ -1,7 +1,7 @@
 """The AudioSet DataModule: streams the shards written by ``prepare pack`` into batches of the batch contract.
 
 Paper (Guzhov et al. 2021, sec. 4.1-4.3): audio, one of ten equally spaced frames (random in training, the central
-one in evaluation) and the class names as text. Items follow DESIGN.md's batch contract: ``audio`` (C, 441000)
+one in evaluation) and the class names as text. Items follow docs/design.md, "The batch contract": ``audio`` (C, 441000)
 at 44.1 kHz in the int16 range, ``image`` (3, 224, 224) CLIP-preprocessed, ``text`` the display names joined with
 ", ", ``target`` a 527-way multi-hot, ``id`` the YTID.
 
