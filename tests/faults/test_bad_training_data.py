@@ -240,8 +240,9 @@ def test_nonfinite_loss_or_gradient_stops_the_run_naming_step_and_batch(
 
 def test_skip_nonfinite_loss_skips_the_step_and_counts_it(esc50_root, tmp_path, poison):
     args = _fit_args(esc50_root, tmp_path / "run", "--data.init_args.num_workers", "0", *poison("audio"))
-    cli = run_lightning_cli([*args, "--skip_nonfinite_loss", "true"])
+    cli = run_lightning_cli([*args, "--nonfinite_guard.skip", "true"])
     (callback,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "PoisonBatch"]
     assert callback.moved is False  # no update (no momentum, no weight decay, no BatchNorm statistics)
-    assert cli.model.nonfinite_steps == 1 and cli.trainer.global_step == 4
+    (guard,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "NonFiniteGuard"]
+    assert guard.skipped_steps == 1 and cli.trainer.global_step == 4
     assert all(torch.isfinite(t).all() for t in cli.model.state_dict().values())

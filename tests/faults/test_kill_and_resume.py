@@ -125,7 +125,7 @@ def _make_finetune(root: Path, runs: Path, callbacks_dir: Path, *extra: str, res
     """`make finetune-esc50` as a user runs it, the tiny model with two persistent loader workers through ARGS."""
     args = [
         "--model.init_args.model", "audioclip-tiny", "--model.init_args.num_classes", "4",
-        "--model.init_args.lr", "0.01", "--model.init_args.gamma", "0.95",
+        "--model.init_args.optimizer.init_args.lr", "0.01", "--model.init_args.scheduler.init_args.gamma", "0.95",
         "--data.init_args.num_workers", "2", "--data.init_args.persistent_workers", "true",
         "--data.init_args.batch_size", "2", "--data.init_args.val_fraction", "0.2",
         "--data.init_args.progress", "false",

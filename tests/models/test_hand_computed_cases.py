@@ -13,6 +13,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from optim_group import sgd
 from torch.utils.data import DataLoader
 
 import audioclip
@@ -219,7 +220,7 @@ def stub_finetune_module() -> FinetuneModule:
     """A tiny FinetuneModule whose audio "embedding" is the clip's first 3 samples, whose class texts are the rows
     of E and whose audio-text scale is 2."""
     torch.manual_seed(0)
-    module = FinetuneModule(model="audioclip-tiny", num_classes=3)
+    module = FinetuneModule(model="audioclip-tiny", num_classes=3, **sgd())
     module.clip_model.encode_audio = lambda audio: audio[:, 0, :3]
     stub_text_encoder(module.clip_model, CLASSES, E)
     with torch.no_grad():
@@ -228,14 +229,14 @@ def stub_finetune_module() -> FinetuneModule:
 
 
 def test_finetune_validation_and_test_accuracy_and_loss_on_known_logits(tmp_path, monkeypatch):
-    import audioclip.tasks.phases as phases
+    import audioclip.tasks.finetune as finetune
 
     shown = {}  # what the test epoch hands to W&B: the confusion matrix and the example predictions
 
     def show(loggers, classes, confusion, examples) -> None:
         shown.update(classes=classes, confusion=confusion.tolist(), examples=examples)
 
-    monkeypatch.setattr(phases, "log_classification_to_wandb", show)
+    monkeypatch.setattr(finetune, "log_classification_to_wandb", show)
     module = stub_finetune_module()
     # clips 0-2 nearest their own class; clip 3 (a dog) is the unit vector of "rain": 3 of 4 right
     emb = [[1.0, 0, 0], [0, 1.0, 0], [0.6, 0, 0.8], [0, 1.0, 0]]
@@ -437,7 +438,9 @@ class _LRSeen(L.Callback):
 
 def test_learning_rate_after_k_epochs_is_lr_times_gamma_to_the_k_through_the_trainer(tmp_path):
     torch.manual_seed(0)
-    module = AudioPretrainModule(model="esresnext-fbsp-tiny", num_classes=2, imagenet_init=False, lr=0.1, gamma=0.5)
+    module = AudioPretrainModule(
+        model="esresnext-fbsp-tiny", num_classes=2, imagenet_init=False, **sgd(lr=0.1, gamma=0.5)
+    )
     batch = {"audio": torch.randn(2, 1, 4410) * 1000, "target": torch.tensor([[1, 0], [0, 1]])}
     seen = _LRSeen()
     trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from optim_group import sgd
 from torch.utils.data import DataLoader
 
 from audioclip.cli import main
@@ -36,7 +37,7 @@ def test_front_end_of_a_half_precision_module_stays_finite_and_close_to_fp32() -
 
 def _one_step(precision: str, batchnorm_statistics: bool = False) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    module = FinetuneModule(model="audioclip-tiny", lr=0.1)
+    module = FinetuneModule(model="audioclip-tiny", **sgd(lr=0.1))
     if not batchnorm_statistics:
         # Lightning keeps the mode it is given: BatchNorm then normalises with its running statistics, so the
         # comparison across precisions is about the step, not about fp16 batch statistics
@@ -95,7 +96,7 @@ def test_one_process_fp32_step_equals_the_reference_rule_in_a_backward_hook() ->
     lightning_step = _one_step("32-true", batchnorm_statistics=True)
 
     torch.manual_seed(0)
-    module = FinetuneModule(model="audioclip-tiny", lr=0.1)
+    module = FinetuneModule(model="audioclip-tiny", **sgd(lr=0.1))
     module.train()
     initial = {n: p.detach().clone() for n, p in module.model.named_parameters() if n in FBSP}
     fbsp = module.model.audio.fbsp

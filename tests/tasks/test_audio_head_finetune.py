@@ -67,15 +67,15 @@ def test_finetune_us8k_audio_head_target_runs_through_audioclip_fit(audioset_hea
     data = write_us8k(tmp_path / "us8k", clips_per_class=5, classes=10, seed=0, progress=False)
     runs = tmp_path / "runs"
     args = (
-        "--model.init_args.model esresnext-fbsp-tiny --model.init_args.lr 0.01 --trainer.max_epochs 1 "
-        "--trainer.accelerator cpu --trainer.devices 1 --data.init_args.batch_size 8 --data.init_args.num_workers 0 "
-        "--data.init_args.val_fraction 0.25 "
+        "--model.init_args.model esresnext-fbsp-tiny --model.init_args.optimizer.init_args.lr 0.01 "
+        "--trainer.max_epochs 1 --trainer.accelerator cpu --trainer.devices 1 --data.init_args.batch_size 8 "
+        "--data.init_args.num_workers 0 --data.init_args.val_fraction 0.25 "
         "--trainer.enable_progress_bar false"
     )
     venv = str(Path(sys.executable).parent.parent)
     done = subprocess.run(
         ["make", "--no-print-directory", f"VENV={venv}", "finetune-us8k-audio-head", "FOLD=2", f"DATA={data}",
-         f"INIT_AUDIO_HEAD={audioset_head}", f"RUNS={runs}", f"ARGS={args}"],
+         f"INIT={audioset_head}", f"RUNS={runs}", f"ARGS={args}"],
         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"}, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

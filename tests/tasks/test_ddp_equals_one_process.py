@@ -29,6 +29,7 @@ import lightning as L
 import pytest
 import torch
 from gloo import gloo_group, spawn
+from optim_group import sgd
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -221,8 +222,8 @@ class _SaveState(L.Callback):
 def _phase(name: str) -> L.LightningModule:
     torch.manual_seed(0)
     if name == "FinetuneModule":
-        return FinetuneModule(model="audioclip-tiny", lr=LR)
-    return FullTrainingModule(model="audioclip-tiny", lr=LR)
+        return FinetuneModule(model="audioclip-tiny", **sgd(lr=LR))
+    return FullTrainingModule(model="audioclip-tiny", **sgd(lr=LR))
 
 
 def _one_step(name: str, out: Path, world: int, accelerator: str = "cpu") -> list[dict[str, torch.Tensor]]:

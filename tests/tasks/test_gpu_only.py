@@ -5,7 +5,7 @@
 - ChannelsLast under DDP with warnings as errors (no "grad strides do not match bucket view strides").
 - Parity on CUDA: the front end in IEEE fp32 even with TF32 enabled for the rest; the paper model with TF32 off.
 - A short run under `torch.cuda.set_sync_debug_mode("warn")`: the project's own code syncs the host only when it
-  reads the NaN/Inf flags (every `check_every_n_steps` steps).
+  reads the NaN/Inf flags (`NonFiniteGuard`, every `check_every_n_steps` steps).
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from optim_group import sgd
 from test_ddp_equals_one_process import WORLD, _assert_grads_close, _one_step, _phase
 from torch.utils.data import DataLoader
 
 from audioclip.models import create_model
 from audioclip.tasks import ChannelsLast, FinetuneModule
+from audioclip.tasks.nonfinite import NonFiniteGuard
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (make test-gpu)")]
 
@@ -57,7 +59,7 @@ def _trainer(**kwargs) -> L.Trainer:
 
 def _fbsp_step(precision: str) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    module = FinetuneModule(model="audioclip-tiny", lr=0.1)
+    module = FinetuneModule(model="audioclip-tiny", **sgd(lr=0.1))
     module.model.eval()  # running BatchNorm statistics: the comparison is about the step, not fp16 batch statistics
     initial = {n: p.detach().clone() for n, p in module.model.named_parameters() if n in FBSP}
     _trainer(precision=precision, max_steps=1).fit(module, datamodule=_Names(4))
@@ -76,7 +78,7 @@ def test_mixed_precision_step_moves_the_filter_bank_as_fp32(precision: str) -> N
 
 def test_channels_last_under_ddp_copies_no_gradient_bucket() -> None:
     torch.manual_seed(0)
-    module = FinetuneModule(model="audioclip-tiny", lr=0.01)
+    module = FinetuneModule(model="audioclip-tiny", **sgd(lr=0.01))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*grad strides do not match bucket view strides.*")
         _trainer(strategy="ddp", precision="bf16-mixed", callbacks=[ChannelsLast()], max_steps=2).fit(
@@ -113,20 +115,20 @@ def test_front_end_ignores_tf32_and_the_paper_model_matches_the_golden_file(shar
 
 def test_training_syncs_the_host_only_to_read_the_flags() -> None:
     torch.manual_seed(0)
-    module = FinetuneModule(model="audioclip-tiny", lr=0.01)
-    module.check_every_n_steps = 4
+    module = FinetuneModule(model="audioclip-tiny", **sgd(lr=0.01))
+    guard = NonFiniteGuard(check_every_n_steps=4)
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _trainer(max_steps=8, log_every_n_steps=1000).fit(module, datamodule=_Names(32))
+            _trainer(max_steps=8, log_every_n_steps=1000, callbacks=[guard]).fit(module, datamodule=_Names(32))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     ours = [w for w in caught if "synchroniz" in str(w.message) and w.filename.startswith(SRC)]
     where = {(Path(w.filename).name, w.lineno) for w in ours}
     # 8 steps, flags read every 4 (and at the end of the epoch): a handful of syncs, all in the flag read
     assert len(ours) <= 8, where
-    assert all(name == "base.py" for name, _ in where), where
+    assert all(name == "nonfinite.py" for name, _ in where), where
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL DDP needs 2 GPUs")

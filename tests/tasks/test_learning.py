@@ -16,6 +16,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from optim_group import sgd
 from torch.utils.data import DataLoader
 
 from audioclip.data.batch import collate
@@ -65,7 +66,7 @@ class ToneData(L.LightningDataModule):
 def test_the_tiny_classifier_learns_to_tell_four_tones_apart(tmp_path, one_thread):
     L.seed_everything(0, verbose=False)
     module = AudioPretrainModule(
-        model="esresnext-fbsp-tiny", num_classes=4, multilabel=False, imagenet_init=False, lr=0.01, gamma=0.96
+        model="esresnext-fbsp-tiny", num_classes=4, multilabel=False, imagenet_init=False, **sgd(lr=0.01, gamma=0.96)
     )
     trainer = L.Trainer(accelerator="cpu", max_epochs=15, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,

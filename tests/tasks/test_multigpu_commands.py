@@ -246,11 +246,12 @@ class SignalRankOne(Callback):
 
 
 def test_a_signal_to_one_rank_saves_and_stops_every_rank(esc50: Path, tmp_path: Path) -> None:
-    """The signal and NaN/Inf decision is one all-reduce every --check_every_n_steps steps: rank 0, which got no
+    """The signal decision is one all-reduce every --save_on_signal.check_every_n_steps steps: rank 0, which got no
     signal, learns of rank 1's and both write last.ckpt at the same step and stop with 128 + SIGUSR1."""
     (tmp_path / "signal_one_rank.py").write_text(SIGNAL_ONE_RANK)
     runs = tmp_path / "runs"
-    extra = '--check_every_n_steps 2 --trainer.max_epochs 20 --trainer.callbacks+=signal_one_rank.SignalRankOne'
+    extra = ("--save_on_signal.check_every_n_steps 2 --trainer.max_epochs 20 "
+             "--trainer.callbacks+=signal_one_rank.SignalRankOne")
     done = _make("finetune-esc50", "FOLD=1", f"DATA={esc50}", "INIT=", f"RUNS={runs}", "GPUS=2",
                  f"ARGS={_finetune_args(extra=extra)}", env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
     assert done.returncode != 0

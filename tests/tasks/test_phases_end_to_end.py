@@ -8,11 +8,12 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from optim_group import sgd
 from wandb_offline import wandb_run
 
 from audioclip.data.synthetic import write_esc50
 from audioclip.tasks import AudioPretrainModule, FinetuneModule, FullTrainingModule, PartialTrainingModule
-from audioclip.tasks.base import _no_decay
+from audioclip.tasks.base import no_weight_decay
 from audioclip.tasks.cli import run_lightning_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +61,7 @@ def test_a_misspelled_config_key_fails_before_anything_runs(capsys):
 
 
 def test_parameter_groups_exclude_fbsp_and_logit_scales_from_weight_decay():
-    module = FullTrainingModule(model="audioclip-tiny")
+    module = FullTrainingModule(model="audioclip-tiny", **sgd())
     optimizer = module.configure_optimizers()["optimizer"]
     decayed, free = optimizer.param_groups
     names = {id(p): n for n, p in module.model.named_parameters()}
@@ -74,7 +75,7 @@ def test_parameter_groups_exclude_fbsp_and_logit_scales_from_weight_decay():
         "audio.fbsp.fc",
     }
     assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
-    assert not _no_decay("audio.fc.weight")
+    assert not no_weight_decay("audio.fc.weight")
 
 
 def test_partial_training_freezes_clip_heads_and_keeps_them_in_eval_mode(tmp_path):

@@ -17,8 +17,9 @@ from wandb_offline import wandb_records, wandb_run
 
 from audioclip.data.audioset import AudioSetDataModule
 from audioclip.data.synthetic import write_esc50
+from audioclip.outputs import STAGING_ENV
 from audioclip.tasks.cli import run_lightning_cli
-from audioclip.tasks.wandb_run import STAGING_ENV, prepare_wandb_run
+from audioclip.tasks.wandb_run import run_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,13 +84,11 @@ def test_a_copied_run_directory_holds_every_logged_media_file(fitted, tmp_path):
 
 def test_a_group_job_type_or_tags_the_user_set_are_kept(tmp_path, monkeypatch):
     monkeypatch.delenv(STAGING_ENV, raising=False)
-    logger = SimpleNamespace(_wandb_init={"dir": str(tmp_path), "group": "cv-esc50-mine", "job_type": "sweep",
-                                          "tags": ["mine"]})  # fmt: skip
+    configured = {"save_dir": str(tmp_path), "group": "cv-esc50-mine", "job_type": "sweep", "tags": ["mine"]}
     model = SimpleNamespace(hparams=SimpleNamespace(model="audioclip-tiny", multilabel=False), produces=None,
                             init_lineage={"variant": "full"})  # fmt: skip
     datamodule = SimpleNamespace()
-    prepare_wandb_run(logger, model, datamodule)
-    init = logger._wandb_init
+    init = run_settings(configured, model, datamodule)
     assert init["group"] == "cv-esc50-mine" and init["job_type"] == "sweep"
     assert init["tags"][0] == "mine" and "variant:full" in init["tags"]
     assert os.environ[STAGING_ENV] == str((tmp_path / "wandb").resolve())
@@ -115,8 +114,7 @@ def test_the_audioset_stages_of_one_runs_folder_share_a_group(tmp_path, monkeypa
                         ("train-full", "FullTrainingModule")]:  # fmt: skip
         model = type(kind, (), {"hparams": SimpleNamespace(model="m", multilabel=True), "produces": None,
                                 "init_lineage": {"variant": "other"}})()  # fmt: skip
-        logger = SimpleNamespace(_wandb_init={"dir": str(tmp_path / "my-runs" / phase / "main")})
-        prepare_wandb_run(logger, model, datamodule)
-        groups.add(logger._wandb_init["group"])
-        jobs.append(logger._wandb_init["job_type"])
+        init = run_settings({"save_dir": str(tmp_path / "my-runs" / phase / "main")}, model, datamodule)
+        groups.add(init["group"])
+        jobs.append(init["job_type"])
     assert groups == {"audioset-my-runs"} and jobs == ["pretrain-audio", "train-partial", "train-full"]

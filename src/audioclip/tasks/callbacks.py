@@ -5,19 +5,23 @@ Training AudioCLIP on AudioSet takes days on many GPUs, so preemption is routine
 - `StepCheckpoint`: `last.ckpt` every N optimizer steps, not only at epoch end.
 - `SaveOnSignal`: SIGTERM / SIGUSR1 (a scheduler's notice before preemption; SLURM: `sbatch --signal=USR1@90`)
   and SIGINT (Ctrl+C) write `last.ckpt` at the end of the current batch, then exit with 128 + the signal.
+- `TestMetricsFile`: the test metrics, the checkpoint they are of and the lineage of its weights in
+  `<run>/test_metrics.json`, which `audioclip crossval` and `make report` read.
 - `ResumeState`: what Lightning does not checkpoint and a resumed run needs: the W&B run id, so that it continues
   the same W&B run (`resume="allow"`). The global RNG states are not restored: nothing a training step computes
   draws from them (see `ResumeState`).
 - `BadDataLog`: clips replaced under `on_bad_file="skip"`, counted and named in W&B and in `<run>/bad_files.tsv`.
 - `ChannelsLast`: convolution weights in channels-last memory format, for bf16-mixed on CPUs and GPUs.
 
-The checkpoint writer is `audioclip.tasks.checkpoints`, the resumable sampler and the signal-deaf DataLoader
-workers `audioclip.data.samplers`. `audioclip fit` (`tasks/cli.py`) installs all of them; see docs/reliability.md
-for the faults tested.
+The NaN/Inf guard is `audioclip.tasks.nonfinite`, the checkpoint writer `audioclip.tasks.checkpoints`, the resumable
+sampler and the signal-deaf DataLoader workers `audioclip.data.samplers`. The run-safety callbacks are configured in
+`conf/trainer.yaml` (`last_checkpoint`, `save_on_signal`, `nonfinite_guard`, `metrics_file`); a LightningModule
+knows none of them. See docs/reliability.md for the faults tested.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 from collections.abc import Sequence
@@ -26,11 +30,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from audioclip.models.lineage import result_fields
+from audioclip.models.pretrained import RUN_METRICS
 from audioclip.tasks.checkpoints import RESUME_KEY, checkpoint_dir, last_checkpoint
 
 log = logging.getLogger(__name__)
@@ -38,11 +44,13 @@ log = logging.getLogger(__name__)
 BAD_FILES = "bad_files.tsv"
 
 
-class StepCheckpoint(ModelCheckpoint):
-    """`last.ckpt` every `every_n_train_steps` optimizer steps (0: never), so preemption loses at most that many.
+class StepCheckpoint(Callback):
+    """`last.ckpt` every `every_n_train_steps` optimizer steps (0: only at epoch ends), so preemption loses at most
+    that many, and at the end of every training epoch.
 
-    The phase's own ModelCheckpoint keeps the best checkpoint on the validation metric and `last.ckpt` at epoch
-    ends; both write the same `last.ckpt` (no `last-v1.ckpt`: `enable_version_counter=False`).
+    The phase's own ModelCheckpoint keeps the best checkpoint on the validation metric and `last.ckpt` after each
+    validation; both write the same `last.ckpt`. Nothing is written when checkpointing is off
+    (`--trainer.enable_checkpointing false`) or under `fast_dev_run`.
 
     Args:
         every_n_train_steps: optimizer steps between two saves of `last.ckpt`.
@@ -52,18 +60,24 @@ class StepCheckpoint(ModelCheckpoint):
     def __init__(self, every_n_train_steps: int = 500, dirpath: str | None = None) -> None:
         if every_n_train_steps < 0:
             raise ValueError(f"last_checkpoint.every_n_train_steps must be >= 0, got {every_n_train_steps}")
-        super().__init__(
-            dirpath=dirpath,
-            save_top_k=0,
-            save_last=True,
-            every_n_train_steps=every_n_train_steps,
-            enable_version_counter=False,
-        )
+        self.every_n_train_steps, self.dirpath = every_n_train_steps, dirpath
+        self._saved_at: int | None = None
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.dirpath is None:
-            self.dirpath = str(checkpoint_dir(trainer.default_root_dir))
-        super().setup(trainer, pl_module, stage)
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.every_n_train_steps >= 1 and trainer.global_step % self.every_n_train_steps == 0:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)  # also when max_steps ends an epoch early, before any validation could save it
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.global_step == self._saved_at or trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        if not trainer.checkpoint_callbacks:
+            return  # checkpointing is off: `enable_checkpointing: false` leaves no checkpoint callback
+        directory = Path(self.dirpath) if self.dirpath else checkpoint_dir(trainer.default_root_dir)
+        trainer.save_checkpoint(directory / last_checkpoint(".").name)
+        self._saved_at = trainer.global_step
 
 
 def _signal_number(name: str) -> signal.Signals:
@@ -77,11 +91,9 @@ class SaveOnSignal(Callback):
     """On SIGTERM, SIGUSR1 or SIGINT, write `last.ckpt` at the end of a batch and exit with 128 + the signal.
 
     The handler only notes the signal; the decision is taken between batches. In one process that is the end of
-    the batch the signal arrived in. Under DDP every rank must stop at the same batch, so the decision is
-    all-reduced: the training phases (`AudioCLIPTask.run_step_checks`) do it in the same small all-reduce as
-    their NaN/Inf check, every `check_every_n_steps` steps (at 1 s a step and N = 10, within 10 s: inside
-    SLURM's `--signal=USR1@90` notice or Kubernetes' default 30 s grace period); any other LightningModule gets one
-    all-reduce per batch here.
+    the batch the signal arrived in. Under DDP every rank must stop at the same batch, so the decision is one small
+    all-reduce every `check_every_n_steps` steps and at an epoch's last batch (at 1 s a step and N = 10, within
+    10 s: inside SLURM's `--signal=USR1@90` notice or Kubernetes' default 30 s grace period).
 
     SIGTERM is taken over from Lightning, whose handler runs a collective inside the signal handler and, under
     DDP, stops every rank at the next batch without a checkpoint. SIGUSR1 is left to Lightning when its SLURM
@@ -92,10 +104,16 @@ class SaveOnSignal(Callback):
 
     Args:
         signals: signal names to act on.
+        check_every_n_steps: under DDP, how often the ranks agree on a pending signal (one all-reduce).
     """
 
-    def __init__(self, signals: Sequence[str] = ("SIGTERM", "SIGUSR1", "SIGINT")) -> None:
+    def __init__(
+        self, signals: Sequence[str] = ("SIGTERM", "SIGUSR1", "SIGINT"), check_every_n_steps: int = 10
+    ) -> None:
+        if check_every_n_steps < 1:
+            raise ValueError(f"save_on_signal.check_every_n_steps: must be >= 1, got {check_every_n_steps}")
         self.signals = [_signal_number(name) for name in signals]
+        self.check_every_n_steps = check_every_n_steps
         self._received: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
 
@@ -126,10 +144,10 @@ class SaveOnSignal(Callback):
         raise SIGTERMException(128 + signum)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if getattr(pl_module, "runs_step_checks", False):
-            return  # the LightningModule decides, in its own per-step check
         signum = self._received
         if trainer.world_size > 1:
+            if trainer.global_step % self.check_every_n_steps and not trainer.is_last_batch:
+                return
             code = torch.tensor([0 if signum is None else int(signum)], device=pl_module.device)
             signum = int(trainer.strategy.reduce(code, reduce_op="max").item()) or None
         if signum is not None:
@@ -160,6 +178,33 @@ class ResumeState(Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[RESUME_KEY] = {"wandb_run_id": wandb_run_id(trainer)}
+
+
+class TestMetricsFile(Callback):
+    """`<run>/test_metrics.json` at the end of a test: the test metrics, the checkpoint they are of, and (for the
+    training phases) the model variant, data, folds and protocol of its weights (`audioclip.models.lineage`), so that
+    `audioclip crossval` and `make report` never recover them from a folder name.
+
+    Args:
+        filename: the file's name inside the run directory.
+    """
+
+    def __init__(self, filename: str = RUN_METRICS) -> None:
+        self.filename = filename
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        record: dict[str, Any] = {"checkpoint": str(trainer.ckpt_path or ""), **metrics}
+        lineage = getattr(pl_module, "lineage", None)
+        if callable(lineage):
+            made = lineage()
+            record.update(result_fields(made, made["model"], made["steps"][-1]))
+            record["result"] = pl_module.scores_against
+        path = Path(trainer.default_root_dir) / self.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 class BadDataLog(Callback):

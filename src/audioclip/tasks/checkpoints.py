@@ -20,13 +20,13 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from audioclip.models.pretrained import UnloadableFileError, read_checkpoint, safe_loading
+from audioclip.models.pretrained import RUN_CHECKPOINTS, UnloadableFileError, read_checkpoint, safe_loading
 from audioclip.outputs import OutputError
 
 RESUME_KEY = "audioclip_resume_state"  # top-level checkpoint key written by ResumeState
 
 
-CHECKPOINTS_DIR = "checkpoints"  # a run directory's checkpoint folder (README, "Reproducing the paper")
+CHECKPOINTS_DIR = RUN_CHECKPOINTS  # a run directory's checkpoint folder (docs/training.md)
 
 
 def checkpoint_dir(root: str | Path) -> Path:

@@ -8,8 +8,9 @@
   `--sync_batchnorm false`. Cost: two small all-reduces per BatchNorm call in training (ESResNeXt runs its body
   once per audio channel), about 2 x 60 collectives a step for the paper model; frozen (eval-mode) BatchNorms, as
   CLIP's in fine-tuning and partial training, do not synchronise.
-- `decide_resume`: under multi-node DDP every process parses `--ckpt_path last` itself; with node-local run
-  directories node 0 would resume and the others start afresh. Rank 0 decides and broadcasts.
+- `ResumeAgreement`: under multi-node DDP every process resolves `--ckpt_path last` itself; with node-local run
+  directories node 0 would resume and the others start afresh. Once the process group is up, every rank must have
+  made rank 0's choice, or the run stops with one line.
 - `check_shared_run_dir`: rank 0 writes a token into the run directory and every rank must see it; a run
   directory that is not shared across nodes is refused (rank 0 alone writes checkpoints, so the others could
   never resume).
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins import LayerSync
 from torch import nn
 
@@ -82,13 +84,25 @@ def convert_global_batchnorm(module: nn.Module) -> nn.Module:
 
 
 class SyncBatchNormPlugin(LayerSync):
-    """Lightning's layer-sync hook with global-batch BatchNorm on every device type (see the module docstring)."""
+    """Lightning's layer-sync plugin (`Trainer(plugins=[...])`) with global-batch BatchNorm on every device type
+    (see the module docstring). DDP applies it when fitting starts, once the process group is up and before the model
+    moves to its device, so the backend says which BatchNorm: torch's SyncBatchNorm under NCCL, ours otherwise.
 
-    def __init__(self, device_type: str = "cpu") -> None:
+    Args:
+        device_type: `cuda` or `cpu`; None: `cuda` when the process group's backend is NCCL.
+    """
+
+    def __init__(self, device_type: str | None = None) -> None:
         self.device_type = device_type
 
     def apply(self, model: nn.Module) -> nn.Module:
-        if self.device_type == "cuda":
+        device_type = self.device_type
+        if device_type is None:
+            import torch.distributed as dist
+
+            nccl = dist.is_available() and dist.is_initialized() and "nccl" in str(dist.get_backend()).lower()
+            device_type = "cuda" if nccl else "cpu"
+        if device_type == "cuda":
             return nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return convert_global_batchnorm(model)
 
@@ -123,21 +137,43 @@ def _every_rank_sees(path: Path, trainer: L.Trainer) -> bool:
     return bool(seen.item())
 
 
-def decide_resume(trainer: L.Trainer, wanted: str | None) -> str | None:
-    """Rank 0 resolves `--ckpt_path last` against its run directory; every rank gets its answer.
+def _every_rank_agrees(value: bool, trainer: L.Trainer) -> bool:
+    agreed = torch.tensor([1 if value else 0], device=trainer.strategy.root_device)
+    trainer.strategy.reduce(agreed, reduce_op="min")
+    return bool(agreed.item())
 
-    Every rank must then be able to read the file: a rank that cannot is a run directory that is not shared.
+
+class ResumeAgreement(Callback):
+    """Every rank resumes from the checkpoint rank 0 resumes from, or the run stops before anything is restored.
+
+    `audioclip fit` resolves `--ckpt_path last` in each process before the trainer is built; this callback's `setup`
+    runs once the process group is up and before Lightning restores the checkpoint. It refuses a run directory
+    that not every rank sees (`check_shared_run_dir`), then checks that every rank chose rank 0's checkpoint and can
+    read it.
+
+    Args:
+        ckpt_path: the checkpoint this process will resume from (None: it starts afresh).
     """
-    if trainer.world_size == 1:
-        return wanted
-    chosen = trainer.strategy.broadcast(wanted, src=0)
-    if chosen is not None and "://" not in str(chosen):
-        if not _every_rank_sees(Path(chosen), trainer):
+
+    def __init__(self, ckpt_path: str | None) -> None:
+        self.ckpt_path = ckpt_path
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or trainer.world_size == 1:
+            return
+        check_shared_run_dir(trainer)
+        chosen = trainer.strategy.broadcast(self.ckpt_path, src=0)
+        if not _every_rank_agrees(chosen == self.ckpt_path, trainer):
             raise ValueError(
-                f"ckpt_path: rank 0 resumes from {chosen}, which rank {trainer.global_rank} or another cannot read: "
-                "the run directory must be on a file system every node shares (--trainer.default_root_dir / RUNS=)"
+                f"ckpt_path: rank 0 resumes from {chosen or 'nothing (a fresh start)'}, but another rank sees another "
+                "run state: the run directory must be on a file system every node shares "
+                "(--trainer.default_root_dir / RUNS=)"
             )
-    return chosen
+        if chosen is not None and "://" not in str(chosen) and not _every_rank_sees(Path(chosen), trainer):
+            raise ValueError(
+                f"ckpt_path: rank 0 resumes from {chosen}, which another rank cannot read: the run directory must be "
+                "on a file system every node shares (--trainer.default_root_dir / RUNS=)"
+            )
 
 
 def check_shared_run_dir(trainer: L.Trainer) -> None:

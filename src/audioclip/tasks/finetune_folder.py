@@ -27,7 +27,7 @@ from torchmetrics.classification import MultilabelAveragePrecision
 
 from audioclip.evaluation.metrics import caption_retrieval
 from audioclip.process_group import rank_and_world
-from audioclip.tasks.phases import FinetuneModule
+from audioclip.tasks.finetune import FinetuneModule
 
 TASKS = ("class", "multilabel", "caption")
 # the validation metric that selects checkpoints, per task
@@ -43,22 +43,10 @@ class FolderFinetuneModule(FinetuneModule):
         The others as `FinetuneModule`.
     """
 
-    def __init__(
-        self,
-        model: str = "audioclip",
-        init_from: str | None = None,
-        lr: float = 5e-5,
-        gamma: float = 0.96,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        template: str = "{}",
-        num_classes: int | None = None,
-        task: str | None = None,
-    ) -> None:
+    def __init__(self, task: str | None = None, **kwargs) -> None:
         if task is not None and task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)} (or null: the data's), got {task!r}")
-        super().__init__(model, init_from, lr, gamma, momentum, weight_decay, template, num_classes=num_classes)
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         self.task = task
         # multi-label head (SigLIP-style); part of every checkpoint, trained only for multi-label data
         self.label_log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -108,14 +96,11 @@ class FolderFinetuneModule(FinetuneModule):
             self.val_map = MultilabelAveragePrecision(num_labels=self.num_classes, average="macro")
             self.test_map = MultilabelAveragePrecision(num_labels=self.num_classes, average="macro")
 
-    def configure_optimizers(self):
-        config = super().configure_optimizers()
-        if self.task == "multilabel":
-            # like the logit scales: no weight decay
-            config["optimizer"].add_param_group(
-                {"params": [self.label_log_scale, self.label_bias], "weight_decay": 0.0}
-            )
-        return config
+    def param_groups(self) -> list[dict]:
+        groups = super().param_groups()
+        if self.task == "multilabel":  # like the logit scales: no weight decay
+            groups.append({"params": [self.label_log_scale, self.label_bias], "weight_decay": 0.0})
+        return groups
 
     def _refresh_class_text(self) -> None:
         if self.task != "caption":

@@ -16,6 +16,7 @@ See docs/reliability.md.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import warnings
@@ -25,9 +26,8 @@ from typing import Any
 
 import yaml
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from audioclip.outputs import check_writable_dir, make_dir
@@ -54,26 +54,41 @@ def _disabled(value: Any) -> bool:
     return value is False or value == [] or value is None
 
 
-def apply_lightning_switches(config: dict[str, Any], callbacks: list[Callback]) -> list[Callback]:
-    """The trainer's callbacks (`config["callbacks"]`) and the CLI's (`callbacks`) that fit the switches.
+def _class_of(config: Any) -> type | None:
+    """The class a callback's configuration (`class_path` + `init_args`) names, or None."""
+    path = config.get("class_path") if isinstance(config, Namespace) else None
+    if not path:
+        return None
+    module, _, name = str(path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None  # jsonargparse names a class that does not exist itself
+
+
+def switched_off(trainer_config: Namespace) -> list[str]:
+    """Take out of the trainer's configured callbacks (`trainer_config.callbacks`) what Lightning's switches turn off;
+    the class paths taken out.
 
     `LearningRateMonitor` needs a logger: without one it goes. `enable_checkpointing: false` means no checkpoint
-    is written: every `ModelCheckpoint` (the step-interval `last.ckpt` too) goes, and the module's own checkpoint
-    callback is left out at fit time (`BaseTask.configure_callbacks`).
+    is written: every configured `ModelCheckpoint` goes (Lightning would refuse the run), the phase's own checkpoint
+    callback is left out at fit time (`AudioCLIPTask.configure_callbacks`) and `StepCheckpoint` writes nothing.
     """
-    no_logger = _disabled(config.get("logger", True)) or bool(config.get("fast_dev_run"))
+    no_logger = _disabled(trainer_config.get("logger", True)) or bool(trainer_config.get("fast_dev_run"))
     # fast_dev_run: Lightning's ModelCheckpoint skips its saves, but not `save_last` at the end of training
-    no_checkpoints = config.get("enable_checkpointing") is False or bool(config.get("fast_dev_run"))
-
-    def keep(callback: Callback) -> bool:
-        if no_logger and isinstance(callback, LearningRateMonitor):
-            rank_zero_info("no logger: LearningRateMonitor left out")
-            return False
-        return not (no_checkpoints and isinstance(callback, ModelCheckpoint))
-
-    given = config.get("callbacks") or []
-    config["callbacks"] = [c for c in (given if isinstance(given, list) else [given]) if keep(c)]
-    return [c for c in callbacks if keep(c)]
+    no_checkpoints = trainer_config.get("enable_checkpointing") is False or bool(trainer_config.get("fast_dev_run"))
+    given = trainer_config.get("callbacks") or []
+    kept, dropped = [], []
+    for config in given if isinstance(given, list) else [given]:
+        cls = _class_of(config)
+        needs_logger = cls is not None and issubclass(cls, LearningRateMonitor)
+        writes_checkpoints = cls is not None and issubclass(cls, ModelCheckpoint)
+        off = (no_logger and needs_logger) or (no_checkpoints and writes_checkpoints)
+        (dropped if off else kept).append(config)
+    trainer_config["callbacks"] = kept
+    for config in dropped:
+        rank_zero_info(f"{config.get('class_path')} left out: its switch is off (logger / enable_checkpointing)")
+    return [str(config.get("class_path")) for config in dropped]
 
 
 def check_config_files(argv: Sequence[str]) -> None:
@@ -159,12 +174,7 @@ class PreflightChecks(LightningCLI):
         if self.subcommand == "fit":
             # W&B looks for the git repository (the run's commit) from its `dir`: it must exist when the run starts
             make_dir(self.trainer.default_root_dir, "RUNS= or --trainer.default_root_dir")
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                # Lightning passes `anonymous=None`, which W&B warns has no effect; a private dict, hence the guard
-                init = getattr(logger, "_wandb_init", {})
-                if init.get("anonymous", ...) is None:
-                    del init["anonymous"]
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
-        return super()._instantiate_trainer(config, apply_lightning_switches(config, callbacks))
+    def apply_lightning_switches(self, trainer_config: Namespace) -> None:
+        """`switched_off`, before anything is built."""
+        switched_off(trainer_config)

@@ -17,15 +17,17 @@ W&B docs: "Organize runs" (group, job_type, tags) and `wandb.Run.define_metric`.
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audioclip.data.provenance import describe_data
+from audioclip.outputs import stage_media_in
 
 if TYPE_CHECKING:  # `audioclip report` stages its media here too, without importing Lightning
     from lightning.pytorch.loggers import WandbLogger
 
-STAGING_ENV = "WANDB_DATA_DIR"
 
 
 def phase_name(model: Any, datamodule: Any) -> str:
@@ -68,22 +70,60 @@ def default_group(job_type: str, datamodule: Any, run_dir: Path) -> str:
     return job_type
 
 
-def stage_media_in(run_dir: str | Path) -> None:
-    """W&B stages what the runs started from now on log (tables, their audio and images) in `<run_dir>/wandb/`."""
-    os.environ[STAGING_ENV] = str((Path(run_dir) / "wandb").resolve())
+def run_name(root: str | Path) -> str:
+    """The W&B name of the run in `root`: `<phase>-<run>`, e.g. runs/finetune-esc50/fold3 -> finetune-esc50-fold3."""
+    root = Path(root).absolute()
+    return f"{root.parent.name}-{root.name}"
 
 
-def prepare_wandb_run(logger: WandbLogger, model: Any, datamodule: Any) -> None:
-    """Before the W&B run starts: staging inside the run directory; job type, group and tags unless set."""
-    init = logger._wandb_init  # what Lightning passes to wandb.init when the run starts
-    run_dir = Path(init.get("dir") or ".")
+def is_wandb(logger_config: Mapping[str, Any]) -> bool:
+    """Whether a logger's configuration (`class_path` + `init_args`) is Lightning's W&B logger."""
+    return str(logger_config.get("class_path", "")).endswith("WandbLogger")
+
+
+# WandbLogger arguments that are the logger's own, not `wandb.init`'s
+_LOGGER_ONLY = {"save_dir", "version", "offline", "anonymous", "log_model", "prefix", "experiment",
+                "checkpoint_name", "add_file_policy"}  # fmt: skip
+
+
+def init_kwargs(init_args: Mapping[str, Any]) -> dict[str, Any]:
+    """What Lightning's WandbLogger would pass to `wandb.init` for these arguments, without the deprecated
+    `anonymous` (which W&B 0.31 answers with a warning a user cannot act on)."""
+    kwargs = {k: v for k, v in dict(init_args).items() if k not in _LOGGER_ONLY and v is not None}
+    kwargs["project"] = kwargs.get("project") or os.environ.get("WANDB_PROJECT", "lightning_logs")
+    kwargs["dir"] = init_args.get("save_dir") or init_args.get("dir")
+    kwargs["id"] = init_args.get("version") or init_args.get("id")
+    kwargs.setdefault("resume", "allow")
+    if init_args.get("offline"):
+        kwargs["mode"] = "offline"
+    return kwargs
+
+
+def run_settings(init_args: Mapping[str, Any], model: Any, datamodule: Any) -> dict[str, Any]:
+    """The `wandb.init` arguments of a training run: the logger's configuration, plus job type, group and tags
+    unless the configuration set them; media are staged inside the run directory from now on."""
+    kwargs = init_kwargs(init_args)
+    run_dir = Path(kwargs["dir"] or ".")
     stage_media_in(run_dir)
-    if not init.get("job_type"):
-        init["job_type"] = phase_name(model, datamodule)
-    if not init.get("group"):
-        init["group"] = default_group(init["job_type"], datamodule, run_dir)
-    given = list(init.get("tags") or [])
-    init["tags"] = given + [tag for tag in run_tags(model, datamodule) if tag not in given]
+    kwargs["job_type"] = kwargs.get("job_type") or phase_name(model, datamodule)
+    kwargs["group"] = kwargs.get("group") or default_group(kwargs["job_type"], datamodule, run_dir)
+    given = list(kwargs.get("tags") or [])
+    kwargs["tags"] = given + [tag for tag in run_tags(model, datamodule) if tag not in given]
+    return kwargs
+
+
+def start_run(init_args: Mapping[str, Any], model: Any, datamodule: Any) -> Any:
+    """Start the W&B run of a training run (rank 0) with `run_settings`. Lightning's WandbLogger then attaches to
+    this run (it reuses `wandb.run`), so the run's identity is fixed here, through `wandb.init`'s public arguments."""
+    import wandb
+
+    # the logger reuses this run and says so; that is the point
+    warnings.filterwarnings("ignore", message="There is a wandb run already in progress")
+    run = wandb.init(**run_settings(init_args, model, datamodule))
+    # the x-axis Lightning's logger defines for the runs it starts itself
+    run.define_metric("trainer/global_step")
+    run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+    return run
 
 
 def define_best_metric(logger: WandbLogger, monitor: tuple[str, str]) -> None:
