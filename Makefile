@@ -113,15 +113,23 @@ bench-data: $(STAMP)  ## benchmark the ESC-50 data pipeline on 2,000 synthetic c
 RUNS    ?= runs
 ESC50   ?= data/esc50
 US8K    ?= data/us8k
-INIT    ?= full
 # W&B group of the run (a cv-* target gives all its folds one, <target>-<start time>, unless GROUP= names it)
 GROUP   ?=
-FIT      = $(AC) fit --config conf/trainer.yaml --trainer.num_nodes $(NODES) --trainer.devices $(GPUS) \
+FIT      = $(AC) fit --trainer.num_nodes $(NODES) --trainer.devices $(GPUS) \
   $(if $(GROUP),--trainer.logger.init_args.group $(GROUP))
 # RESUME=1 continues an interrupted run from its last checkpoint
 resume   = $(if $(filter 1,$(RESUME)),$(if $(wildcard $(1)/checkpoints/last.ckpt),--ckpt_path $(1)/checkpoints/last.ckpt,),)
 # the run directory $(1): `audioclip fit` puts the W&B run there and names it <phase>-<run> (tasks/cli.py)
 run      = --trainer.default_root_dir $(1) $(call resume,$(1)) $(ARGS)
+
+# INIT= is the weights a run starts from, on every phase target: an official tag (full, partial, esrnxfbsp, clip-rn50),
+# a checkpoint file, or a previous run folder (its best checkpoint, else its last). INIT= (empty) starts from random
+# weights; without INIT each target takes its own default ($(1)). The names of the previous release still work, once
+# more, with a warning.
+deprecated_init = $(if $(filter undefined,$(origin $(1))),,$(warning $(1)=$($(1)) is deprecated and will be removed: use INIT=$($(1)))$($(1)))
+init_or = $(if $(filter undefined,$(origin INIT)),$(or $(call deprecated_init,$(2)),$(1)),$(or $(INIT),null))
+# the previous phase's checkpoint when its run exists, else the official tag $(2)
+previous = $(if $(wildcard $(RUNS)/$(1)/main/checkpoints/last.ckpt),$(RUNS)/$(1)/main,$(2))
 # one fine-tuning fold: $(1) the phase (conf/$(1).yaml, runs/$(1)/fold$(FOLD)), $(2) the dataset root, $(3) init_from
 finetune_fold = $(FIT) --config conf/$(1).yaml --data.init_args.root $(or $(DATA),$(2)) --data.init_args.fold $(FOLD) \
   --model.init_args.init_from $(3) $(call run,$(RUNS)/$(1)/fold$(FOLD))
@@ -132,21 +140,21 @@ folds_of = $(shell $(PY) -c 'from audioclip.constants import FOLDS; print(*range
 fold_loop = +group=$(or $(GROUP),$@-$$(date +%Y%m%d-%H%M%S)); for k in $(or $(FOLDS),$(call folds_of,$(2))); do \
   $(MAKE) --no-print-directory $(1) FOLD=$$k GROUP=$$group || exit 1; done
 
-finetune-esc50: $(STAMP)  ## fine-tune on ESC-50 with fold FOLD as test split (DATA=, INIT=, GPUS=, NODES=, ARGS=)
-	$(call finetune_fold,finetune-esc50,$(ESC50),$(or $(INIT),null))
+finetune-esc50: $(STAMP)  ## fine-tune on ESC-50 with fold FOLD as test split (DATA=, INIT= default full, GPUS=, NODES=, ARGS=)
+	$(call finetune_fold,finetune-esc50,$(ESC50),$(call init_or,full))
 
-finetune-us8k: $(STAMP)  ## fine-tune on UrbanSound8K with fold FOLD as test split (DATA=, INIT=, GPUS=, NODES=, ARGS=)
-	$(call finetune_fold,finetune-us8k,$(US8K),$(or $(INIT),null))
+finetune-us8k: $(STAMP)  ## fine-tune on UrbanSound8K with fold FOLD as test split (DATA=, INIT= default full, GPUS=, NODES=, ARGS=)
+	$(call finetune_fold,finetune-us8k,$(US8K),$(call init_or,full))
 
 # own data: DATA is a class-folder tree or a .csv/.tsv manifest; FOLD only when given (else the split column or a
 # seeded split); the run goes to runs/finetune/<name of DATA>[-foldK]
 FOLD_GIVEN   = $(filter-out file default,$(origin FOLD))
 FINETUNE_RUN = $(RUNS)/finetune/$(notdir $(basename $(patsubst %/,%,$(DATA))))$(if $(FOLD_GIVEN),-fold$(FOLD))
 
-finetune: $(STAMP)  ## fine-tune on your own data: DATA=<class-folder tree or CSV/TSV manifest> (FOLD=, INIT=, GPUS=, NODES=, ARGS=)
+finetune: $(STAMP)  ## fine-tune on your own data: DATA=<class-folder tree or CSV/TSV manifest> (FOLD=, INIT= default full, GPUS=, NODES=, ARGS=)
 	@test -n "$(DATA)" || { echo "make finetune: give DATA=<class-folder tree or .csv/.tsv manifest>" >&2; exit 2; }
 	$(FIT) --config conf/finetune-folder.yaml --data.init_args.$(if $(filter %.csv %.tsv,$(DATA)),manifest,root) $(DATA) \
-	  $(if $(FOLD_GIVEN),--data.init_args.fold $(FOLD)) --model.init_args.init_from $(or $(INIT),null) \
+	  $(if $(FOLD_GIVEN),--data.init_args.fold $(FOLD)) --model.init_args.init_from $(call init_or,full) \
 	  $(call run,$(FINETUNE_RUN))
 
 cv-esc50: $(STAMP)  ## all 5 ESC-50 folds (FOLDS="1 3" for some), then a table of per-fold and mean ± std test accuracy (runs/finetune-esc50/cv.*)
@@ -157,13 +165,13 @@ cv-us8k: $(STAMP)  ## all 10 UrbanSound8K folds, then the per-fold and mean ± s
 	$(call fold_loop,finetune-us8k,us8k)
 	$(AC) crossval $(RUNS)/finetune-us8k
 
-# the standalone audio head starts from the pretrain-audio phase's checkpoint when it exists, else the official tag
-AUDIO_HEAD_INIT = $(or $(INIT_AUDIO_HEAD),$(if $(wildcard $(RUNS)/pretrain-audio/main/checkpoints/last.ckpt),$(RUNS)/pretrain-audio/main/checkpoints/last.ckpt,esrnxfbsp))
+# the standalone audio head starts from the pretrain-audio phase's run when it exists, else the official tag
+AUDIO_HEAD_INIT = $(call init_or,$(call previous,pretrain-audio,esrnxfbsp),INIT_AUDIO_HEAD)
 
-finetune-esc50-audio-head: $(STAMP)  ## paper Tables 1/3 audio head: ESResNeXt-fbsp, new 50-class classifier, fold FOLD as test (DATA=, INIT_AUDIO_HEAD=, ARGS=)
+finetune-esc50-audio-head: $(STAMP)  ## paper Tables 1/3 audio head: ESResNeXt-fbsp, new 50-class classifier, fold FOLD as test (DATA=, INIT=, ARGS=)
 	$(call finetune_fold,finetune-esc50-audio-head,$(ESC50),$(AUDIO_HEAD_INIT))
 
-finetune-us8k-audio-head: $(STAMP)  ## paper Tables 1/3 audio head: ESResNeXt-fbsp, new 10-class classifier, fold FOLD as test (DATA=, INIT_AUDIO_HEAD=, ARGS=)
+finetune-us8k-audio-head: $(STAMP)  ## paper Tables 1/3 audio head: ESResNeXt-fbsp, new 10-class classifier, fold FOLD as test (DATA=, INIT=, ARGS=)
 	$(call finetune_fold,finetune-us8k-audio-head,$(US8K),$(AUDIO_HEAD_INIT))
 
 cv-esc50-audio-head: $(STAMP)  ## the audio head on all 5 ESC-50 folds, then per-fold and mean ± std (runs/finetune-esc50-audio-head/cv.*)
@@ -209,17 +217,17 @@ AUDIOSET_DATA = --data.init_args.train_dir $(SHARDS)/train --data.init_args.val_
 # one AudioSet phase: $(1) the phase (conf/$(1).yaml, runs/$(1)/main), $(2) its own settings
 audioset_phase = $(FIT) --config conf/$(1).yaml $(AUDIOSET_DATA) $(2) $(call run,$(RUNS)/$(1)/main)
 
-pretrain-audio: $(STAMP)  ## phase 1: standalone ESResNeXt-fbsp on AudioSet audio, BCE over 527 classes (SHARDS=, GPUS=, NODES=, ARGS=)
-	$(call audioset_phase,pretrain-audio,--data.init_args.frames false)
+pretrain-audio: $(STAMP)  ## phase 1: standalone ESResNeXt-fbsp on AudioSet audio, BCE over 527 classes (SHARDS=, INIT= default ImageNet body, GPUS=, NODES=, ARGS=)
+	$(call audioset_phase,pretrain-audio,--data.init_args.frames false --model.init_args.init_from $(call init_or,null))
 
-# the previous phase's checkpoint when it exists, else the official weight tag
-PARTIAL_INIT = $(or $(INIT_PARTIAL),$(if $(wildcard $(RUNS)/pretrain-audio/main/checkpoints/last.ckpt),$(RUNS)/pretrain-audio/main/checkpoints/last.ckpt,esrnxfbsp))
-FULL_INIT    = $(or $(INIT_FULL),$(if $(wildcard $(RUNS)/train-partial/main/checkpoints/last.ckpt),$(RUNS)/train-partial/main/checkpoints/last.ckpt,partial))
+# each AudioSet phase starts from the previous phase's run when it exists, else the official weight tag
+PARTIAL_INIT = $(call init_or,$(call previous,pretrain-audio,esrnxfbsp),INIT_PARTIAL)
+FULL_INIT    = $(call init_or,$(call previous,train-partial,partial),INIT_FULL)
 
-train-partial: $(STAMP)  ## phase 2: audio head learns from frozen CLIP teachers on AudioSet audio + frames + text
+train-partial: $(STAMP)  ## phase 2: audio head learns from frozen CLIP teachers on AudioSet audio + frames + text (INIT= the audio head, default pretrain-audio's run or esrnxfbsp)
 	$(call audioset_phase,train-partial,--model.init_args.audio_init_from $(PARTIAL_INIT))
 
-train-full: $(STAMP)  ## phase 3: all three heads trained jointly on AudioSet audio + frames + text
+train-full: $(STAMP)  ## phase 3: all three heads trained jointly on AudioSet audio + frames + text (INIT= default train-partial's run or partial)
 	$(call audioset_phase,train-full,--model.init_args.init_from $(FULL_INIT))
 
 .PHONY: report
