@@ -11,7 +11,7 @@ import soundfile as sf
 
 from audioclip.data import ESC50DataModule
 from audioclip.data.esc50 import ESC50_METADATA, read_esc50_metadata
-from audioclip.data.folds import split_folds
+from audioclip.data.splits import split_folds
 from audioclip.data.us8k import US8K_METADATA, read_us8k_metadata
 
 US8K_FOLD_SIZES = {1: 873, 2: 888, 3: 925, 4: 990, 5: 936, 6: 823, 7: 838, 8: 806, 9: 816, 10: 837}

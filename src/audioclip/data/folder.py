@@ -40,7 +40,8 @@ from audioclip.data.audio import read_audio_int16_range, resample, round_to_int1
 from audioclip.data.batch import class_text
 from audioclip.data.cache import CacheSpec
 from audioclip.data.errors import DatasetNotFoundError, MetadataError
-from audioclip.data.folds import ClipDataset, FoldedAudioDataModule, parse_int, split_folds
+from audioclip.data.folds import ClipDataset, FoldedAudioDataModule, parse_int
+from audioclip.data.splits import split_folds, stratified_split
 from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
 
 log = logging.getLogger(__name__)
@@ -171,23 +172,6 @@ def read_tree(root: Path) -> tuple[list[FolderRecord], list[str]]:
             raise MetadataError(folder, f"class folder holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
         records += [FolderRecord(id=str(p.relative_to(root)), path=p, labels=(target,)) for p in files]
     return records, names
-
-
-def stratified_split(
-    strata: np.ndarray, test_fraction: float, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row indices (train, val, test): per stratum a seeded ``test_fraction`` tests and ``val_fraction`` validates;
-    every stratum keeps at least one training row."""
-    rng = np.random.default_rng(seed)
-    train, val, test = [], [], []
-    for stratum in np.unique(strata):
-        members = rng.permutation(np.flatnonzero(strata == stratum))
-        n_test = min(round(len(members) * test_fraction), len(members) - 1)
-        n_val = min(round(len(members) * val_fraction), len(members) - 1 - n_test)
-        test.append(members[:n_test])
-        val.append(members[n_test : n_test + n_val])
-        train.append(members[n_test + n_val :])
-    return tuple(np.sort(np.concatenate(part)).astype(np.int64) for part in (train, val, test))
 
 
 class AudioFolderDataModule(FoldedAudioDataModule):

@@ -38,6 +38,7 @@ from audioclip.data.errors import (
     first_usable,
 )
 from audioclip.data.samplers import EvalShardSampler, ResumableDataLoader, ResumableSampler
+from audioclip.data.splits import split_folds
 from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
 from audioclip.data.workers import IgnoreTerminationSignals, worker_context
 
@@ -126,22 +127,6 @@ def class_names(records: Sequence[ClipRecord], metadata_path: Path) -> list[str]
     if sorted(by_target) != list(range(len(by_target))):
         raise MetadataError(metadata_path, f"class indices must run 0..K-1, got {sorted(by_target)}")
     return [class_text(by_target[target]) for target in range(len(by_target))]
-
-
-def split_folds(
-    folds: np.ndarray, targets: np.ndarray, test_fold: int, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row indices (train, val, test): ``test_fold`` is the test split; a seeded, class-stratified
-    ``val_fraction`` of every class in the other folds is the validation split."""
-    test = np.flatnonzero(folds == test_fold)
-    rest = np.flatnonzero(folds != test_fold)
-    rng = np.random.default_rng(seed)
-    val = [
-        rng.permutation(members)[: round(len(members) * val_fraction)]
-        for members in (rest[targets[rest] == target] for target in np.unique(targets[rest]))
-    ]
-    val = np.sort(np.concatenate(val)) if val else np.empty(0, dtype=np.int64)
-    return np.setdiff1d(rest, val), val, test
 
 
 class ClipDataset(Dataset):
@@ -245,7 +230,7 @@ class FoldedAudioDataModule(L.LightningDataModule):
         cache_dir: str | Path | None = None,
         progress: bool = True,
         protocol: Protocol = "honest",
-    ) -> None:  # pragma: no mutate block
+    ) -> None:
         super().__init__()
         self._check_fold(fold)
         if not 0.0 < val_fraction < 1.0:
