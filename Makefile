@@ -112,7 +112,8 @@ ESC50   ?= data/esc50
 US8K    ?= data/us8k
 # W&B group of the run (a cv-* target gives all its folds one, <target>-<start time>, unless GROUP= names it)
 GROUP   ?=
-FIT      = $(AC) fit --trainer.num_nodes $(NODES) --trainer.devices $(GPUS) \
+# `audioclip fit` of phase $(1): its config first (it composes conf/trainer.yaml and the groups), then the overrides
+fit      = $(AC) fit --config conf/$(1).yaml --trainer.num_nodes $(NODES) --trainer.devices $(GPUS) \
   $(if $(GROUP),--trainer.logger.init_args.group $(GROUP))
 # RESUME=1 continues an interrupted run from its last checkpoint
 resume   = $(if $(filter 1,$(RESUME)),$(if $(wildcard $(1)/checkpoints/last.ckpt),--ckpt_path $(1)/checkpoints/last.ckpt,),)
@@ -128,7 +129,7 @@ init_or = $(if $(filter undefined,$(origin INIT)),$(or $(call deprecated_init,$(
 # the previous phase's checkpoint when its run exists, else the official tag $(2)
 previous = $(if $(wildcard $(RUNS)/$(1)/main/checkpoints/last.ckpt),$(RUNS)/$(1)/main,$(2))
 # one fine-tuning fold: $(1) the phase (conf/$(1).yaml, runs/$(1)/fold$(FOLD)), $(2) the dataset root, $(3) init_from
-finetune_fold = $(FIT) --config conf/$(1).yaml --data.init_args.root $(or $(DATA),$(2)) --data.init_args.fold $(FOLD) \
+finetune_fold = $(call fit,$(1)) --data.init_args.root $(or $(DATA),$(2)) --data.init_args.fold $(FOLD) \
   --model.init_args.init_from $(3) $(call run,$(RUNS)/$(1)/fold$(FOLD))
 # the fold numbers of dataset $(1) (the fold counts live in audioclip.constants)
 folds_of = $(shell $(PY) -c 'from audioclip.constants import FOLDS; print(*range(1, FOLDS["$(1)"] + 1))')
@@ -150,7 +151,7 @@ FINETUNE_RUN = $(RUNS)/finetune/$(notdir $(basename $(patsubst %/,%,$(DATA))))$(
 
 finetune: $(STAMP)  ## fine-tune on your own data: DATA=<class-folder tree or CSV/TSV manifest> (FOLD=, INIT= default full, GPUS=, NODES=, ARGS=)
 	@test -n "$(DATA)" || { echo "make finetune: give DATA=<class-folder tree or .csv/.tsv manifest>" >&2; exit 2; }
-	$(FIT) --config conf/finetune-folder.yaml --data.init_args.$(if $(filter %.csv %.tsv,$(DATA)),manifest,root) $(DATA) \
+	$(call fit,finetune-folder) --data.init_args.$(if $(filter %.csv %.tsv,$(DATA)),manifest,root) $(DATA) \
 	  $(if $(FOLD_GIVEN),--data.init_args.fold $(FOLD)) --model.init_args.init_from $(call init_or,full) \
 	  $(call run,$(FINETUNE_RUN))
 
@@ -212,7 +213,7 @@ SHARDS ?= $(AUDIOSET_ROOT)/shards
 AUDIOSET_DATA = --data.init_args.train_dir $(SHARDS)/train --data.init_args.val_dir $(SHARDS)/val
 
 # one AudioSet phase: $(1) the phase (conf/$(1).yaml, runs/$(1)/main), $(2) its own settings
-audioset_phase = $(FIT) --config conf/$(1).yaml $(AUDIOSET_DATA) $(2) $(call run,$(RUNS)/$(1)/main)
+audioset_phase = $(call fit,$(1)) $(AUDIOSET_DATA) $(2) $(call run,$(RUNS)/$(1)/main)
 
 pretrain-audio: $(STAMP)  ## phase 1: standalone ESResNeXt-fbsp on AudioSet audio, BCE over 527 classes (SHARDS=, INIT= default ImageNet body, GPUS=, NODES=, ARGS=)
 	$(call audioset_phase,pretrain-audio,--data.init_args.frames false --model.init_args.init_from $(call init_or,null))

@@ -29,9 +29,13 @@ import torch
 
 from audioclip.models.fbsp import normalize_fbsp_grads_
 from audioclip.tasks import FinetuneModule, FullTrainingModule
+from audioclip.tasks.base import optimizer_group
 
 SAMPLE_RATE = 44_100
 
+
+# the paper's optimiser as the phase configs set it
+SGD_GROUP = Path(__file__).resolve().parents[1] / "conf" / "optim" / "sgd.yaml"
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -41,7 +45,10 @@ def _sync(device: torch.device) -> None:
 def step_rate(kind: str, model: str, bf16: bool, batch: int, seconds: float, steps: int, device: torch.device) -> dict:
     """samples/s and peak memory of `steps` training steps after two warm-up steps."""
     torch.manual_seed(0)
-    module = FinetuneModule(model=model, num_classes=50) if kind == "finetune" else FullTrainingModule(model=model)
+    optim = optimizer_group(SGD_GROUP, lr=5e-5 if kind == "finetune" else 1e-4)  # the phase files' rates
+    module = FinetuneModule(model=model, num_classes=50, **optim) if kind == "finetune" else FullTrainingModule(
+        model=model, **optim
+    )
     module = module.to(device).train()
     if bf16:
         module.to(memory_format=torch.channels_last)

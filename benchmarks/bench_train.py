@@ -25,12 +25,16 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from audioclip.models.esresnext import ESResNeXtFBSP
 from audioclip.tasks import FinetuneModule
+from audioclip.tasks.base import optimizer_group
 
+# the paper's optimiser as the phase configs set it
+SGD_GROUP = Path(__file__).resolve().parents[1] / "conf" / "optim" / "sgd.yaml"
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -52,7 +56,7 @@ def measure(
     """samples/s of the raw step; `new=False`: the step that builds the filter bank twice (spectrogram, TTF loss)."""
     ESResNeXtFBSP.reuse_filter_bank = new
     torch.manual_seed(0)
-    module = FinetuneModule(model=model, num_classes=50).train()
+    module = FinetuneModule(model=model, num_classes=50, **optimizer_group(SGD_GROUP, lr=5e-5)).train()
     if bf16:
         module.model.audio.to(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -92,7 +96,6 @@ def measure_fit(
     the start of the one `steps` later. Also the time per step spent inside the batch (forward, backward, optimizer
     and the module's per-step hooks) and between batches (waiting for the loader, Lightning's loop, callbacks)."""
     import tempfile
-    from pathlib import Path
 
     from audioclip.data.synthetic import write_esc50
     from audioclip.tasks.cli import run_lightning_cli

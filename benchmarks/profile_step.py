@@ -36,13 +36,17 @@ import json
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from audioclip.models.fbsp import frame_signal, normalize_fbsp_grads_, num_frames
 from audioclip.tasks import FinetuneModule
+from audioclip.tasks.base import optimizer_group
 
+# the paper's optimiser as the phase configs set it
+SGD_GROUP = Path(__file__).resolve().parents[1] / "conf" / "optim" / "sgd.yaml"
 
 def conv_and_linear_flops(module: torch.nn.Module, forward) -> int:
     """Multiply-add FLOPs (2 per multiply-add) of `module`'s convolutions and linear layers in one call of
@@ -129,7 +133,7 @@ def _significant(value: float, digits: int = 6) -> float:
 
 def _setup(bf16: bool, batch_size: int, seconds: float, model: str = "audioclip"):
     torch.manual_seed(0)
-    module = FinetuneModule(model=model, num_classes=50).train()
+    module = FinetuneModule(model=model, num_classes=50, **optimizer_group(SGD_GROUP, lr=5e-5)).train()
     if bf16:
         module.model.audio.to(memory_format=torch.channels_last)
     net = module.clip_model
