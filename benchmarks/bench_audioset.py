@@ -20,8 +20,10 @@ import torch
 
 from audioclip.data.audioset.batch_augment import augment_batch
 from audioclip.data.audioset.datamodule import AudioSetStreamingDataset, class_names
+from audioclip.data.audioset.extract import extract
+from audioclip.data.audioset.ingest import ingest
 from audioclip.data.audioset.metadata import read_segments
-from audioclip.data.audioset.prepare import extract, ingest, pack
+from audioclip.data.audioset.pack import pack
 from audioclip.data.audioset.testmedia import EVAL_ROWS, SEGMENTS_HEADER, write_test_video
 
 

@@ -96,8 +96,9 @@ def write_npy_shards(root: Path, clips: int, seconds: float) -> str:
     `audioclip prepare audioset pack --audio-format npy` writes them; returns the shard directory."""
     from PIL import Image
 
-    from audioclip.data.audioset.metadata import Segment
-    from audioclip.data.audioset.prepare import NUM_FRAMES, clip_dir, pack
+    from audioclip.data.audioset.extract import clip_dir
+    from audioclip.data.audioset.metadata import NUM_FRAMES, Segment
+    from audioclip.data.audioset.pack import pack
 
     rng = np.random.default_rng(0)
     segments, records = [], []

@@ -16,8 +16,8 @@ from test_cluster_scale import fake_clips
 from audioclip.data.audioset import AudioSetDataModule
 from audioclip.data.audioset.datamodule import AudioSetStreamingDataset
 from audioclip.data.audioset.metadata import select_shard
+from audioclip.data.audioset.pack import pack
 from audioclip.data.audioset.parts import merge
-from audioclip.data.audioset.prepare import pack
 
 TIER_SIZES = {1: 44, 2: 16, 4: 4}
 

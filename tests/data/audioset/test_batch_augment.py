@@ -60,7 +60,7 @@ def test_datamodule_sends_int16_and_augments_after_transfer(tmp_path) -> None:
     from test_cluster_scale import fake_clips
 
     from audioclip.data.audioset import AudioSetDataModule
-    from audioclip.data.audioset.prepare import pack
+    from audioclip.data.audioset.pack import pack
 
     pack(fake_clips(tmp_path, 4), tmp_path, tmp_path / "shards", workers=1)
     options = {"train_dir": str(tmp_path / "shards"), "batch_size": 4, "num_workers": 1, "clip_seconds": 0.2}

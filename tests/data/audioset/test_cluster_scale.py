@@ -21,9 +21,12 @@ from PIL import Image
 
 from audioclip.data.audioset import AudioSetDataModule
 from audioclip.data.audioset.datamodule import AudioSetStreamingDataset
+from audioclip.data.audioset.extract import clip_dir
 from audioclip.data.audioset.metadata import DEFAULT_LABELS, NUM_FRAMES, Segment, read_class_labels, select_shard
+from audioclip.data.audioset.pack import pack, val_fraction_of
 from audioclip.data.audioset.parts import merge
-from audioclip.data.audioset.prepare import clip_dir, main, pack, part_name, val_fraction_of
+from audioclip.data.audioset.prepare import main
+from audioclip.data.audioset.shard import part_name
 from audioclip.data.audioset.testmedia import write_test_set
 
 MIDS = [c.mid for c in read_class_labels(DEFAULT_LABELS)]

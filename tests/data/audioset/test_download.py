@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from audioclip.data.audioset.download import download, find_ffmpeg
+from audioclip.data.audioset.extract import clip_dir, extract
+from audioclip.data.audioset.manifests import read_manifest
 from audioclip.data.audioset.metadata import read_segments
-from audioclip.data.audioset.prepare import clip_dir, download, extract, find_ffmpeg, read_manifest
 from audioclip.data.audioset.testmedia import nearest_frame_index, write_test_video
 
 YTID, MISSING = "--4gqARaEJE", "--BfvyPmVMo"  # real eval YTIDs

@@ -21,8 +21,12 @@ from wandb_offline import wandb_run
 
 from audioclip.data.audioset import AudioSetDataModule
 from audioclip.data.audioset.datamodule import CENTRAL_FRAME
+from audioclip.data.audioset.extract import clip_dir, extract
+from audioclip.data.audioset.ingest import ingest
+from audioclip.data.audioset.manifests import read_manifest
 from audioclip.data.audioset.metadata import DEFAULT_LABELS, label_indices, read_class_labels, read_segments
-from audioclip.data.audioset.prepare import clip_dir, extract, ingest, main, pack, read_manifest
+from audioclip.data.audioset.pack import pack
+from audioclip.data.audioset.prepare import main
 from audioclip.data.audioset.testmedia import EVAL_ROWS, TONES_HZ, nearest_frame_index, write_test_set
 
 NUM_CLIPS = 8

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from audioclip.data.audioset.download import download
+from audioclip.data.audioset.manifests import read_manifest
 from audioclip.data.audioset.metadata import Segment
-from audioclip.data.audioset.prepare import download, main, read_manifest
+from audioclip.data.audioset.prepare import main
 from audioclip.data.audioset.youtube import ThrottledError, classify, ytdlp_options
 
 HINT = (

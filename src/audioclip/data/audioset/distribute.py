@@ -9,7 +9,6 @@ crash does the rest. SLURM users run ``docs/audioset-slurm.sbatch`` instead.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -17,14 +16,13 @@ from pathlib import Path
 
 from audioclip.data.audioset.metadata import read_segments
 from audioclip.data.audioset.parts import join, read_json
+from audioclip.data.audioset.shard import run_shard
 
 DISTRIBUTORS = ("local", "ray")
 
 
 def shard_task(segments_csv: str, work: str, out: str, shard: tuple[int, int], options: dict) -> dict:
     """One shard task as a Ray or local job: reads the segment list itself, so only a path travels."""
-    from audioclip.data.audioset.prepare import run_shard
-
     return run_shard(read_segments(segments_csv), work, out, shard, **options)
 
 
@@ -89,39 +87,3 @@ def run_shards(
         except Exception as e:  # noqa: BLE001 - Ray wraps the task's error; report it and go on
             finished(name, None, str(e).strip().splitlines()[-1][:300])
     return result
-
-
-def main_shards(args, download_options: Callable[[object], dict]) -> int:  # noqa: ANN001 - argparse namespace
-    """``prepare audioset shards``: run every shard task with the chosen distributor, then merge the parts."""
-    from audioclip.data.audioset.parts import merge
-
-    options = {
-        "clips": args.clips,
-        "full_videos": args.full_videos,
-        "download_options": download_options(args),
-        "workers": args.workers,
-        "retry_failed": args.retry_failed,
-        "labels_csv": args.labels,
-        "val_fraction": args.val_fraction,
-        "chunk_bytes": args.chunk_bytes,
-        "audio_format": args.audio_format,
-        "balance_tiers": args.balance_tiers,
-        "keep_work": args.keep_work,
-    }
-    result = run_shards(
-        args.segments,
-        args.root,
-        args.out,
-        args.num_shards,
-        distributor=args.distributor,
-        ray_address=args.ray_address,
-        cpus_per_shard=args.workers,
-        options=options,
-        redo=args.redo,
-    )
-    summary = {"stage": "shards", "done": len(result["done"]), "skipped": len(result["skipped"])}
-    summary["failed"] = result["failed"]
-    if not result["failed"]:
-        summary["merge"] = merge(args.out)
-    print(json.dumps(summary), flush=True)
-    return 1 if result["failed"] else 0
