@@ -109,9 +109,10 @@ def graph() -> dict[str, dict[str, int]]:
 
 def upward_imports() -> list[str]:
     found = []
+    edges = graph()
     for path in files():
         me = module_name(path)
-        for target, line in graph()[me].items():
+        for target, line in edges[me].items():
             if layer(target) > layer(me) and not (me == PACKAGE):
                 found.append(f"{path.relative_to(SRC.parent)}:{line}: {me} (layer {layer(me)}) imports {target} "
                              f"(layer {layer(target)})")
