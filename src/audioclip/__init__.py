@@ -1,7 +1,17 @@
 """AudioCLIP in PyTorch Lightning: the tri-modal model, its training phases, and inference helpers.
 
-The inference helpers are imported on first use, so that `import audioclip.data` (every DataLoader worker does it)
-does not pay for CLIP and the models.
+The package in layers, each importing only the ones above it in this list (`tools/layers.py` checks it):
+
+    constants, precision, process_group, outputs, lazy, install_check    what everything may use
+    models/       plain nn.Modules (no Lightning), the registry, losses, weight reading
+    data/         decoding, the decoded cache, transforms, DataModules; data/audioset/ prepares AudioSet by stage
+    inference     audioclip.load / classify / embed_audio / embed_image / embed_text
+    evaluation/   zero-shot, querying and retrieval, index and search, the paper report
+    tasks/        one LightningModule per phase, the training CLI, run-safety callbacks, checkpoints, W&B
+    cli, demo, doctor                                                      the `audioclip` command
+
+docs/design.md draws the whole house. The inference helpers are imported on first use, so that `import audioclip.data`
+(every DataLoader worker does it) does not pay for CLIP and the models.
 """
 
 import warnings
