@@ -185,12 +185,12 @@ def _caption_query(model, data, templates: list[str], meta: dict) -> dict:
     """Audio-text retrieval of a caption manifest: every distinct caption a text query, every clip an audio query."""
     import torch
 
-    from audioclip.evaluation.metrics import caption_retrieval
+    from audioclip.evaluation.retrieval import caption_relevance, caption_retrieval
     from audioclip.evaluation.zeroshot import class_text_embeddings, evaluated_on
 
     text = class_text_embeddings(model, data.class_names, templates)
     ids = torch.tensor([labels[0] for labels in data.labels])
-    metrics = caption_retrieval(data.embeddings["audio"], ids, text)
+    metrics = caption_retrieval(data.embeddings["audio"], text, caption_relevance(ids, len(text)))
     rows = [
         {"query": query_side, "result": result_side, "num_queries": count,
          **{name: metrics[f"{prefix}_{name}"] for name in ("r@1", "r@5", "r@10", "map@10")}}

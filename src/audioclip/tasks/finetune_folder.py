@@ -12,7 +12,7 @@ machinery: the audio head learns, CLIP's text and image heads stay frozen, and t
 The multi-label head scores a class by the cosine of the clip's and the class name's embeddings, with a learnable
 scale s (init 10) and bias b (init -10) as SigLIP's sigmoid loss (Zhai et al., 2023) does: with few positives per
 clip the bias starts every class near "absent". Caption retrieval scores follow
-`audioclip.evaluation.metrics.retrieval_at_k`.
+`audioclip.evaluation.retrieval`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MultilabelAveragePrecision
 
-from audioclip.evaluation.metrics import caption_retrieval
+from audioclip.evaluation.retrieval import caption_relevance, caption_retrieval
 from audioclip.process_group import rank_and_world
 from audioclip.tasks.finetune import FinetuneModule
 
@@ -159,7 +159,7 @@ class FolderFinetuneModule(FinetuneModule):
         text = self._caption_embeddings([captions[i] for i in used]).float()
         position = {caption_id: row for row, caption_id in enumerate(used)}
         rows = torch.tensor([position[i] for i in ids.tolist()])
-        for name, value in caption_retrieval(audio.cpu(), rows, text.cpu()).items():
+        for name, value in caption_retrieval(audio.cpu(), text.cpu(), caption_relevance(rows, len(used))).items():
             self.log(f"{stage}/{name}", value, prog_bar=name == "t2a_r@1")
 
     def validation_step(self, batch, batch_idx):
