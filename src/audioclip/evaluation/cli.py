@@ -4,6 +4,7 @@
     audioclip evaluate query --dataset us8k --root data/us8k --checkpoint CKPT [--pair text:audio ...]
     audioclip evaluate zeroshot --dataset folder --root MY_TREE | --manifest MY.csv --checkpoint CKPT
     audioclip evaluate query --dataset folder --manifest captions.csv --checkpoint CKPT   # R@1/5/10, mAP@10
+    audioclip evaluate query --dataset clotho --root data/clotho --checkpoint CKPT       # t2a and a2t, test split
     audioclip index DIR | MANIFEST.csv --out index.pt --checkpoint CKPT
     audioclip search index.pt --text "dog barking" | --audio FILE | --image FILE [--top 10]
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from audioclip.constants import FOLDS
-from audioclip.evaluation.names import DATASETS
+from audioclip.evaluation.names import CAPTION_DATASETS, DATASETS
 from audioclip.outputs import check_writable_dir, write_text
 
 if TYPE_CHECKING:
@@ -114,9 +115,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--manifest is for --dataset folder, not {args.dataset}")
     if args.dataset == "folder" and (args.root is None) == (args.manifest is None):
         raise ValueError("--dataset folder: give --root (a class-folder tree) or --manifest (a CSV/TSV file)")
+    if args.task == "zeroshot" and args.dataset in CAPTION_DATASETS:
+        raise InputError(f"{args.dataset}: a caption dataset has no classes; use `audioclip evaluate query`")
     if args.task == "zeroshot" and args.manifest and manifest_task(Path(args.manifest)) == "caption":
         raise InputError(f"{args.manifest}: a caption manifest has no classes; use `audioclip evaluate query`")
-    root = args.root or args.manifest or (f"data/{args.dataset}" if args.dataset in FOLDS else None)
+    default_root = f"data/{args.dataset}" if args.dataset in (*FOLDS, *CAPTION_DATASETS) else None
+    root = args.root or args.manifest or default_root
     if root is None:
         raise ValueError(f"--root: give the {args.dataset} location (a shard directory or an ImageFolder tree)")
     if args.fold is not None and args.dataset in FOLDS and not 1 <= args.fold <= FOLDS[args.dataset]:
@@ -182,15 +186,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _caption_query(model, data, templates: list[str], meta: dict) -> dict:
-    """Audio-text retrieval of a caption manifest: every distinct caption a text query, every clip an audio query."""
-    import torch
-
-    from audioclip.evaluation.retrieval import caption_relevance, caption_retrieval
+    """Audio-text retrieval of captioned clips, the standard protocol: every caption a text query whose relevant
+    results are the clips it describes, every clip an audio query whose relevant results are its captions (one in a
+    caption manifest, five in Clotho and AudioCaps' test split)."""
+    from audioclip.evaluation.retrieval import caption_retrieval
     from audioclip.evaluation.zeroshot import class_text_embeddings, evaluated_on
 
     text = class_text_embeddings(model, data.class_names, templates)
-    ids = torch.tensor([labels[0] for labels in data.labels])
-    metrics = caption_retrieval(data.embeddings["audio"], text, caption_relevance(ids, len(text)))
+    metrics = caption_retrieval(data.embeddings["audio"], text, data.caption_relevance())
     rows = [
         {"query": query_side, "result": result_side, "num_queries": count,
          **{name: metrics[f"{prefix}_{name}"] for name in ("r@1", "r@5", "r@10", "map@10")}}
@@ -205,11 +208,18 @@ def _caption_query(model, data, templates: list[str], meta: dict) -> dict:
         "templates": templates,
         "num_samples": len(data),
         "num_captions": len(data.class_names),
-        "evaluated_on": evaluated_on(data, None),
+        "evaluated_on": _caption_set(data) if data.dataset in CAPTION_DATASETS else evaluated_on(data, None),
+        "left_out": data.left_out,
         "folds": [],
         "results": rows,
         **meta,
     }
+
+
+def _caption_set(data) -> str:  # noqa: ANN001 - an EmbeddedSet
+    """Which clips were scored, in words: AudioCaps figures differ by how many clips could still be downloaded."""
+    gone = f"; {len(data.left_out)} clip(s) without audio left out" if data.left_out else ""
+    return f"the official test split ({len(data)} clips, {len(data.class_names)} captions{gone})"
 
 
 def _print_result(result: dict) -> None:
@@ -278,7 +288,8 @@ def _evaluate_parser() -> argparse.ArgumentParser:
             "--root", help="dataset root (default data/<dataset>), AudioSet shard dir, ImageFolder or class-folder tree"
         )
         p.add_argument("--manifest", help="folder: a CSV/TSV manifest (path + label | labels | caption)")
-        p.add_argument("--clip-seconds", type=float, default=5.0, help="folder: centre crop of every clip (s)")
+        p.add_argument("--clip-seconds", type=float, help="centre crop of every clip in s (folder: 5; Clotho and "
+                       "AudioCaps: 10); the other datasets have their own length")  # fmt: skip
         p.add_argument("--fold", type=int, help="evaluate one official fold only (default: every fold)")
         p.add_argument("--template", action="append", help='text template, repeatable (default "{}"); averaged')
         p.add_argument("--templates-file", help="a file of templates, one per line, averaged")

@@ -1,8 +1,10 @@
 """The evaluation datasets by name, importable without torch (the `audioclip evaluate --help` text uses them)."""
 
-DATASETS = ("esc50", "us8k", "audioset", "imagefolder", "folder")
+DATASETS = ("esc50", "us8k", "audioset", "imagefolder", "folder", "clotho", "audiocaps")
+# caption retrieval sets in their official layouts (audioclip.data.captions): evaluated on their test split
+CAPTION_DATASETS = ("clotho", "audiocaps")
 # which embeddings each dataset yields besides the class-name text
 MODALITIES = {
     "esc50": ("audio",), "us8k": ("audio",), "audioset": ("audio", "image"), "imagefolder": ("image",),
-    "folder": ("audio",),
+    "folder": ("audio",), "clotho": ("audio",), "audiocaps": ("audio",),
 }  # fmt: skip
