@@ -180,6 +180,20 @@ cv-us8k-audio-head: $(STAMP)  ## the audio head on all 10 UrbanSound8K folds, th
 	$(call fold_loop,finetune-us8k-audio-head,us8k)
 	$(AC) crossval $(RUNS)/finetune-us8k-audio-head
 
+# ---- caption fine-tuning on Clotho and AudioCaps (docs/evaluation.md, "Clotho and AudioCaps"): the official
+# splits, the checkpoint selected on the validation split, runs/<target>/main
+CLOTHO    ?= data/clotho
+AUDIOCAPS ?= data/audiocaps
+.PHONY: finetune-clotho finetune-audiocaps
+
+finetune-clotho: $(STAMP)  ## fine-tune the audio head on Clotho's captions, test on its evaluation split: t2a/a2t R@k, mAP@10 (DATA=, INIT= default full, GPUS=, NODES=, ARGS=)
+	$(call fit,finetune-clotho) --data.init_args.root $(or $(DATA),$(CLOTHO)) \
+	  --model.init_args.init_from $(call init_or,full) $(call run,$(RUNS)/finetune-clotho/main)
+
+finetune-audiocaps: $(STAMP)  ## fine-tune the audio head on AudioCaps' captions (audio: audioclip captions fetch audiocaps), test on its test split (DATA=, INIT=, GPUS=, NODES=, ARGS=)
+	$(call fit,finetune-audiocaps) --data.init_args.root $(or $(DATA),$(AUDIOCAPS)) \
+	  --model.init_args.init_from $(call init_or,full) $(call run,$(RUNS)/finetune-audiocaps/main)
+
 bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU (fp32, bf16 + channels_last, bf16 with the filter bank built twice vs once) and the real fit loop against it; one JSON line
 	@$(PY) benchmarks/bench_train.py $(ARGS)
 

@@ -51,11 +51,13 @@ def audiocaps_id(clip: int) -> str:
     return f"tiny{clip:07d}"  # 11 characters, as YouTube ids
 
 
-def write_audiocaps_csv(root: Path, split: str, clips: int, start: int = 30) -> Path:
-    """``root/<split>.csv``: five captions per clip (AudioCaps' val and test), one row each, audiocap ids shuffled."""
+def write_audiocaps_csv(root: Path, split: str, clips: int | range, start: int = 30) -> Path:
+    """``root/<split>.csv``: five captions per clip (AudioCaps' val and test), one row each, audiocap ids shuffled;
+    ``clips`` a count or the clip numbers (the splits of a dataset hold different clips)."""
     root.mkdir(parents=True, exist_ok=True)
+    numbers = range(clips) if isinstance(clips, int) else clips
     rows = [(1000 + 7 * clip + k, audiocaps_id(clip), start, text)
-            for clip in range(clips) for k, text in enumerate(captions_of(split, clip))]  # fmt: skip
+            for clip in numbers for k, text in enumerate(captions_of(split, clip))]  # fmt: skip
     with open(root / f"{split}.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["audiocap_id", "youtube_id", "start_time", "caption"])
