@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import functools
+import subprocess
+import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -158,3 +160,30 @@ def test_clotho_datamodule_trains_on_a_caption_per_epoch_and_evaluates_the_test_
     assert dm.caption_texts(item["target"]) == tuple(captions_of("test", 1))
     evaluation = CaptionDataModule("clotho", root, splits=("test",), num_workers=0, progress=False).evaluation_set()
     assert evaluation.ids == [f"evaluation sound {k}.wav" for k in range(3)]
+
+
+def test_captions_command_fetches_audiocaps_from_a_copy_and_checks_both_layouts(tmp_path, capsys):
+    from audioclip.cli import main
+
+    root = tmp_path / "audiocaps"
+    write_audiocaps_csv(root, "test", clips=3)
+    copy = write_audiocaps_copy(tmp_path / "copy", range(2))
+    assert main(["captions", "fetch", "audiocaps", "--root", str(root), "--clips", str(copy)]) == 0
+    assert f"AudioCaps test: 2 of 3 clips have audio in {root}" in capsys.readouterr().out
+    assert main(["captions", "check", "audiocaps", "--root", str(root), "--split", "test"]) == 0
+    assert capsys.readouterr().out == "audiocaps test: 3 clips, 10 captions, 1 without audio\n"
+    clotho = write_clotho(tmp_path / "clotho", {"test": 2})
+    assert main(["captions", "check", "clotho", "--root", str(clotho)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("Clotho train: not here; download clotho_audio_development.7z (md5 c8b05bc7")
+    assert lines[2] == "clotho test: 2 clips, 10 captions, 0 without audio"
+    assert main(["captions", "check", "audiocaps", "--root", str(tmp_path / "none"), "--split", "val"]) == 2
+    assert "val.csv: AudioCaps caption file does not exist" in capsys.readouterr().err
+
+
+def test_captions_help_imports_nothing_heavy():
+    probe = "import sys\nfrom audioclip.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n" \
+        "print(sorted(m for m in ('torch', 'lightning', 'av') if m in sys.modules))"  # fmt: skip
+    for argv in (["captions", "--help"], ["captions", "fetch", "--help"], ["evaluate", "query", "--help"]):
+        done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip().splitlines()[-1] == "[]", (argv, done.stdout[-300:])

@@ -36,6 +36,7 @@ import numpy as np
 
 from audioclip.constants import SAMPLE_RATE
 from audioclip.data.audio import round_to_int16
+from audioclip.data.caption_names import CLOTHO_SPLITS, DATASETS, SPLITS
 from audioclip.data.errors import BadFileError, DatasetNotFoundError, MetadataError
 from audioclip.data.folder import AudioFolderDataModule, FolderRecord, decode_folder_clip
 from audioclip.data.folds import ClipDataset
@@ -43,9 +44,6 @@ from audioclip.data.transforms import eval_audio_transform, train_audio_transfor
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("clotho", "audiocaps")
-SPLITS = ("train", "val", "test")
-CLOTHO_SPLITS = {"train": "development", "val": "validation", "test": "evaluation"}
 CLOTHO_CAPTIONS = tuple(f"caption_{k}" for k in range(1, 6))
 AUDIOCAPS_COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
 AUDIOCAPS_SECONDS = 10.0  # every AudioCaps clip is a 10 s AudioSet segment
@@ -368,7 +366,7 @@ class CaptionDataModule(AudioFolderDataModule):
         return {clip.id: 0 for clip in self.clips()}
 
 
-# ------------------------------------------------------------------------------------------------ the command line
+# ------------------------------------------------------------------------------------------------ fetching
 AUDIO_ONLY_FORMAT = "ba/b"  # audio is all AudioCaps needs: the best audio stream, else the smallest whole file
 
 
@@ -414,45 +412,3 @@ def fetch_audiocaps(
     except DatasetNotFoundError:
         found = 0
     return {"clips": len(segments), "with_audio": found}
-
-
-def _parser():
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="audioclip captions", description="Clotho and AudioCaps, for caption "
-                                     "retrieval and fine-tuning (docs/evaluation.md)")  # fmt: skip
-    sub = parser.add_subparsers(dest="action", required=True)
-    fetch = sub.add_parser("fetch", help="fetch AudioCaps audio through the AudioSet downloader (or ingest a copy)")
-    fetch.add_argument("dataset", choices=["audiocaps"], help="Clotho comes from its Zenodo record: see `check`")
-    fetch.add_argument("--root", default="data/audiocaps", help="dataset root (default data/audiocaps)")
-    fetch.add_argument("--split", action="append", choices=SPLITS, help="repeatable (default: test)")
-    fetch.add_argument("--clips", help="ingest the clips of a copy you have ({youtube_id}_{start}.* files) instead")
-    fetch.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")
-    check = sub.add_parser("check", help="read a dataset's layout and count its clips, captions and missing audio")
-    check.add_argument("dataset", choices=DATASETS)
-    check.add_argument("--root", help="dataset root (default data/<dataset>)")
-    check.add_argument("--split", action="append", choices=SPLITS, help="repeatable (default: all three)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.action == "fetch":
-        for split in args.split or ["test"]:
-            counts = fetch_audiocaps(args.root, split, clips=args.clips, workers=args.workers)
-            print(f"AudioCaps {split}: {counts['with_audio']} of {counts['clips']} clips have audio in {args.root}")
-        return 0
-    root = Path(args.root or f"data/{args.dataset}")
-    for split in args.split or SPLITS:
-        if args.dataset == "clotho":
-            if not (root / CLOTHO_SPLITS[split]).is_dir():
-                files = ", ".join(f"{name} (md5 {md5})" for name, _, md5 in clotho_downloads(split))
-                print(f"Clotho {split}: not here; download {files} from {CLOTHO_RECORD} and unpack into {root}")
-                continue
-            clips, missing = read_clotho(root, split), []
-        else:
-            clips, missing = read_audiocaps(root, split)
-        captions = sum(len(clip.captions) for clip in clips)
-        absent = len(missing) + sum(not clip.path.is_file() for clip in clips)
-        print(f"{args.dataset} {split}: {len(clips) + len(missing)} clips, {captions} captions, {absent} without audio")
-    return 0
