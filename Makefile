@@ -245,3 +245,14 @@ train-full: $(STAMP)  ## phase 3: all three heads trained jointly on AudioSet au
 .PHONY: report
 report: $(STAMP)  ## gather the latest results under runs/ (RUNS=) into runs/REPORT.md + REPORT.json: paper Tables 1-4 beside comparable runs, plots, W&B
 	$(AC) report --runs $(RUNS)
+
+# ---- linear probe of frozen audio embeddings (docs/evaluation.md, "Linear probe"); the embeddings are computed once
+# and kept in $(RUNS)/eval/embeddings, keyed by the weights; CHECKPOINT= the weights probed: a tag or a checkpoint file
+CHECKPOINT ?= full
+.PHONY: probe-esc50 probe-us8k
+
+probe-esc50: $(STAMP)  ## linear probe on ESC-50's 5 folds: per-fold and mean ± std accuracy, C chosen on the training folds (CHECKPOINT= default full, DATA=, ARGS=)
+	$(AC) evaluate probe --dataset esc50 --root $(or $(DATA),$(ESC50)) --checkpoint $(CHECKPOINT) --out $(RUNS)/eval $(ARGS)
+
+probe-us8k: $(STAMP)  ## linear probe on UrbanSound8K's 10 folds: per-fold and mean ± std accuracy (CHECKPOINT= default full, DATA=, ARGS=)
+	$(AC) evaluate probe --dataset us8k --root $(or $(DATA),$(US8K)) --checkpoint $(CHECKPOINT) --out $(RUNS)/eval $(ARGS)

@@ -153,6 +153,10 @@ def evaluation_measures(latest: list[tuple[Path, dict]]) -> list[dict]:
         elif result["task"] == "zeroshot":
             query = result.get("modality", "audio")
             out.append(_measure(result, query, "text", "accuracy", result["accuracy"], source))
+        elif result["task"] == "probe":  # no paper figure: the AudioCLIP paper has no linear probe
+            spread = f" ± {100 * result['fold_std']:.2f}" if result.get("fold_std") is not None else ""
+            out.append(_measure(result, "audio", "labels", "linear-probe accuracy", result["fold_mean"],
+                                f"{source} (mean{spread} over folds)"))  # fmt: skip
         else:
             for row in result["results"]:
                 for key, metric in QUERY_METRICS.items():
