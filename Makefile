@@ -180,6 +180,20 @@ cv-us8k-audio-head: $(STAMP)  ## the audio head on all 10 UrbanSound8K folds, th
 	$(call fold_loop,finetune-us8k-audio-head,us8k)
 	$(AC) crossval $(RUNS)/finetune-us8k-audio-head
 
+# ---- caption fine-tuning on Clotho and AudioCaps (docs/evaluation.md, "Clotho and AudioCaps"): the official
+# splits, the checkpoint selected on the validation split, runs/<target>/main
+CLOTHO    ?= data/clotho
+AUDIOCAPS ?= data/audiocaps
+.PHONY: finetune-clotho finetune-audiocaps
+
+finetune-clotho: $(STAMP)  ## fine-tune the audio head on Clotho's captions, test on its evaluation split: t2a/a2t R@k, mAP@10 (DATA=, INIT= default full, GPUS=, NODES=, ARGS=)
+	$(call fit,finetune-clotho) --data.init_args.root $(or $(DATA),$(CLOTHO)) \
+	  --model.init_args.init_from $(call init_or,full) $(call run,$(RUNS)/finetune-clotho/main)
+
+finetune-audiocaps: $(STAMP)  ## fine-tune the audio head on AudioCaps' captions (audio: audioclip captions fetch audiocaps), test on its test split (DATA=, INIT=, GPUS=, NODES=, ARGS=)
+	$(call fit,finetune-audiocaps) --data.init_args.root $(or $(DATA),$(AUDIOCAPS)) \
+	  --model.init_args.init_from $(call init_or,full) $(call run,$(RUNS)/finetune-audiocaps/main)
+
 bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU (fp32, bf16 + channels_last, bf16 with the filter bank built twice vs once) and the real fit loop against it; one JSON line
 	@$(PY) benchmarks/bench_train.py $(ARGS)
 
@@ -231,3 +245,14 @@ train-full: $(STAMP)  ## phase 3: all three heads trained jointly on AudioSet au
 .PHONY: report
 report: $(STAMP)  ## gather the latest results under runs/ (RUNS=) into runs/REPORT.md + REPORT.json: paper Tables 1-4 beside comparable runs, plots, W&B
 	$(AC) report --runs $(RUNS)
+
+# ---- linear probe of frozen audio embeddings (docs/evaluation.md, "Linear probe"); the embeddings are computed once
+# and kept in $(RUNS)/eval/embeddings, keyed by the weights; CHECKPOINT= the weights probed: a tag or a checkpoint file
+CHECKPOINT ?= full
+.PHONY: probe-esc50 probe-us8k
+
+probe-esc50: $(STAMP)  ## linear probe on ESC-50's 5 folds: per-fold and mean ± std accuracy, C chosen on the training folds (CHECKPOINT= default full, DATA=, ARGS=)
+	$(AC) evaluate probe --dataset esc50 --root $(or $(DATA),$(ESC50)) --checkpoint $(CHECKPOINT) --out $(RUNS)/eval $(ARGS)
+
+probe-us8k: $(STAMP)  ## linear probe on UrbanSound8K's 10 folds: per-fold and mean ± std accuracy (CHECKPOINT= default full, DATA=, ARGS=)
+	$(AC) evaluate probe --dataset us8k --root $(or $(DATA),$(US8K)) --checkpoint $(CHECKPOINT) --out $(RUNS)/eval $(ARGS)

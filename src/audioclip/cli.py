@@ -30,6 +30,7 @@ COMMANDS = {
     "classify": ("zero-shot classify audio files against a list of labels", "audioclip.cli:classify"),
     "weights": ("list or download the official weights", "audioclip.cli:weights"),
     "prepare": ("prepare AudioSet: download/ingest, extract, pack", "audioclip.data.audioset.prepare:main"),
+    "captions": ("Clotho / AudioCaps: fetch AudioCaps audio, check a tree", "audioclip.data.captions_cli:main"),
     "evaluate": ("zero-shot classification and querying on a dataset", "audioclip.evaluation.cli:evaluate"),
     "index": ("embed a folder of audio and images into a search index", "audioclip.evaluation.cli:index"),
     "search": ("nearest items of an index to a text, audio or image query", "audioclip.evaluation.cli:search_cli"),

@@ -176,7 +176,7 @@ def test_report_logs_tables_and_plots_to_wandb_offline(demo_runs, monkeypatch):
     assert len(run_dirs) == 1
     media = run_dirs[0] / "files" / "media"
     tables = sorted(p.name.split("_")[0] for p in (media / "table" / "report").glob("*.table.json"))
-    assert tables == ["other", "table1", "table2", "table3", "table4"]
+    assert tables == ["other", "peers", "table1", "table2", "table3", "table4"]
     images = sorted(p.name.rsplit("_", 2)[0] for p in (media / "images" / "report").glob("*.png"))
     assert images == ["query-esc50-pr", "zeroshot-esc50-confusion", "zeroshot-esc50-per-class"]
     staged = [e["local_path"] for r in wandb_records(demo_runs) if r.get("type") == "artifact"

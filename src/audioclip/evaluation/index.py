@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from audioclip.data.batch import class_text
+from audioclip.evaluation.retrieval import rank
 from audioclip.inference import InputError, embed_image, embed_text, prepare_audio
 from audioclip.models import AudioCLIP
 from audioclip.outputs import write_with
@@ -227,9 +228,10 @@ def search(
         raise InputError(f"the index holds no {modality} items")
     candidates = keep.nonzero().flatten()
     scores = index["embeddings"][candidates].float() @ query.cpu()
-    best = scores.topk(min(top, len(candidates)))
+    # the ranking (and tie rule) of the retrieval metrics, so search shows what they score
+    best = rank(scores[None], top)[0]
     labels = index.get("labels") or [""] * len(index["paths"])
     return [
-        (float(score), index["paths"][i], index["modality"][i], labels[i])
-        for score, i in zip(best.values, candidates[best.indices].tolist(), strict=True)
+        (float(scores[b]), index["paths"][i], index["modality"][i], labels[i])
+        for b, i in zip(best.tolist(), candidates[best].tolist(), strict=True)
     ]

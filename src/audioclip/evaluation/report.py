@@ -12,7 +12,9 @@ are averaged) and every `runs/eval/*/results.json` (`audioclip evaluate`). Each 
 real or synthetic data, folds and protocol (`audioclip.models.lineage`). A figure is set beside a paper figure, with the
 gap, only when it is comparable: real data all along its lineage, the paper-size model, the same variant, dataset,
 query/result, metric and on-target or zero-shot setting. Everything else is listed under "Other runs", without a
-paper figure. `REPORT.json` holds the rows; `REPORT.md` is rendered from it. Plots (per-class accuracy, confusion
+paper figure. A separate peers table sets the figures LAION-CLAP, MS-CLAP and ImageBind published beside the paper's
+and ours on the same rows (`audioclip.evaluation.peers`). `REPORT.json` holds the rows; `REPORT.md` is rendered
+from it. Plots (per-class accuracy, confusion
 matrix, precision-recall curves) are PNG files next to the report, embedded in it and logged to W&B.
 """
 
@@ -28,6 +30,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from audioclip.evaluation.peers import peers_table, render_peers
 from audioclip.outputs import make_dir, write_text
 
 TABLE_TITLES = {
@@ -46,7 +49,8 @@ PAPER_VARIANTS = {
 PAPER_SIZE_MODELS = ("audioclip", "esresnext-fbsp")
 # Table 4's P@1 and R@1 are not defined in the paper well enough to recompute (shared/fixtures/paper/README.md)
 UNDEFINED_METRICS = {m: "the paper's definition is unknown: compare mAP" for m in ("P@1", "R@1")}
-DATASETS = {"esc50": "ESC-50", "us8k": "UrbanSound8K", "audioset": "AudioSet", "imagefolder": "ImageFolder"}
+DATASETS = {"esc50": "ESC-50", "us8k": "UrbanSound8K", "audioset": "AudioSet", "imagefolder": "ImageFolder",
+            "clotho": "Clotho", "audiocaps": "AudioCaps"}  # fmt: skip
 # test metric keys of the training phases -> (query, metric); the result side comes from the run's record
 TEST_METRICS = {
     "test/acc": ("audio", "accuracy"),
@@ -153,6 +157,10 @@ def evaluation_measures(latest: list[tuple[Path, dict]]) -> list[dict]:
         elif result["task"] == "zeroshot":
             query = result.get("modality", "audio")
             out.append(_measure(result, query, "text", "accuracy", result["accuracy"], source))
+        elif result["task"] == "probe":  # no paper figure: the AudioCLIP paper has no linear probe
+            spread = f" ± {100 * result['fold_std']:.2f}" if result.get("fold_std") is not None else ""
+            out.append(_measure(result, "audio", "labels", "linear-probe accuracy", result["fold_mean"],
+                                f"{source} (mean{spread} over folds)"))  # fmt: skip
         else:
             for row in result["results"]:
                 for key, metric in QUERY_METRICS.items():
@@ -234,7 +242,7 @@ def _setting(row: dict) -> str:
     return {True: "fine-tuned", False: "zero-shot", None: "—"}[row["trained_on_target"]]
 
 
-def render_markdown(rows: list[dict], figure_lines: list[str]) -> list[str]:
+def render_markdown(rows: list[dict], figure_lines: list[str], peers: Sequence[dict] = ()) -> list[str]:
     lines = [
         "# AudioCLIP-Lightning: results report",
         "",
@@ -266,6 +274,7 @@ def render_markdown(rows: list[dict], figure_lines: list[str]) -> list[str]:
                       "ours are shown without a gap; compare mAP. ImageNet rows need an ImageNet evaluation the report "
                       "can recognise, which `--dataset imagefolder` is not.", ""]  # fmt: skip
         lines += [*_markdown(header, body), ""]
+    lines += render_peers(peers, _markdown)
     others = [r for r in rows if r["table"] is None]
     lines += ["## Other runs", ""]
     if others:
@@ -348,8 +357,11 @@ def build_report(runs: str | Path = "runs", out: str | Path | None = None) -> tu
     out = Path(out) if out else runs / "REPORT.md"
     fig_dir = make_dir(out.parent / "report", "--out (make report: RUNS=)")
     latest = latest_results(runs)
-    rows = report_rows(training_measures(runs) + evaluation_measures(latest))
-    write_text(out.with_suffix(".json"), json.dumps({"rows": rows}, indent=2) + "\n", "--out (make report: RUNS=)")
+    measures = training_measures(runs) + evaluation_measures(latest)
+    rows = report_rows(measures)
+    peers = peers_table(paper_rows(), [m for m in measures if why_not_comparable(m) is None], PAPER_VARIANTS)
+    write_text(out.with_suffix(".json"), json.dumps({"rows": rows, "peers": peers}, indent=2) + "\n",
+               "--out (make report: RUNS=)")  # fmt: skip
 
     figures: list[Path] = []
     figure_lines: list[str] = []
@@ -357,21 +369,24 @@ def build_report(runs: str | Path = "runs", out: str | Path | None = None) -> tu
         name = path.parent.name
         if result["task"] == "zeroshot" and "confusion" in result:
             made = _plot_zeroshot(result, name, fig_dir)
-        elif result["task"] == "query":
-            made = [_plot_pr(result, name, fig_dir)]
+        elif result["task"] == "query" and all("pr_curve" in row for row in result["results"]):
+            made = [_plot_pr(result, name, fig_dir)]  # caption retrieval (R@k, mAP@10) has no curve
         else:
             continue
         figures += made
         figure_lines += [f"### {_source(path, result)}", ""]
         figure_lines += [f"![{p.stem}]({os.path.relpath(p, out.parent)})" for p in made] + [""]
-    write_text(out, "\n".join(render_markdown(rows, figure_lines)).rstrip() + "\n", "--out (make report: RUNS=)")
+    write_text(out, "\n".join(render_markdown(rows, figure_lines, peers)).rstrip() + "\n", "--out (make report: RUNS=)")
     keys = ["table", "dataset", "query", "result", "model", "trained_on_target", "metric", "paper", "ours",
             "comparable", "protocol", "source", "note"]  # fmt: skip
     tables = {
         f"table{t}": (keys, [[str(r[k]) for k in keys] for r in rows if r["table"] == t]) for t in TABLE_TITLES
     }
     tables["other_runs"] = (keys, [[str(r[k]) for k in keys] for r in rows if r["table"] is None])
-    return out, {"tables": tables, "figures": figures, "rows": rows}
+    peer_keys = ["dataset", "query", "result", "trained_on_target", "metric", "model", "value", "from", "protocol",
+                 "source"]  # fmt: skip
+    tables["peers"] = (peer_keys, [[str(r[k]) for k in peer_keys] for r in peers])
+    return out, {"tables": tables, "figures": figures, "rows": rows, "peers": peers}
 
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

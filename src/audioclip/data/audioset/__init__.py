@@ -9,6 +9,8 @@ _LAZY = {
         ("NUM_CLASSES", "AudioSetClass", "Segment", "read_class_labels", "read_ontology", "read_segments"),
         "audioclip.data.audioset.metadata",
     ),
+    # the stages other datasets use (AudioCaps' clips are AudioSet segments): stable names whatever module holds them
+    **dict.fromkeys(("download", "ingest", "read_manifest"), "audioclip.data.audioset.prepare"),
 }
 
 __all__ = [
@@ -16,7 +18,10 @@ __all__ = [
     "AudioSetClass",
     "AudioSetDataModule",
     "Segment",
+    "download",
+    "ingest",
     "read_class_labels",
+    "read_manifest",
     "read_ontology",
     "read_segments",
 ]
