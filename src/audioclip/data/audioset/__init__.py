@@ -10,7 +10,9 @@ _LAZY = {
         "audioclip.data.audioset.metadata",
     ),
     # the stages other datasets use (AudioCaps' clips are AudioSet segments): stable names whatever module holds them
-    **dict.fromkeys(("download", "ingest", "read_manifest"), "audioclip.data.audioset.prepare"),
+    "download": "audioclip.data.audioset.download",
+    "ingest": "audioclip.data.audioset.ingest",
+    "read_manifest": "audioclip.data.audioset.manifests",
 }
 
 __all__ = [
