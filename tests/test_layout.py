@@ -79,3 +79,19 @@ def test_every_docs_page_and_section_the_source_cites_exists():
 
 def test_no_source_cites_the_design_document_outside_the_repository():
     assert not [p for p in (ROOT / "src").rglob("*.py") if "DESIGN.md" in p.read_text()]
+
+
+@pytest.mark.parametrize("package", ["audioclip", "audioclip.data", "audioclip.data.audioset"])
+def test_every_name_a_package_face_exports_is_the_thing_it_names(package):
+    """A lazily exported name that is also a submodule's name resolves to the module once that submodule is imported
+    (`from audioclip.data.audioset import ingest` gave the module ingest.py, not the function): every exported name must
+    be a class, function or constant, never a module."""
+    import inspect
+    import pkgutil
+
+    module = importlib.import_module(package)
+    for submodule in pkgutil.iter_modules(module.__path__):  # once imported, a submodule shadows the lazy name
+        importlib.import_module(f"{package}.{submodule.name}")
+    for name in module.__all__:
+        value = getattr(module, name)
+        assert not inspect.ismodule(value), f"{package}.{name} is the module {value.__name__}, not what it names"

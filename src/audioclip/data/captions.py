@@ -187,7 +187,7 @@ def audioset_segments(segments: list[AudioCapsSegment]) -> list:
 def read_audiocaps(root: str | Path, split: str) -> tuple[list[CaptionedClip], list[str]]:
     """(the clips of an AudioCaps split whose audio the AudioSet downloader fetched or ingested, the ids of those it
     has not): ``root/manifests/sources.*.jsonl`` says where each clip lies and at which offset."""
-    from audioclip.data.audioset import read_manifest
+    from audioclip.data.audioset.manifests import read_manifest
 
     root = Path(root)
     segments = read_audiocaps_segments(root, split)
@@ -397,8 +397,8 @@ def fetch_audiocaps(
     downloader, into ``root/clips`` with its record in ``root/manifests``; resumable like every AudioSet stage.
     ``download``: ``audioclip.data.audioset.download``'s options (``url_template``, ``sections``, ``workers``, ...).
     Returns the clips of the split, and how many have audio now."""
-    from audioclip.data.audioset import download as download_segments
-    from audioclip.data.audioset import ingest
+    from audioclip.data.audioset.download import download as download_segments
+    from audioclip.data.audioset.ingest import ingest
 
     root = Path(root)
     fetch_audiocaps_csv(root, check_split(split), csv_url)

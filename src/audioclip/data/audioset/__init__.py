@@ -9,10 +9,6 @@ _LAZY = {
         ("NUM_CLASSES", "AudioSetClass", "Segment", "read_class_labels", "read_ontology", "read_segments"),
         "audioclip.data.audioset.metadata",
     ),
-    # the stages other datasets use (AudioCaps' clips are AudioSet segments): stable names whatever module holds them
-    "download": "audioclip.data.audioset.download",
-    "ingest": "audioclip.data.audioset.ingest",
-    "read_manifest": "audioclip.data.audioset.manifests",
 }
 
 __all__ = [
@@ -20,10 +16,7 @@ __all__ = [
     "AudioSetClass",
     "AudioSetDataModule",
     "Segment",
-    "download",
-    "ingest",
     "read_class_labels",
-    "read_manifest",
     "read_ontology",
     "read_segments",
 ]
