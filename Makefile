@@ -20,7 +20,7 @@ RESUME  ?= 0
 
 .PHONY: help install lock lock-check upgrade smoke doctor test test-fast test-gpu test-faults mutation lint demo demo-data weights bench-data bench-train bench-index bench-gpu profile \
         finetune finetune-esc50 finetune-us8k cv-esc50 cv-us8k finetune-esc50-audio-head finetune-us8k-audio-head \
-        cv-esc50-audio-head cv-us8k-audio-head data-audioset bench-audioset pretrain-audio train-partial train-full
+        cv-esc50-audio-head cv-us8k-audio-head data-esc50 data-us8k data-audioset bench-audioset pretrain-audio train-partial train-full
 
 help:  ## list every target with its description
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -102,6 +102,18 @@ demo-data: $(STAMP)  ## write tiny synthetic ESC-50, UrbanSound8K (official layo
 	$(AC) synthetic --us8k data/synthetic/us8k
 	$(AC) synthetic --folder data/synthetic/folder --multilabel data/synthetic/multilabel \
 	  --captions data/synthetic/captions
+
+# ---- datasets: the official archives, verified and unpacked into the layouts the DataModules read (docs/data.md) ----
+# DATA= the root (default data/esc50, data/us8k); ARCHIVE= an archive you already have; AUDIOCLIP_DATA_MIRROR=<base URL>
+# replaces the official host; an interrupted download continues where it stopped when run again
+ARCHIVE ?=
+dataset_download = $(AC) data download $(1) --root $(or $(DATA),$(2)) $(if $(ARCHIVE),--archive $(ARCHIVE)) $(ARGS)
+
+data-esc50: $(STAMP)  ## download ESC-50 (karolpiczak/ESC-50 master.zip, md5-checked) into DATA (default data/esc50); ARCHIVE= a copy you have
+	$(call dataset_download,esc50,$(ESC50))
+
+data-us8k: $(STAMP)  ## download UrbanSound8K (Zenodo 1203745, 6 GB, md5-checked, resumable) into DATA (default data/us8k); ARCHIVE= a copy you have
+	$(call dataset_download,us8k,$(US8K))
 
 bench-data: $(STAMP)  ## benchmark the ESC-50 data pipeline on 2,000 synthetic clips; prints one JSON line
 	@$(PY) benchmarks/bench_data.py

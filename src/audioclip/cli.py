@@ -4,6 +4,7 @@
     audioclip classify FILE... --labels "dog,cat,rain" [--checkpoint PATH]
     audioclip weights list | download [TAG...]
     audioclip prepare audioset ...                                     # AudioSet download/ingest/extract/pack
+    audioclip data download esc50 | us8k [--root DIR] [--archive FILE] # ESC-50 / UrbanSound8K, verified
     audioclip crossval runs/finetune-esc50                             # per-fold table of a cross-validation
     audioclip doctor                                                   # what this install is, what is broken
 
@@ -37,6 +38,7 @@ COMMANDS = {
     "crossval": ("per-fold and mean ± std test accuracy of a phase's fold runs", "audioclip.tasks.crossval:main"),
     "demo": ("fine-tune the tiny AudioCLIP on synthetic ESC-50 (make demo)", "audioclip.demo:main"),
     "synthetic": ("write synthetic datasets in the official layouts", "audioclip.data.synthetic:main"),
+    "data": ("download ESC-50 or UrbanSound8K into the layout the DataModules read", "audioclip.data.download:main"),
     "testmedia": ("write small AudioSet-like test videos", "audioclip.data.audioset.testmedia:main"),
     "doctor": ("what this install is (versions, devices, weights, data) and what is broken", "audioclip.doctor:main"),
 }
