@@ -243,3 +243,23 @@ train-full: $(STAMP)  ## phase 3: all three heads trained jointly on AudioSet au
 .PHONY: report
 report: $(STAMP)  ## gather the latest results under runs/ (RUNS=) into runs/REPORT.md + REPORT.json: paper Tables 1-4 beside comparable runs, plots, W&B
 	$(AC) report --runs $(RUNS)
+
+# ---- the paper, reproduced: every row that can run with the data and weights on disk (docs/reproducing.md) ----
+# each row is an `audioclip evaluate` of the official weights or a cv-* cross-validation (its phase target per fold,
+# INIT= the weights); a row whose data or weights are missing is skipped and says how to get them; run again, it
+# continues where it stopped. ROWS='cv-esc50-*' some rows; FOLDS="1 2" some folds; ARGS= every fine-tune;
+# EVAL_ARGS= every evaluation; AUDIOSET_EVAL= the AudioSet evaluation shards; REPRODUCE_ARGS= more (--init-full ...)
+AUDIOSET_EVAL  ?= data/audioset/eval/shards
+EVAL_ARGS      ?=
+REPRODUCE_ARGS ?=
+ROWS           ?=
+reproduce_cmd = $(AC) reproduce --runs $(RUNS) --esc50 $(ESC50) --us8k $(US8K) --audioset $(AUDIOSET_EVAL) \
+  $(if $(ROWS),--rows $(foreach r,$(ROWS),'$(r)')) $(if $(FOLDS),--folds $(FOLDS)) $(if $(ARGS),--fit-args="$(ARGS)") \
+  $(if $(EVAL_ARGS),--eval-args="$(EVAL_ARGS)") $(REPRODUCE_ARGS)
+
+.PHONY: reproduce reproduce-plan
+reproduce: $(STAMP)  ## every paper row that can run with what is on disk (official weights: zero-shot, querying, cv fine-tunes), then make report; resumable
+	$(reproduce_cmd)
+
+reproduce-plan: $(STAMP)  ## the plan of make reproduce: each row, its paper figure, command, what is missing, expected time on one GPU
+	$(reproduce_cmd) --plan

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from audioclip.constants import FOLDS
@@ -77,7 +77,8 @@ DATASET_TITLES = {"esc50": "ESC-50", "us8k": "UrbanSound8K", "audioset": "AudioS
 def _rows() -> tuple[Row, ...]:
     rows = []
     for variant in ("full", "partial"):
-        rows += [Row(f"zeroshot-{d}-{variant}", "zeroshot", d, variant, TEXT_ACCURACY, False) for d in ("esc50", "us8k")]
+        rows += [Row(f"zeroshot-{d}-{variant}", "zeroshot", d, variant, TEXT_ACCURACY, False)
+                 for d in ("esc50", "us8k")]  # fmt: skip
         rows.append(Row(f"zeroshot-audioset-{variant}", "zeroshot", "audioset", variant, AUDIOSET_MAP, True))
     for variant in ("full", "partial"):
         rows += [Row(f"query-{d}-{variant}", "query", d, variant, _querying((("text", "audio"),)), False)
@@ -125,12 +126,12 @@ class Settings:
     eval_args: str = ""  # more arguments of every `audioclip evaluate` (EVAL_ARGS=)
     gpu_tflops: float = GPU_TFLOPS
 
-    def with_runs(self, runs: Path) -> Settings:
-        return replace(self, runs=runs)
-
 
 DEFAULT_INITS = Settings().inits
 DEFAULT_ROOTS = Settings().roots
+
+
+AUDIOCLIP = (sys.executable, "-m", "audioclip.cli")  # the `audioclip` command of the running interpreter
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,10 @@ class Step:
     resumable: bool = False  # a training run: RESUME=1 continues it from its last checkpoint
 
     def identity(self) -> list[str]:
-        """The command without the interpreter's path: equal across runs of the same plan."""
-        return [a for a in self.argv if a != sys.executable and not a.startswith("VENV=")]
+        """The command without the interpreter's and the venv's paths: equal across runs of the same plan."""
+        if self.argv[: len(AUDIOCLIP)] == AUDIOCLIP:
+            return ["audioclip", *self.argv[len(AUDIOCLIP) :]]
+        return [a for a in self.argv if not a.startswith("VENV=")]
 
 
 def runs_of(row: Row, settings: Settings) -> Path:
@@ -161,10 +164,13 @@ def folds_of(row: Row, settings: Settings) -> list[int]:
     return [k for k in official if not settings.folds or k in settings.folds]
 
 
+TINY = {False: "audioclip-tiny", True: "esresnext-fbsp-tiny"}  # by "is it the standalone audio head"
+
+
 def _fit_args(row: Row, settings: Settings) -> str:
     args = []
     if settings.tiny:
-        args.append(f"--model.init_args.model {'esresnext-fbsp-tiny' if row.variant == 'audio-head' else 'audioclip-tiny'}")
+        args.append(f"--model.init_args.model {TINY[row.variant == 'audio-head']}")
     if settings.epochs is not None:
         args.append(f"--trainer.max_epochs {settings.epochs}")
     if settings.protocol:
@@ -173,7 +179,7 @@ def _fit_args(row: Row, settings: Settings) -> str:
 
 
 def _audioclip(*args: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", "audioclip.cli", *args)
+    return (*AUDIOCLIP, *args)
 
 
 def _evaluate_args(row: Row, settings: Settings) -> list[str]:
@@ -241,8 +247,8 @@ def _weights_missing(init: str) -> str | None:
 
 def missing(row: Row, settings: Settings) -> list[str]:
     """What the row needs and is not on disk, each with the command that gets it; empty when it can run."""
-    found = [_data_missing(row.dataset, Path(settings.roots[row.dataset])), _weights_missing(settings.inits[row.variant])]
-    return [m for m in found if m]
+    data = _data_missing(row.dataset, Path(settings.roots[row.dataset]))
+    return [m for m in (data, _weights_missing(settings.inits[row.variant])) if m]
 
 
 # ------------------------------------------------------------------------------------------------- the estimate
