@@ -308,3 +308,23 @@ def commands(runs: Path) -> dict[str, str]:
     except (OSError, ValueError, KeyError, TypeError):
         settings = Settings(runs=runs)
         return {row.name: command(row, settings) for row in ROWS}
+
+
+def fit_command(run_dirs: list[Path]) -> str:
+    """`audioclip fit` of the resolved config each training run wrote (its phase, data and overrides, all of it)."""
+    first = f"audioclip fit --config {run_dirs[0] / 'config.yaml'}"
+    return first if len(run_dirs) == 1 else f"{first}, and the same for {', '.join(d.name for d in run_dirs[1:])}"
+
+
+def evaluate_command(path: Path, result: dict) -> str:
+    """The `audioclip evaluate` command line that wrote the results file `path` (`result`, its content)."""
+    root = result.get("root", "?")
+    where = "--manifest" if result["dataset"] == "folder" and root.endswith((".csv", ".tsv")) else "--root"
+    argv = ["audioclip", "evaluate", result["task"], "--dataset", result["dataset"], where, root, "--checkpoint",
+            str(result.get("checkpoint", "?"))]  # fmt: skip
+    if result["dataset"] in FOLDS and len(result.get("folds") or []) == 1:
+        argv += ["--fold", str(result["folds"][0])]
+    if result["task"] == "query" and "num_captions" not in result:
+        argv += [a for r in result.get("results", []) for a in ("--pair", f"{r['query']}:{r['result']}")]
+    argv += [a for t in result.get("templates", ["{}"]) if t != "{}" for a in ("--template", t)]
+    return shlex.join([*argv, "--out", str(path.parent.parent), "--name", path.parent.name])
