@@ -243,6 +243,22 @@ def test_a_corrupted_archive_is_refused_and_nothing_is_left_under_data(server, a
     assert tree(data) == []
 
 
+def test_an_archive_whose_audio_does_not_match_its_metadata_is_refused_with_nothing_left(tmp_path, capsys, archives):
+    with zipfile.ZipFile(io.BytesIO(archives["esc50"])) as full:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as short:
+            for member in full.infolist()[:-1]:  # the last clip left out
+                short.writestr(member, full.read(member))
+    archive = tmp_path / "ESC-50-master.zip"
+    archive.write_bytes(buffer.getvalue())
+    data = tmp_path / "data"
+    code, _, err = download(capsys, "esc50", data / "esc50", "--archive", str(archive),
+                            "--known-hash", md5(buffer.getvalue()))  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "the metadata lists 10 clips and audio/ holds 9 .wav files (1 listed ones missing" in err
+    assert tree(data) == []
+
+
 def test_a_second_run_sends_no_request(server, archives, tmp_path, capsys):
     server.serve("esc50", archives["esc50"])
     root = tmp_path / "data" / "esc50"
