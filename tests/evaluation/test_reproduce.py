@@ -120,14 +120,15 @@ def _make(*args: str, env: dict, **kwargs) -> subprocess.Popen:
 def test_reproduce_plan_passes_the_make_variables_through(on_disk):
     base, esc50 = on_disk
     env = {**os.environ, "AUDIOCLIP_CACHE": str(base / "cache")}
+    # one-word ARGS: argparse would take "--trainer.max_epochs=1" for an option of its own unless passed as a value
     done = _make("reproduce-plan", "ROWS=cv-esc50-* zeroshot-esc50-full", "FOLDS=2 4", f"ESC50={esc50}",
-                 "ARGS=--trainer.max_epochs 1", "EVAL_ARGS=--batch-size 8", env=env)  # fmt: skip
+                 "ARGS=--trainer.max_epochs=1", "EVAL_ARGS=--batch-size=8", env=env)  # fmt: skip
     out, _ = done.communicate(timeout=300)
     assert done.returncode == 0, out[-3000:]
     assert "make reproduce: 4 rows" in out
-    assert f"command: make cv-esc50 INIT=full DATA={esc50} 'FOLDS=2 4' 'ARGS=--trainer.max_epochs 1'" in out
+    assert f"command: make cv-esc50 INIT=full DATA={esc50} 'FOLDS=2 4' ARGS=--trainer.max_epochs=1" in out
     assert (f"command: audioclip evaluate zeroshot --dataset esc50 --root {esc50} --checkpoint full --out runs/eval "
-            "--name zeroshot-esc50-full --batch-size 8") in out  # fmt: skip
+            "--name zeroshot-esc50-full --batch-size=8") in out  # fmt: skip
 
 
 # the rows of the end-to-end run: two that can run (a zero-shot evaluation first, then a cross-validation: the
