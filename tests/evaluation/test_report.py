@@ -230,3 +230,6 @@ def test_the_command_column_follows_the_last_plan_of_make_reproduce(real_runs, t
     # the pipe is escaped, or it would end the Markdown cell
     assert _cell(report, "ESC-50", "audio → text", "AudioCLIP full", "fine-tuned") == (
         "`make cv-esc50 INIT=mine.ckpt 'ARGS=--x a\\|b'`")  # fmt: skip
+    # a row the plan left out (ROWS=) keeps its default command
+    assert _cell(report, "UrbanSound8K", "audio → text", "AudioCLIP full", "fine-tuned") == (
+        f"`make cv-us8k INIT=full RUNS={runs}`")  # fmt: skip

@@ -54,7 +54,8 @@ def test_the_plan_shows_each_rows_paper_figure_command_status_and_time(on_disk, 
         "    paper:   Table 2: ESC-50 audio → text accuracy 68.60",
         f"    command: audioclip evaluate zeroshot --dataset esc50 --root {esc50} --checkpoint {base}/full-tiny.pt "
         f"--out {runs}/eval --name zeroshot-esc50-full",
-        "    status:  can run now",
+        "    status:  can run now (synthetic data: the report lists its figures under Other runs, never beside the "
+        "paper's)",
         "    time:    ~30 s on one GPU",  # 20 clips: the 30-s start-up, and 20 x 28.7 GFLOP at 25 TFLOP/s (0.02 s)
     ]
     assert "    paper:   Tables 1, 3: ESC-50 audio → labels accuracy 95.90" in blocks["cv-esc50-audio-head"]
@@ -66,7 +67,9 @@ def test_the_plan_shows_each_rows_paper_figure_command_status_and_time(on_disk, 
     assert f"missing UrbanSound8K at {base}/no-us8k (no metadata/UrbanSound8K.csv): make data-us8k" in us8k
     assert "time:    ~5.5 h on one GPU" in us8k  # the official 8,732 clips when none are on disk
     assert "no index.json): pack the official eval_segments.csv" in blocks["query-audioset-full"]
-    assert "4 of 18 rows can run now" in shown  # zero-shot, querying and the two cross-validations on ESC-50
+    # zero-shot and querying on ESC-50 (30 s each) and its two cross-validations (6 starts and ~2.4 s of training
+    # per fold: 14.4 clips x 50 epochs x 82.8 GFLOP at 25 TFLOP/s, each ~3.2 min): ~7 min
+    assert "\n4 of 18 rows can run now (~7 min on one GPU), 0 done, 14 missing data or weights;" in shown
     assert "Table 2: ImageNet image → text accuracy 21.79 (AudioCLIP full): needs an ImageNet evaluation" in shown
     assert not runs.exists()  # a plan runs and writes nothing
 

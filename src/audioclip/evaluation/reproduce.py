@@ -115,21 +115,31 @@ def print_plan(planned: list[Planned], uncovered: list[str], settings: Settings)
     say(f"make reproduce: {len(planned)} rows; results under {settings.runs}/. Time: an estimate for one GPU with the "
         f"paper-size model at {settings.gpu_tflops:g} TFLOP/s sustained (docs/reproducing.md).")  # fmt: skip
     for i, p in enumerate(planned, 1):
-        status = (f"missing {'; '.join(p.missing)}" if p.missing
-                  else "done (not redone)" if _row_done(state, p) else "can run now")  # fmt: skip
+        status = (f"missing {'; '.join(p.missing)}" if p.missing else "done (not redone)" if _row_done(state, p)
+                  else "can run now" + _synthetic(p, settings))  # fmt: skip
         say(f"\n[{i}/{len(planned)}] {p.row.name}: {p.row.title}")
         for figure in p.paper:
             say(f"    paper:   {figure}")
         say(f"    command: {p.command}")
         say(f"    status:  {status}")
         say(f"    time:    {human(p.seconds)} on one GPU")
-    runnable = [p for p in planned if not p.missing and not _row_done(state, p)]
-    say(f"\n{len(runnable)} of {len(planned)} rows can run now, {human(sum(p.seconds for p in runnable))} on one GPU; "
-        "then `make report` writes " + str(settings.runs / "REPORT.md"))  # fmt: skip
+    done = [p for p in planned if not p.missing and _row_done(state, p)]
+    runnable = [p for p in planned if not p.missing and p not in done]
+    say(f"\n{len(runnable)} of {len(planned)} rows can run now ({human(sum(p.seconds for p in runnable))} on one GPU), "
+        f"{len(done)} done, {len(planned) - len(runnable) - len(done)} missing data or weights; then `make report` "
+        f"writes {settings.runs / 'REPORT.md'}")  # fmt: skip
     if uncovered:
         say("\nPaper figures that make reproduce does not measure:")
         for line in uncovered:
             say(f"    {line}")
+
+
+def _synthetic(p: Planned, settings: Settings) -> str:
+    from audioclip.data.provenance import data_kind
+
+    if data_kind(settings.roots[p.row.dataset]) != "synthetic":
+        return ""
+    return " (synthetic data: the report lists its figures under Other runs, never beside the paper's)"
 
 
 # ------------------------------------------------------------------------------------------------- done markers

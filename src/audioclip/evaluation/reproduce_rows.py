@@ -302,12 +302,13 @@ PLAN_FILE = Path("reproduce") / "plan.json"
 
 def commands(runs: Path) -> dict[str, str]:
     """Each row's command: as `make reproduce` last planned it under `runs`, else with the default settings."""
+    settings = Settings(runs=runs)
+    defaults = {row.name: command(row, settings) for row in ROWS}
     try:
         planned = json.loads((runs / PLAN_FILE).read_text())["rows"]
-        return {r["row"]: r["command"] for r in planned}
+        return {**defaults, **{r["row"]: r["command"] for r in planned}}
     except (OSError, ValueError, KeyError, TypeError):
-        settings = Settings(runs=runs)
-        return {row.name: command(row, settings) for row in ROWS}
+        return defaults
 
 
 def fit_command(run_dirs: list[Path]) -> str:
