@@ -228,3 +228,25 @@ def test_sigterm_stops_the_running_command_and_says_how_to_continue(on_disk, tmp
     assert err.strip().splitlines()[-1] == "make reproduce: stopped; run it again to continue where it stopped"
     assert not _processes_naming(str(runs))  # the evaluation it ran was stopped with it
     assert not (runs / "reproduce" / "done").exists()
+
+
+def test_a_row_given_more_folds_runs_only_the_new_fold_and_the_table_again(tmp_path):
+    """The runner with plain shell commands for steps: fold k writes its result and counts its runs; the table lists
+    the fold results it finds (as `audioclip crossval` does)."""
+    from audioclip.evaluation.reproduce import Planned, run_row
+    from audioclip.evaluation.reproduce_rows import Step
+
+    row = next(r for r in ROWS if r.name == "cv-esc50-full")
+
+    def fold(k: int) -> Step:
+        script = f"echo run >> {tmp_path}/fold{k}.runs && echo {k} > {tmp_path}/fold{k}.json"
+        return Step(f"fold{k}", ("sh", "-c", script), tmp_path / f"fold{k}.json", resumable=True)
+
+    table = Step("crossval", ("sh", "-c", f"cat {tmp_path}/fold*.json > {tmp_path}/cv.csv"), tmp_path / "cv.csv",
+                 summary=True)  # fmt: skip
+    state = tmp_path / "reproduce"
+    assert run_row(state, Planned(row, (), "", (fold(1), table), (), 0.0))
+    assert (tmp_path / "cv.csv").read_text() == "1\n"
+    assert run_row(state, Planned(row, (), "", (fold(1), fold(2), table), (), 0.0))
+    assert (tmp_path / "fold1.runs").read_text() == "run\n"  # fold 1 was not trained again
+    assert (tmp_path / "cv.csv").read_text() == "1\n2\n"  # the table is of both folds

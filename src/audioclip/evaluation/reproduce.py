@@ -203,10 +203,12 @@ def _raise_stopped(signum: int, frame: object) -> None:
 
 def run_row(state: Path, p: Planned) -> bool:
     """Run the row's commands that are not done yet; True when every one has finished and left its result."""
+    ran = False
     for step in p.steps:
-        if _step_done(state, p.row, step):
+        if _step_done(state, p.row, step) and not (step.summary and ran):
             say(f"    {step.name}: done earlier ({step.result}), not redone")
             continue
+        ran = True
         started = state / "started" / p.row.name / step.name
         resume = step.resumable and started.is_file()  # this plan started it: continue from its last checkpoint
         started.parent.mkdir(parents=True, exist_ok=True)

@@ -142,6 +142,7 @@ class Step:
     argv: tuple[str, ...]
     result: Path
     resumable: bool = False  # a training run: RESUME=1 continues it from its last checkpoint
+    summary: bool = False  # reads the results of the steps before it: runs again whenever one of them ran
 
     def identity(self) -> list[str]:
         """The command without the interpreter's and the venv's paths: equal across runs of the same plan."""
@@ -203,7 +204,7 @@ def steps(row: Row, settings: Settings) -> list[Step]:
                 f"DATA={settings.roots[row.dataset]}", f"RUNS={runs}", f"GROUP=reproduce-{row.name}", f"VENV={venv}",
                 f"ARGS={_fit_args(row, settings)}")  # fmt: skip
         out.append(Step(f"fold{k}", argv, runs / phase / f"fold{k}" / "test_metrics.json", resumable=True))
-    out.append(Step("crossval", _audioclip("crossval", str(runs / phase)), runs / phase / "cv.csv"))
+    out.append(Step("crossval", _audioclip("crossval", str(runs / phase)), runs / phase / "cv.csv", summary=True))
     return out
 
 
