@@ -20,7 +20,7 @@ RESUME  ?= 0
 
 .PHONY: help install lock lock-check upgrade smoke doctor test test-fast test-gpu test-faults mutation lint demo demo-data weights bench-data bench-train bench-index bench-gpu profile \
         finetune finetune-esc50 finetune-us8k cv-esc50 cv-us8k finetune-esc50-audio-head finetune-us8k-audio-head \
-        cv-esc50-audio-head cv-us8k-audio-head data-audioset bench-audioset pretrain-audio train-partial train-full
+        cv-esc50-audio-head cv-us8k-audio-head data-esc50 data-us8k data-audioset bench-audioset pretrain-audio train-partial train-full
 
 help:  ## list every target with its description
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -102,6 +102,18 @@ demo-data: $(STAMP)  ## write tiny synthetic ESC-50, UrbanSound8K (official layo
 	$(AC) synthetic --us8k data/synthetic/us8k
 	$(AC) synthetic --folder data/synthetic/folder --multilabel data/synthetic/multilabel \
 	  --captions data/synthetic/captions
+
+# ---- datasets: the official archives, verified and unpacked into the layouts the DataModules read (docs/data.md) ----
+# DATA= the root (default data/esc50, data/us8k); ARCHIVE= an archive you already have; AUDIOCLIP_DATA_MIRROR=<base URL>
+# replaces the official host; an interrupted download continues where it stopped when run again
+ARCHIVE ?=
+dataset_download = $(AC) data download $(1) --root $(or $(DATA),$(2)) $(if $(ARCHIVE),--archive $(ARCHIVE)) $(ARGS)
+
+data-esc50: $(STAMP)  ## download ESC-50 (karolpiczak/ESC-50 master.zip, md5-checked) into DATA (default data/esc50); ARCHIVE= a copy you have
+	$(call dataset_download,esc50,$(ESC50))
+
+data-us8k: $(STAMP)  ## download UrbanSound8K (Zenodo 1203745, 6 GB, md5-checked, resumable) into DATA (default data/us8k); ARCHIVE= a copy you have
+	$(call dataset_download,us8k,$(US8K))
 
 bench-data: $(STAMP)  ## benchmark the ESC-50 data pipeline on 2,000 synthetic clips; prints one JSON line
 	@$(PY) benchmarks/bench_data.py
@@ -256,3 +268,23 @@ probe-esc50: $(STAMP)  ## linear probe on ESC-50's 5 folds: per-fold and mean ±
 
 probe-us8k: $(STAMP)  ## linear probe on UrbanSound8K's 10 folds: per-fold and mean ± std accuracy (CHECKPOINT= default full, DATA=, ARGS=)
 	$(AC) evaluate probe --dataset us8k --root $(or $(DATA),$(US8K)) --checkpoint $(CHECKPOINT) --out $(RUNS)/eval $(ARGS)
+
+# ---- the paper, reproduced: every row that can run with the data and weights on disk (docs/reproducing.md) ----
+# each row is an `audioclip evaluate` of the official weights or a cv-* cross-validation (its phase target per fold,
+# INIT= the weights); a row whose data or weights are missing is skipped and says how to get them; run again, it
+# continues where it stopped. ROWS='cv-esc50-*' some rows; FOLDS="1 2" some folds; ARGS= every fine-tune;
+# EVAL_ARGS= every evaluation; AUDIOSET_EVAL= the AudioSet evaluation shards; REPRODUCE_ARGS= more (--init-full ...)
+AUDIOSET_EVAL  ?= data/audioset/eval/shards
+EVAL_ARGS      ?=
+REPRODUCE_ARGS ?=
+ROWS           ?=
+reproduce_cmd = $(AC) reproduce --runs $(RUNS) --esc50 $(ESC50) --us8k $(US8K) --audioset $(AUDIOSET_EVAL) \
+  $(if $(ROWS),--rows $(foreach r,$(ROWS),'$(r)')) $(if $(FOLDS),--folds $(FOLDS)) $(if $(ARGS),--fit-args="$(ARGS)") \
+  $(if $(EVAL_ARGS),--eval-args="$(EVAL_ARGS)") $(REPRODUCE_ARGS)
+
+.PHONY: reproduce reproduce-plan
+reproduce: $(STAMP)  ## every paper row that can run with what is on disk (official weights: zero-shot, querying, cv fine-tunes), then make report; resumable
+	$(reproduce_cmd)
+
+reproduce-plan: $(STAMP)  ## the plan of make reproduce: each row, its paper figure, command, what is missing, expected time on one GPU
+	$(reproduce_cmd) --plan

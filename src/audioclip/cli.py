@@ -4,7 +4,9 @@
     audioclip classify FILE... --labels "dog,cat,rain" [--checkpoint PATH]
     audioclip weights list | download [TAG...]
     audioclip prepare audioset ...                                     # AudioSet download/ingest/extract/pack
+    audioclip data download esc50 | us8k [--root DIR] [--archive FILE] # ESC-50 / UrbanSound8K, verified
     audioclip crossval runs/finetune-esc50                             # per-fold table of a cross-validation
+    audioclip reproduce [--plan]                                       # the paper's rows that can run, then the report
     audioclip doctor                                                   # what this install is, what is broken
 
 Every subcommand is one row of `COMMANDS`: a help line and the `module:function` that takes the rest of the
@@ -35,9 +37,11 @@ COMMANDS = {
     "index": ("embed a folder of audio and images into a search index", "audioclip.evaluation.cli:index"),
     "search": ("nearest items of an index to a text, audio or image query", "audioclip.evaluation.cli:search_cli"),
     "report": ("the paper's tables beside comparable runs", "audioclip.evaluation.report:main"),
+    "reproduce": ("every paper row that can run here, then the report (--plan)", "audioclip.evaluation.reproduce:main"),
     "crossval": ("per-fold and mean ± std test accuracy of a phase's fold runs", "audioclip.tasks.crossval:main"),
     "demo": ("fine-tune the tiny AudioCLIP on synthetic ESC-50 (make demo)", "audioclip.demo:main"),
     "synthetic": ("write synthetic datasets in the official layouts", "audioclip.data.synthetic:main"),
+    "data": ("download ESC-50 or UrbanSound8K into the layout the DataModules read", "audioclip.data.download:main"),
     "testmedia": ("write small AudioSet-like test videos", "audioclip.data.audioset.testmedia:main"),
     "doctor": ("what this install is (versions, devices, weights, data) and what is broken", "audioclip.doctor:main"),
 }
