@@ -5,6 +5,7 @@
     audioclip weights list | download [TAG...]
     audioclip prepare audioset ...                                     # AudioSet download/ingest/extract/pack
     audioclip crossval runs/finetune-esc50                             # per-fold table of a cross-validation
+    audioclip export runs/finetune-esc50/fold1 OUT_DIR [--onnx]        # safetensors + config + model card
     audioclip doctor                                                   # what this install is, what is broken
 
 Every subcommand is one row of `COMMANDS`: a help line and the `module:function` that takes the rest of the
@@ -34,6 +35,7 @@ COMMANDS = {
     "index": ("embed a folder of audio and images into a search index", "audioclip.evaluation.cli:index"),
     "search": ("nearest items of an index to a text, audio or image query", "audioclip.evaluation.cli:search_cli"),
     "report": ("the paper's tables beside comparable runs", "audioclip.evaluation.report:main"),
+    "export": ("safetensors + config + model card of a run (--onnx, --push to the Hub)", "audioclip.export.cli:main"),
     "crossval": ("per-fold and mean ± std test accuracy of a phase's fold runs", "audioclip.tasks.crossval:main"),
     "demo": ("fine-tune the tiny AudioCLIP on synthetic ESC-50 (make demo)", "audioclip.demo:main"),
     "synthetic": ("write synthetic datasets in the official layouts", "audioclip.data.synthetic:main"),
