@@ -26,7 +26,7 @@ DATA_LICENSES = {
 }
 
 
-def test_figures(run: Path | None, record: dict | None) -> list[dict[str, Any]]:
+def card_figures(run: Path | None, record: dict | None) -> list[dict[str, Any]]:
     """Each test figure of the run: metric, ours (the run's value, in percent), the paper's figure where comparable,
     and a note (the paper's row, or why none stands beside it)."""
     if run is None or record is None:

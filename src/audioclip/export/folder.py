@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from audioclip.constants import SAMPLE_RATE
-from audioclip.export.card import render_card, test_figures
+from audioclip.export.card import render_card, card_figures
 from audioclip.models import create_model
 from audioclip.models.export_folder import (
     CARD_FILE,
@@ -112,7 +112,7 @@ def export_model(
 
         config["onnx"] = export_onnx(model, out)
     write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n", SETTING)
-    write_text(out / CARD_FILE, render_card(config, run, record, test_figures(run, record)), SETTING)
+    write_text(out / CARD_FILE, render_card(config, run, record, card_figures(run, record)), SETTING)
     return config
 
 
