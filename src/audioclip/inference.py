@@ -152,15 +152,21 @@ def embed_text(model: AudioCLIP, texts: Sequence[str], template: str = "{}") -> 
     return emb / emb.norm(dim=-1, keepdim=True)
 
 
-def classify(
-    model: AudioCLIP, audio, labels: Sequence[str], template: str = "{}", sample_rate: int | None = None
-) -> dict[str, float]:
-    """Zero-shot classification: label -> probability, most probable first (softmax over the audio-text logits)."""
+def check_labels(labels: Sequence[str]) -> list[str]:
+    """The class names without surrounding blanks; an InputError when none is left or one is given twice."""
     labels = [label.strip() for label in labels if label.strip()]
     if not labels:
         raise InputError("no labels given: pass at least one class name")
     if len(set(labels)) != len(labels):
         raise InputError(f"duplicate labels: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
+    return labels
+
+
+def classify(
+    model: AudioCLIP, audio, labels: Sequence[str], template: str = "{}", sample_rate: int | None = None
+) -> dict[str, float]:
+    """Zero-shot classification: label -> probability, most probable first (softmax over the audio-text logits)."""
+    labels = check_labels(labels)
     # no_grad as a block, not a decorator: mutmut (`make mutation`) leaves decorated functions unmutated
     with torch.no_grad():
         scale = clamp_scale(model.logit_scale_at)

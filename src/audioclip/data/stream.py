@@ -120,14 +120,17 @@ def read_blocks(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Itera
     if not block_seconds > 0:
         raise ValueError(f"block_seconds must be > 0, got {block_seconds}")
     frames = max(1, round(block_seconds * info.sample_rate))
-    resampler = None if info.sample_rate == SAMPLE_RATE else BlockResampler(info.sample_rate, SAMPLE_RATE, info.channels)
+    resampler = None
+    if info.sample_rate != SAMPLE_RATE:
+        resampler = BlockResampler(info.sample_rate, SAMPLE_RATE, info.channels)
     with sf.SoundFile(os.fsencode(info.path)) as file:
         while True:
             block = file.read(frames, dtype="float32", always_2d=True)
             if block.shape[0] == 0:
                 break
             if not np.isfinite(block).all():
-                raise BadFileError(info.path, f"holds NaN or infinite samples (near {file.tell() / info.sample_rate:.1f} s)")
+                where = file.tell() / info.sample_rate
+                raise BadFileError(info.path, f"holds NaN or infinite samples (in the block ending at {where:.1f} s)")
             wave = torch.from_numpy(np.ascontiguousarray(block.T)) * INT16_SCALE
             out = wave if resampler is None else resampler.push(wave)
             if out.shape[-1]:
