@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from audioclip.constants import SAMPLE_RATE
-from audioclip.export.card import render_card, card_figures
+from audioclip.export.card import card_figures, render_card
 from audioclip.models import create_model
 from audioclip.models.export_folder import (
     CARD_FILE,
