@@ -58,7 +58,7 @@ def classify(argv: Sequence[str]) -> int:
     if not labels:
         raise ValueError("--labels: give the candidate classes, comma-separated, e.g. --labels 'dog,cat,rain'")
     windowed = _check_window_options(args)
-    model = load(args.checkpoint, model_name=args.model, precision=args.precision)
+    model = load(args.checkpoint, model_name=args.model, precision=args.precision, backend=args.backend)
     announce_on_first_use(model)
     if windowed:
         return _classify_windows(model, args, labels)
@@ -141,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="full", help="official tag (full, partial) or a checkpoint path")
     p.add_argument("--model", default=None, help="registered model name, when it can't be read off the file")
     p.add_argument("--template", default="{}", help="text template for the labels, e.g. 'the sound of {}'")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="onnxruntime: run an `audioclip export --onnx` folder's ONNX encoders (fp32, CPU)")
     p.add_argument("--top", type=int, default=5, help="how many labels to print per file")
     p.add_argument(
         "--precision", default="auto", help="auto (bf16-mixed where the hardware has bf16), 32-true, bf16-mixed"

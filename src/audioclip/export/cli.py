@@ -16,6 +16,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("source", help="a run folder (runs/<phase>/<run>), a checkpoint, an official tag or an export")
     parser.add_argument("out", help="the folder to write (created if needed)")
     parser.add_argument("--onnx", action="store_true", help="also export the audio and text encoders to ONNX")
+    parser.add_argument("--onnx-seconds", type=float, default=5.0,
+                        help="the clip length the ONNX audio encoder takes, in seconds (default 5)")
     parser.add_argument("--push", metavar="OWNER/NAME", help="upload the folder to the Hugging Face Hub")
     parser.add_argument("--private", action="store_true", help="with --push: create the repository private")
     parser.add_argument("--class-names", help="comma-separated class names (default: those the run was tested on)")
@@ -32,7 +34,9 @@ def main(argv: Sequence[str]) -> int:
     if args.template is not None:
         check_template(args.template)
     names = [n.strip() for n in args.class_names.split(",") if n.strip()] if args.class_names else None
-    config = export_model(args.source, args.out, names, args.template, args.license, args.onnx)
+    if args.onnx_seconds <= 0:
+        raise ValueError(f"--onnx-seconds must be positive, got {args.onnx_seconds}")
+    config = export_model(args.source, args.out, names, args.template, args.license, args.onnx, args.onnx_seconds)
     out = Path(args.out)
     variant, sha = config["lineage"].get("variant", "other"), config["weights"]["sha256"]
     print(f"{out}: {config['architecture']} ({variant}), sha256 {sha[:16]}..., "

@@ -75,6 +75,7 @@ def export_model(
     template: str | None = None,
     license: str = "mit",
     onnx: bool = False,
+    onnx_seconds: float = 5.0,
 ) -> dict[str, Any]:
     """Write the export folder of `source` (a tag, a checkpoint, a run folder or another export) into `out`;
     returns its config (also `out/config.json`)."""
@@ -110,7 +111,7 @@ def export_model(
     if onnx:
         from audioclip.export.onnx import export_onnx
 
-        config["onnx"] = export_onnx(model, out)
+        config["onnx"] = export_onnx(model, out, onnx_seconds)
     write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n", SETTING)
     write_text(out / CARD_FILE, render_card(config, run, record, card_figures(run, record)), SETTING)
     return config

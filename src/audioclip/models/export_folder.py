@@ -56,6 +56,16 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+def export_folder_of(source: str | Path) -> Path:
+    """The export folder `source` names: `hf://owner/name[@revision]` (from the Hub's cache) or a local folder."""
+    if isinstance(source, str) and source.startswith(HF_PREFIX):
+        return hub_folder(source)
+    folder = Path(source).expanduser()
+    if not is_export_folder(folder):
+        raise WeightsError(f"{source}: not an `audioclip export` folder ({CONFIG_FILE} + {WEIGHTS_FILE}), nor hf://")
+    return folder
+
+
 def verified_weights(folder: Path) -> Path:
     """The folder's `model.safetensors` after checking its sha256 against `config.json`."""
     config = read_config(folder)
