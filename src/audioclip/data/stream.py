@@ -5,7 +5,7 @@ than a block and one window of it. The model's input convention is the training 
 44.1 kHz, the int16 value range.
 
 Resampling is the windowed-sinc of `torchaudio.functional.resample` (what `audioclip.inference.prepare_audio` uses on
-a whole file), applied to overlapping pieces so that the result does not depend on where the blocks begin. With the
+a whole file; `torchaudio.transforms.Resample` is the same with its kernel computed once), applied to overlapping pieces so that the result does not depend on where the blocks begin. With the
 rates reduced by their gcd to `a` input samples -> `b` output samples (a *period*), torchaudio's output period `j`
 is a dot product of its kernel with the input samples `[j*a - width, j*a + a + width)` (zeros outside the file),
 `width = ceil(lowpass_filter_width * a / (rolloff * min(a, b)))`. A piece that starts on a period boundary and carries
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+import torchaudio.transforms as AT
 
 from audioclip.constants import INT16_SCALE, SAMPLE_RATE
 from audioclip.data.audio import header_problem
@@ -45,7 +45,11 @@ class BlockResampler:
         gcd = math.gcd(orig_rate, new_rate)
         self.a, self.b = orig_rate // gcd, new_rate // gcd
         width = math.ceil(LOWPASS_FILTER_WIDTH * self.a / (ROLLOFF * min(self.a, self.b)))
-        self.margin = math.ceil(width / self.a) + 1  # whole periods of context on each side of a piece
+        self.margin = math.ceil(width / self.a)  # whole periods of context on each side of a piece (>= width)
+        # the transform computes the kernel once; `functional.resample` would compute it again for every piece
+        self.resample = AT.Resample(
+            orig_rate, new_rate, lowpass_filter_width=LOWPASS_FILTER_WIDTH, rolloff=ROLLOFF, dtype=torch.float32
+        )
         # the input from period (emitted - margin) on; before the file's start the resampler sees zeros
         self.pending = torch.zeros(channels, self.margin * self.a)
         self.emitted = 0  # output periods given out so far
@@ -53,7 +57,7 @@ class BlockResampler:
 
     def _emit(self, periods: int) -> torch.Tensor:
         span = (periods + 2 * self.margin) * self.a
-        out = AF.resample(self.pending[:, :span], self.orig_rate, self.new_rate)
+        out = self.resample(self.pending[:, :span])
         self.pending = self.pending[:, periods * self.a :]
         self.emitted += periods
         return out[:, self.margin * self.b : (self.margin + periods) * self.b]
