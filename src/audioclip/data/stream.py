@@ -5,12 +5,13 @@ than a block and one window of it. The model's input convention is the training 
 44.1 kHz, the int16 value range.
 
 Resampling is the windowed-sinc of `torchaudio.functional.resample` (what `audioclip.inference.prepare_audio` uses on
-a whole file; `torchaudio.transforms.Resample` is the same with its kernel computed once), applied to overlapping pieces so that the result does not depend on where the blocks begin. With the
-rates reduced by their gcd to `a` input samples -> `b` output samples (a *period*), torchaudio's output period `j`
-is a dot product of its kernel with the input samples `[j*a - width, j*a + a + width)` (zeros outside the file),
-`width = ceil(lowpass_filter_width * a / (rolloff * min(a, b)))`. A piece that starts on a period boundary and carries
-`margin` whole periods of context on each side (at least `width` samples) therefore yields exactly the output
-periods of its middle, which are kept; the context periods are computed again by the neighbouring piece.
+a whole file; `torchaudio.transforms.Resample` in float32 is the same kernel, computed once), applied to overlapping
+pieces so that the result does not depend on where the blocks begin. With the rates reduced by their gcd to `a`
+input samples -> `b` output samples (a *period*), torchaudio's output period `j` is a dot product of its kernel with
+the input samples `[j*a - width, j*a + a + width)` (zeros outside the file), `width = ceil(lowpass_filter_width * a /
+(rolloff * min(a, b)))`. A piece that starts on a period boundary and carries `margin` whole periods of context on
+each side (at least `width` samples) therefore yields exactly the output periods of its middle, which are kept; the
+context periods are computed again by the neighbouring piece.
 """
 
 from __future__ import annotations
