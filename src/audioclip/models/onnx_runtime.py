@@ -23,6 +23,8 @@ from audioclip.constants import SAMPLE_RATE
 from audioclip.models.export_folder import INSTALL_HINT, read_config
 from audioclip.models.weight_files import WeightsError, sha256sum
 
+ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
 
 class OnnxAudioCLIP:
     """AudioCLIP's `encode_audio` / `encode_text` / `tokenize` / `logit_scale_at` run by onnxruntime."""
@@ -59,7 +61,10 @@ class OnnxAudioCLIP:
 
     def _run(self, name: str, inputs: np.ndarray) -> torch.Tensor:
         session = self.sessions[name]
-        return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: inputs})[0])
+        given = session.get_inputs()[0]
+        # the graph takes the dtype it was traced with (clip.tokenize gives int32 or int64 by torch version)
+        inputs = inputs.astype(ONNX_DTYPES.get(given.type, inputs.dtype), copy=False)
+        return torch.from_numpy(session.run(None, {given.name: inputs})[0])
 
     def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
         if audio.shape[-1] != self.samples:
@@ -71,7 +76,7 @@ class OnnxAudioCLIP:
         return self._run("audio_encoder.onnx", audio.detach().cpu().float().numpy())
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._run("text_encoder.onnx", tokens.detach().cpu().long().numpy())
+        return self._run("text_encoder.onnx", tokens.detach().cpu().numpy())
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         raise ValueError("the onnxruntime backend has no image encoder (only audio and text are exported)")
