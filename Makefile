@@ -231,3 +231,8 @@ train-full: $(STAMP)  ## phase 3: all three heads trained jointly on AudioSet au
 .PHONY: report
 report: $(STAMP)  ## gather the latest results under runs/ (RUNS=) into runs/REPORT.md + REPORT.json: paper Tables 1-4 beside comparable runs, plots, W&B
 	$(AC) report --runs $(RUNS)
+
+# ---- shipping a trained model (docs/inference.md) ----
+.PHONY: bench-onnx
+bench-onnx: $(STAMP)  ## audio encoder clips/s: PyTorch eager fp32, precision auto and onnxruntime in one run, with ratios and the export's parity; one JSON line (ARGS="--model audioclip-tiny")
+	@$(PY) benchmarks/bench_onnx.py $(ARGS)
