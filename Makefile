@@ -288,3 +288,12 @@ reproduce: $(STAMP)  ## every paper row that can run with what is on disk (offic
 
 reproduce-plan: $(STAMP)  ## the plan of make reproduce: each row, its paper figure, command, what is missing, expected time on one GPU
 	$(reproduce_cmd) --plan
+
+# ---- shipping a trained model (docs/shipping.md) ----
+.PHONY: bench-onnx
+bench-onnx: $(STAMP)  ## audio encoder clips/s: PyTorch eager fp32, precision auto and onnxruntime in one run, with ratios and the export's parity; one JSON line (ARGS="--model audioclip-tiny")
+	@$(PY) benchmarks/bench_onnx.py $(ARGS)
+
+.PHONY: bench-long
+bench-long: $(STAMP)  ## audio of any length (classify --window 5 --hop 2.5): time and peak memory on 15/30/60-min recordings, linearity; one JSON line (ARGS="--model audioclip-tiny")
+	@$(PY) benchmarks/bench_long.py $(ARGS)

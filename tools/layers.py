@@ -9,6 +9,7 @@ Layers, bottom to top (a module may import its own layer and the ones below, nev
     2  data/          decoding, caches, DataModules, AudioSet preparation
     3  inference      load / classify / embed
     4  evaluation/    zero-shot, querying, metrics, index and search, the report; hear (the HEAR API)
+       export/        safetensors + config + model card, the Hub, ONNX (beside evaluation: it reuses the report)
     5  tasks/         LightningModules, the training CLI, callbacks, checkpoints, W&B
     6  cli, demo, doctor, the package's __init__ (the command line and the lazy public names)
 """
@@ -35,6 +36,7 @@ LAYERS = {
     "audioclip.inference": 3,
     "audioclip.hear": 4,  # the HEAR API over inference, beside evaluation
     "audioclip.evaluation": 4,
+    "audioclip.export": 4,
     "audioclip.tasks": 5,
     "audioclip.cli": 6,
     "audioclip.demo": 6,

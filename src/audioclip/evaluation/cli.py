@@ -8,6 +8,7 @@
     audioclip evaluate probe --dataset esc50 --root data/esc50 --checkpoint CKPT   # linear probe, per fold
     audioclip index DIR | MANIFEST.csv --out index.pt --checkpoint CKPT
     audioclip search index.pt --text "dog barking" | --audio FILE | --image FILE [--top 10]
+    audioclip index recordings/ --out long.pt --window 5 --hop 2.5       # long files, window by window
 
 Evaluation results are written as JSON to runs/eval/<name>/results.json, where `make report` finds them. Under
 `torchrun --nproc_per_node N -m audioclip.cli evaluate ...` each rank embeds its share of the samples and the
@@ -396,16 +397,26 @@ def index(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--out", default="index.pt", help="index file; an existing one is resumed")
     parser.add_argument("--batch-size", type=int, default=16, help="files embedded per forward pass (default 16)")
+    parser.add_argument("--window", type=float, help="index audio of any length window by window: seconds (e.g. 5)")
+    parser.add_argument("--hop", type=float, help="with --window: seconds between window starts (default: half)")
     _model_args(parser)
     args = parser.parse_args(argv)
+    from audioclip.data.stream import window_samples
     from audioclip.evaluation.index import build_index
+
+    if args.window is not None:
+        window_samples(args.window, args.window / 2 if args.hop is None else args.hop)
+    elif args.hop is not None:
+        raise ValueError("--hop: index window by window with --window SECONDS (e.g. --window 5)")
 
     check_writable_dir(Path(args.out).absolute().parent, "--out")  # before the model is loaded and files embedded
     model = _load_model(args)
     # an absolute path, so that `search` finds the weights from any working directory
     checkpoint = str(Path(args.checkpoint).resolve()) if Path(args.checkpoint).is_file() else str(args.checkpoint)
-    stats = build_index(model, args.folder, args.out, checkpoint, batch_size=args.batch_size)
-    print(f"{args.out}: {stats['total']} items ({stats['added']} added, {stats['skipped']} already indexed)")
+    stats = build_index(model, args.folder, args.out, checkpoint, batch_size=args.batch_size, window=args.window,
+                        hop=args.hop)  # fmt: skip
+    held = f"{stats['total']} files, {stats['items']} windows" if args.window else f"{stats['total']} items"
+    print(f"{args.out}: {held} ({stats['added']} added, {stats['skipped']} already indexed)")
     if stats["failed"]:
         print(f"skipped {len(stats['failed'])} unreadable file(s), tried again next run:")
         for path, reason in stats["failed"]:
@@ -431,6 +442,8 @@ def search_cli(argv: Sequence[str]) -> int:
     checkpoint = args.checkpoint or idx["checkpoint"]  # the index remembers the weights it was built with
     model = _load_model(args, checkpoint)
     hits = search(idx, model, args.text, args.audio, args.image, args.top, args.modality, args.template)
-    for rank, (score, path, modality, label) in enumerate(hits, start=1):
-        print(_shown(f"{rank:>3}. {score:+.4f}  {modality:<5}  " + (f"[{label}]  " if label else "") + str(path)))
+    for rank, hit in enumerate(hits, start=1):
+        where = f"  @ {hit.start:.2f}-{hit.end:.2f} s" if hit.start is not None else ""
+        label = f"[{hit.label}]  " if hit.label else ""
+        print(_shown(f"{rank:>3}. {hit.score:+.4f}  {hit.modality:<5}  {label}{hit.path}{where}"))
     return 0
