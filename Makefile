@@ -80,7 +80,7 @@ test-faults: $(STAMP)  ## fault injection: kill/resume, signals, bad data, unsaf
 
 # the functions where a wrong number is silent (docs/testing.md); `mutmut run` takes fnmatch patterns of mutant names
 MUTATION_SCOPE ?= 'audioclip.models.losses.*' 'audioclip.evaluation.metrics.*' 'audioclip.evaluation.zeroshot.*' \
-  'audioclip.evaluation.query.*' 'audioclip.data.splits.x_split_folds__*' 'audioclip.inference.x_classify__*'
+  'audioclip.evaluation.query.*' 'audioclip.evaluation.retrieval.*' 'audioclip.data.splits.x_split_folds__*' 'audioclip.inference.x_classify__*'
 JOBS ?= 2
 
 mutation: $(STAMP)  ## mutation score per module + surviving mutants (mutmut over the fast tests; ~30 min on 2 cores)
