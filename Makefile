@@ -20,7 +20,7 @@ RESUME  ?= 0
 
 .PHONY: help install lock lock-check upgrade smoke doctor test test-fast test-gpu test-faults mutation lint demo demo-data weights bench-data bench-train bench-index bench-gpu profile \
         finetune finetune-esc50 finetune-us8k cv-esc50 cv-us8k finetune-esc50-audio-head finetune-us8k-audio-head \
-        cv-esc50-audio-head cv-us8k-audio-head data-esc50 data-us8k data-audioset bench-audioset pretrain-audio train-partial train-full
+        cv-esc50-audio-head cv-us8k-audio-head data-esc50 data-us8k data-clotho data-audioset bench-audioset pretrain-audio train-partial train-full
 
 help:  ## list every target with its description
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -114,6 +114,12 @@ data-esc50: $(STAMP)  ## download ESC-50 (karolpiczak/ESC-50 master.zip, md5-che
 
 data-us8k: $(STAMP)  ## download UrbanSound8K (Zenodo 1203745, 6 GB, md5-checked, resumable) into DATA (default data/us8k); ARCHIVE= a copy you have
 	$(call dataset_download,us8k,$(US8K))
+
+# Clotho v2.1: a captions CSV and a 7z of audio per split (py7zr: make install EXTRAS=captions); SPLITS="test" only
+# the evaluation split that retrieval scores; ARCHIVE="f1 f2 ..." files you already have
+SPLITS ?=
+data-clotho: $(STAMP)  ## download Clotho v2.1 (Zenodo 4783391, md5-checked, resumable) into DATA (default data/clotho); SPLITS="test" for the evaluation split only
+	$(AC) data download clotho --root $(or $(DATA),$(CLOTHO)) $(foreach s,$(SPLITS),--split $(s)) $(foreach a,$(ARCHIVE),--archive $(a)) $(ARGS)
 
 bench-data: $(STAMP)  ## benchmark the ESC-50 data pipeline on 2,000 synthetic clips; prints one JSON line
 	@$(PY) benchmarks/bench_data.py

@@ -44,7 +44,7 @@ COMMANDS = {
     "crossval": ("per-fold and mean ± std test accuracy of a phase's fold runs", "audioclip.tasks.crossval:main"),
     "demo": ("fine-tune the tiny AudioCLIP on synthetic ESC-50 (make demo)", "audioclip.demo:main"),
     "synthetic": ("write synthetic datasets in the official layouts", "audioclip.data.synthetic:main"),
-    "data": ("download ESC-50 or UrbanSound8K into the layout the DataModules read", "audioclip.data.download:main"),
+    "data": ("download ESC-50, UrbanSound8K or Clotho into the layout read", "audioclip.data.download_cli:main"),
     "testmedia": ("write small AudioSet-like test videos", "audioclip.data.audioset.testmedia:main"),
     "doctor": ("what this install is (versions, devices, weights, data) and what is broken", "audioclip.doctor:main"),
 }

@@ -175,7 +175,8 @@ def test_captions_command_fetches_audiocaps_from_a_copy_and_checks_both_layouts(
     clotho = write_clotho(tmp_path / "clotho", {"test": 2})
     assert main(["captions", "check", "clotho", "--root", str(clotho)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("Clotho train: not here; download clotho_audio_development.7z (md5 c8b05bc7")
+    assert lines[0].startswith(f"Clotho train: not here; `make data-clotho SPLITS=train DATA={clotho}` downloads it "
+                               "(clotho_audio_development.7z (md5 c8b05bc7")
     assert lines[2] == "clotho test: 2 clips, 10 captions, 0 without audio"
     assert main(["captions", "check", "audiocaps", "--root", str(tmp_path / "none"), "--split", "val"]) == 2
     assert "val.csv: AudioCaps caption file does not exist" in capsys.readouterr().err

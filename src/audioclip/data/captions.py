@@ -105,13 +105,13 @@ def _rows(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str
     return rows
 
 
-def read_clotho(root: str | Path, split: str) -> list[CaptionedClip]:
+def read_clotho(root: str | Path, split: str, audio: str | Path | None = None) -> list[CaptionedClip]:
     """The clips of a Clotho split with their five captions (``clotho_captions_<split>.csv``, audio in
-    ``<split>/``); a missing audio file is found by the decoded cache and follows ``on_bad_file``."""
+    ``<split>/``, or in ``audio``); a missing audio file is found by the decoded cache and follows ``on_bad_file``."""
     root = Path(root)
     official = CLOTHO_SPLITS[check_split(split)]
     path = root / f"clotho_captions_{official}.csv"
-    audio = root / official
+    audio = Path(audio) if audio is not None else root / official
     if not audio.is_dir():
         raise DatasetNotFoundError(f"{audio}: Clotho audio folder does not exist (unpack clotho_audio_{official}.7z "
                                    f"from {CLOTHO_RECORD} into {root})")  # fmt: skip

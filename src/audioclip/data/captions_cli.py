@@ -19,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "retrieval and fine-tuning (docs/evaluation.md)")  # fmt: skip
     sub = parser.add_subparsers(dest="action", required=True)
     fetch = sub.add_parser("fetch", help="fetch AudioCaps audio through the AudioSet downloader (or ingest a copy)")
-    fetch.add_argument("dataset", choices=["audiocaps"], help="Clotho comes from its Zenodo record: see `check`")
+    fetch.add_argument("dataset", choices=["audiocaps"], help="Clotho: `make data-clotho`")
     fetch.add_argument("--root", default="data/audiocaps", help="dataset root (default data/audiocaps)")
     fetch.add_argument("--split", action="append", choices=SPLITS, help="repeatable (default: test)")
     fetch.add_argument("--clips", help="ingest the clips of a copy you have ({youtube_id}_{start}.* files) instead")
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset == "clotho":
             if not (root / CLOTHO_SPLITS[split]).is_dir():
                 files = ", ".join(f"{name} (md5 {md5})" for name, _, md5 in clotho_downloads(split))
-                print(f"Clotho {split}: not here; download {files} from {CLOTHO_RECORD} and unpack into {root}")
+                print(f"Clotho {split}: not here; `make data-clotho SPLITS={split} DATA={root}` downloads it ({files} "
+                      f"from {CLOTHO_RECORD})")  # fmt: skip
                 continue
             clips, missing = read_clotho(root, split), []
         else:

@@ -24,7 +24,6 @@ checksum mismatch deletes the downloaded archive (pooch's policy) and leaves not
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
@@ -34,7 +33,6 @@ import tarfile
 import time
 import zipfile
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -426,24 +424,3 @@ def download(name: str, root: str | Path | None = None, archive_file: str | Path
         file.unlink()
         _remove_if_empty(downloads)
     return found.describe(root, archive)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="audioclip data", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="action", required=True)
-    p = sub.add_parser("download", help="fetch, verify and unpack ESC-50 or UrbanSound8K")
-    p.add_argument("dataset", choices=list(ARCHIVES), help="esc50 (ESC-50) or us8k (UrbanSound8K)")
-    p.add_argument("--root", help="where the dataset goes (default data/esc50, data/us8k)")
-    p.add_argument("--archive", help="an archive you already have (ESC-50-master.zip, UrbanSound8K.tar.gz)")
-    p.add_argument("--known-hash", help="expect this checksum instead, e.g. md5:... (a changed upstream archive)")
-    p.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive next to the root")
-    p.add_argument("--retries", type=int, default=3, help="resume an interrupted transfer this often (default 3)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    print(download(args.dataset, args.root, args.archive, args.known_hash, args.keep_archive, args.retries,
-                   not args.no_progress))  # fmt: skip
-    return 0
