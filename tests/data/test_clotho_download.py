@@ -1,4 +1,4 @@
-"""`audioclip data download clotho` against a real HTTP server (test_download's, the standard library's in a thread)
+"""`audioclip data download clotho` against a real HTTP server (tests/archive_server.py, in a thread)
 serving a small Clotho evaluation split in the official shapes: `clotho_captions_evaluation.csv` (file_name and five
 captions) and `clotho_audio_evaluation.7z` (an `evaluation/` folder of .wav files, written with py7zr)."""
 
@@ -11,7 +11,7 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
-from test_download import ArchiveServer
+from archive_server import ArchiveServer
 
 from audioclip.cli import main
 from audioclip.data.captions import CLOTHO_RECORD, read_clotho
@@ -46,18 +46,8 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-@pytest.fixture
-def server(monkeypatch):
-    archive_server = ArchiveServer()
-    archive_server.thread.start()
-    monkeypatch.setenv(MIRROR_ENV, archive_server.url)
-    yield archive_server
-    archive_server.httpd.shutdown()
-    archive_server.httpd.server_close()
-
-
 def serve(server: ArchiveServer, name: str, data: bytes) -> None:
-    server.files[f"{CLOTHO_RECORD}/files/{name}?download=1".removeprefix("https://zenodo.org")] = data
+    server.serve(f"{CLOTHO_RECORD}/files/{name}?download=1", data)
 
 
 @pytest.fixture

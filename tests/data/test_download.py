@@ -10,9 +10,7 @@ import hashlib
 import io
 import socket
 import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -88,72 +86,6 @@ def md5(data: bytes) -> str:
     return "md5:" + hashlib.md5(data).hexdigest()
 
 
-# ------------------------------------------------------------------------------------------------- the server
-class ArchiveServer:
-    """`files` by URL path; answers Range requests with 206; `cut_once` paths lose the connection half way the
-    first time; `ignore_range` answers every request with the whole file, as some servers do."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.cut_once: set[str] = set()
-        self.ignore_range = False
-        self.log: list[dict] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def do_GET(self) -> None:
-                path = self.path
-                data = server.files.get(path)
-                entry = {"path": path, "range": self.headers.get("Range"), "sent": 0}
-                server.log.append(entry)
-                if data is None:
-                    self.send_error(404)
-                    return
-                start = 0
-                if entry["range"] and not server.ignore_range:
-                    start = int(entry["range"].removeprefix("bytes=").split("-")[0])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
-                self.send_header("Accept-Ranges", "bytes")
-                self.end_headers()
-                body = data[start:]
-                if path in server.cut_once:
-                    server.cut_once.discard(path)
-                    body = body[: len(body) // 2]
-                    self.wfile.write(body)
-                    self.wfile.flush()
-                    entry["sent"] = len(body)
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    self.close_connection = True
-                    return
-                self.wfile.write(body)
-                entry["sent"] = len(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def serve(self, name: str, data: bytes) -> None:
-        """Serve `data` at the official path of dataset `name`'s archive."""
-        self.files[archive_url(ARCHIVES[name]).removeprefix(self.url)] = data
-
-
-@pytest.fixture
-def server(monkeypatch):
-    archive_server = ArchiveServer()
-    archive_server.thread.start()
-    monkeypatch.setenv(MIRROR_ENV, archive_server.url)
-    yield archive_server
-    archive_server.httpd.shutdown()
-    archive_server.httpd.server_close()
-
-
 @pytest.fixture(scope="module")
 def archives(shared_dir):
     return {"esc50": esc50_zip(shared_dir), "us8k": us8k_tar(shared_dir)}
@@ -176,7 +108,7 @@ def test_download_verifies_unpacks_into_the_layout_and_the_datamodule_reads_a_ba
 ):
     from audioclip.data import ESC50DataModule, US8KDataModule
 
-    server.serve(name, archives[name])
+    server.serve(archive_url(ARCHIVES[name]), archives[name])
     root = tmp_path / "data" / name
     code, out, err = download(capsys, name, root, "--known-hash", md5(archives[name]))
     assert code == 0, err
@@ -201,7 +133,7 @@ def test_download_verifies_unpacks_into_the_layout_and_the_datamodule_reads_a_ba
 
 
 def test_an_interrupted_transfer_continues_with_a_range_request(server, archives, tmp_path, capsys):
-    server.serve("us8k", archives["us8k"])
+    server.serve(archive_url(ARCHIVES["us8k"]), archives["us8k"])
     path = next(iter(server.files))
     server.cut_once.add(path)
     root = tmp_path / "data" / "us8k"
@@ -222,7 +154,7 @@ def test_an_interrupted_transfer_continues_with_a_range_request(server, archives
 
 
 def test_a_server_that_ignores_the_range_still_gives_the_right_archive(server, archives, tmp_path, capsys):
-    server.serve("esc50", archives["esc50"])
+    server.serve(archive_url(ARCHIVES["esc50"]), archives["esc50"])
     server.cut_once.add(next(iter(server.files)))
     server.ignore_range = True
     root = tmp_path / "data" / "esc50"
@@ -235,7 +167,7 @@ def test_a_server_that_ignores_the_range_still_gives_the_right_archive(server, a
 def test_a_corrupted_archive_is_refused_and_nothing_is_left_under_data(server, archives, tmp_path, capsys):
     corrupted = bytearray(archives["esc50"])
     corrupted[len(corrupted) // 2] ^= 0xFF
-    server.serve("esc50", bytes(corrupted))
+    server.serve(archive_url(ARCHIVES["esc50"]), bytes(corrupted))
     data = tmp_path / "data"
     code, _, err = download(capsys, "esc50", data / "esc50", "--known-hash", md5(archives["esc50"]))
     assert code == 2 and len(err.strip().splitlines()) == 1
@@ -260,7 +192,7 @@ def test_an_archive_whose_audio_does_not_match_its_metadata_is_refused_with_noth
 
 
 def test_a_second_run_sends_no_request(server, archives, tmp_path, capsys):
-    server.serve("esc50", archives["esc50"])
+    server.serve(archive_url(ARCHIVES["esc50"]), archives["esc50"])
     root = tmp_path / "data" / "esc50"
     assert download(capsys, "esc50", root, "--known-hash", md5(archives["esc50"]))[0] == 0
     requests_before = len(server.log)
