@@ -155,13 +155,13 @@ def classify_windows(
         text = embed_text(model, labels, template).float().cpu()
         scale = clamp_scale(model.logit_scale_at).float().cpu()
     timeline = Timeline(str(audio), labels, template, window, hop, aggregate)
-    all_probs = []
+    all_probs = []  # plain floats: small tensors kept for the whole file would pin the heap between big buffers
     for start, end, emb in embed_windows(model, audio, window, hop, batch_size, block_seconds, progress):
-        probs = (scale * emb @ text.T).softmax(-1)
+        probs = (scale * emb @ text.T).softmax(-1).tolist()
         all_probs.append(probs)
-        ranked = sorted(zip(labels, probs.tolist(), strict=True), key=lambda kv: -kv[1])
+        ranked = sorted(zip(labels, probs, strict=True), key=lambda kv: -kv[1])
         timeline.rows.append(TimelineRow(start, end, dict(ranked)))
-    stacked = torch.stack(all_probs)
+    stacked = torch.tensor(all_probs)
     clip = stacked.mean(0) if aggregate == "mean" else stacked.max(0).values
     timeline.clip = dict(sorted(zip(labels, clip.tolist(), strict=True), key=lambda kv: -kv[1]))
     return timeline
