@@ -16,6 +16,7 @@ FileNotFoundError); botocore's ``AWS_ENDPOINT_URL`` setting; docs/cluster.md.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -89,9 +90,31 @@ def storage_errors(location: str | Path) -> Iterator[None]:
         raise StorageError(line) from None
 
 
+def _is_lost_connection(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return error is not None and (
+        isinstance(error, ConnectionError) or bool({cls.__name__ for cls in type(error).__mro__} & _UNREACHABLE)
+    )
+
+
+class _QuietLostConnections(logging.Filter):
+    """When the endpoint goes away, s3fs's concurrent part uploads on its event loop die with it; the operation that
+    awaited them says so in one line (``storage_errors``), while asyncio would print each orphaned upload's traceback
+    ("Task exception was never retrieved") whenever it is collected. Those records, and only those, are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _is_lost_connection(record)
+
+
+_QUIET = _QuietLostConnections()
+
+
 def filesystem(url: str | Path) -> tuple[Any, str]:
     """The fsspec file system of ``url`` and the path inside it."""
     import fsspec
+
+    if _QUIET not in logging.getLogger("asyncio").filters:
+        logging.getLogger("asyncio").addFilter(_QUIET)
 
     try:
         return fsspec.core.url_to_fs(str(url))
