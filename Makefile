@@ -20,7 +20,7 @@ RESUME  ?= 0
 
 .PHONY: help install lock lock-check upgrade smoke doctor test test-fast test-gpu test-faults test-cluster mutation lint demo demo-data weights bench-data bench-train bench-index bench-gpu profile \
         finetune finetune-esc50 finetune-us8k cv-esc50 cv-us8k finetune-esc50-audio-head finetune-us8k-audio-head \
-        cv-esc50-audio-head cv-us8k-audio-head data-audioset bench-audioset pretrain-audio train-partial train-full
+        cv-esc50-audio-head cv-us8k-audio-head data-esc50 data-us8k data-clotho data-audioset bench-audioset pretrain-audio train-partial train-full
 
 help:  ## list every target with its description
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -75,8 +75,8 @@ test-fast: smoke  ## run the tests without the paper-size checks
 test-gpu: $(STAMP)  ## the checks that need CUDA (NCCL DDP + SyncBatchNorm, 16/bf16-mixed fbsp, TF32 parity); on a GPU machine
 	$(PY) -m pytest tests -q -m gpu -p no:cacheprovider
 
-test-faults: $(STAMP)  ## fault injection: kill/resume, signals, bad data, unsafe weights, bad config (docs/reliability.md)
-	$(PY) -m pytest tests -q -m faults
+test-faults: $(STAMP)  ## fault injection: kill/resume, signals, bad data, unsafe weights, bad config (docs/reliability.md); on a real cluster: make test-cluster
+	$(PY) -m pytest tests -q -m "faults and not cluster"
 
 # ---- the real scheduler, cluster and object store (docs/cluster.md): needs root and `apt-get install slurm-wlm munge`
 test-cluster: $(STAMP)  ## a one-node Slurm (tools/slurm-local, brought up and down), a Ray head + worker that dies, training on an S3 server
@@ -84,7 +84,7 @@ test-cluster: $(STAMP)  ## a one-node Slurm (tools/slurm-local, brought up and d
 
 # the functions where a wrong number is silent (docs/testing.md); `mutmut run` takes fnmatch patterns of mutant names
 MUTATION_SCOPE ?= 'audioclip.models.losses.*' 'audioclip.evaluation.metrics.*' 'audioclip.evaluation.zeroshot.*' \
-  'audioclip.evaluation.query.*' 'audioclip.data.splits.x_split_folds__*' 'audioclip.inference.x_classify__*'
+  'audioclip.evaluation.query.*' 'audioclip.evaluation.retrieval.*' 'audioclip.data.splits.x_split_folds__*' 'audioclip.inference.x_classify__*'
 JOBS ?= 2
 
 mutation: $(STAMP)  ## mutation score per module + surviving mutants (mutmut over the fast tests; ~30 min on 2 cores)
@@ -106,6 +106,24 @@ demo-data: $(STAMP)  ## write tiny synthetic ESC-50, UrbanSound8K (official layo
 	$(AC) synthetic --us8k data/synthetic/us8k
 	$(AC) synthetic --folder data/synthetic/folder --multilabel data/synthetic/multilabel \
 	  --captions data/synthetic/captions
+
+# ---- datasets: the official archives, verified and unpacked into the layouts the DataModules read (docs/data.md) ----
+# DATA= the root (default data/esc50, data/us8k); ARCHIVE= an archive you already have; AUDIOCLIP_DATA_MIRROR=<base URL>
+# replaces the official host; an interrupted download continues where it stopped when run again
+ARCHIVE ?=
+dataset_download = $(AC) data download $(1) --root $(or $(DATA),$(2)) $(if $(ARCHIVE),--archive $(ARCHIVE)) $(ARGS)
+
+data-esc50: $(STAMP)  ## download ESC-50 (karolpiczak/ESC-50 master.zip, md5-checked) into DATA (default data/esc50); ARCHIVE= a copy you have
+	$(call dataset_download,esc50,$(ESC50))
+
+data-us8k: $(STAMP)  ## download UrbanSound8K (Zenodo 1203745, 6 GB, md5-checked, resumable) into DATA (default data/us8k); ARCHIVE= a copy you have
+	$(call dataset_download,us8k,$(US8K))
+
+# Clotho v2.1: a captions CSV and a 7z of audio per split (py7zr: make install EXTRAS=captions); SPLITS="test" only
+# the evaluation split that retrieval scores; ARCHIVE="f1 f2 ..." files you already have
+SPLITS ?=
+data-clotho: $(STAMP)  ## download Clotho v2.1 (Zenodo 4783391, md5-checked, resumable) into DATA (default data/clotho); SPLITS="test" for the evaluation split only
+	$(AC) data download clotho --root $(or $(DATA),$(CLOTHO)) $(foreach s,$(SPLITS),--split $(s)) $(foreach a,$(ARCHIVE),--archive $(a)) $(ARGS)
 
 bench-data: $(STAMP)  ## benchmark the ESC-50 data pipeline on 2,000 synthetic clips; prints one JSON line
 	@$(PY) benchmarks/bench_data.py
@@ -185,6 +203,20 @@ cv-us8k-audio-head: $(STAMP)  ## the audio head on all 10 UrbanSound8K folds, th
 	$(call fold_loop,finetune-us8k-audio-head,us8k)
 	$(AC) crossval $(RUNS)/finetune-us8k-audio-head
 
+# ---- caption fine-tuning on Clotho and AudioCaps (docs/evaluation.md, "Clotho and AudioCaps"): the official
+# splits, the checkpoint selected on the validation split, runs/<target>/main
+CLOTHO    ?= data/clotho
+AUDIOCAPS ?= data/audiocaps
+.PHONY: finetune-clotho finetune-audiocaps
+
+finetune-clotho: $(STAMP)  ## fine-tune the audio head on Clotho's captions, test on its evaluation split: t2a/a2t R@k, mAP@10 (DATA=, INIT= default full, GPUS=, NODES=, ARGS=)
+	$(call fit,finetune-clotho) --data.init_args.root $(or $(DATA),$(CLOTHO)) \
+	  --model.init_args.init_from $(call init_or,full) $(call run,$(RUNS)/finetune-clotho/main)
+
+finetune-audiocaps: $(STAMP)  ## fine-tune the audio head on AudioCaps' captions (audio: audioclip captions fetch audiocaps), test on its test split (DATA=, INIT=, GPUS=, NODES=, ARGS=)
+	$(call fit,finetune-audiocaps) --data.init_args.root $(or $(DATA),$(AUDIOCAPS)) \
+	  --model.init_args.init_from $(call init_or,full) $(call run,$(RUNS)/finetune-audiocaps/main)
+
 bench-train: $(STAMP)  ## paper-size fine-tuning step on CPU (fp32, bf16 + channels_last, bf16 with the filter bank built twice vs once) and the real fit loop against it; one JSON line
 	@$(PY) benchmarks/bench_train.py $(ARGS)
 
@@ -236,3 +268,43 @@ train-full: $(STAMP)  ## phase 3: all three heads trained jointly on AudioSet au
 .PHONY: report
 report: $(STAMP)  ## gather the latest results under runs/ (RUNS=) into runs/REPORT.md + REPORT.json: paper Tables 1-4 beside comparable runs, plots, W&B
 	$(AC) report --runs $(RUNS)
+
+# ---- linear probe of frozen audio embeddings (docs/evaluation.md, "Linear probe"); the embeddings are computed once
+# and kept in $(RUNS)/eval/embeddings, keyed by the weights; CHECKPOINT= the weights probed: a tag or a checkpoint file
+CHECKPOINT ?= full
+.PHONY: probe-esc50 probe-us8k
+
+probe-esc50: $(STAMP)  ## linear probe on ESC-50's 5 folds: per-fold and mean ± std accuracy, C chosen on the training folds (CHECKPOINT= default full, DATA=, ARGS=)
+	$(AC) evaluate probe --dataset esc50 --root $(or $(DATA),$(ESC50)) --checkpoint $(CHECKPOINT) --out $(RUNS)/eval $(ARGS)
+
+probe-us8k: $(STAMP)  ## linear probe on UrbanSound8K's 10 folds: per-fold and mean ± std accuracy (CHECKPOINT= default full, DATA=, ARGS=)
+	$(AC) evaluate probe --dataset us8k --root $(or $(DATA),$(US8K)) --checkpoint $(CHECKPOINT) --out $(RUNS)/eval $(ARGS)
+
+# ---- the paper, reproduced: every row that can run with the data and weights on disk (docs/reproducing.md) ----
+# each row is an `audioclip evaluate` of the official weights or a cv-* cross-validation (its phase target per fold,
+# INIT= the weights); a row whose data or weights are missing is skipped and says how to get them; run again, it
+# continues where it stopped. ROWS='cv-esc50-*' some rows; FOLDS="1 2" some folds; ARGS= every fine-tune;
+# EVAL_ARGS= every evaluation; AUDIOSET_EVAL= the AudioSet evaluation shards; REPRODUCE_ARGS= more (--init-full ...)
+AUDIOSET_EVAL  ?= data/audioset/eval/shards
+EVAL_ARGS      ?=
+REPRODUCE_ARGS ?=
+ROWS           ?=
+reproduce_cmd = $(AC) reproduce --runs $(RUNS) --esc50 $(ESC50) --us8k $(US8K) --audioset $(AUDIOSET_EVAL) \
+  $(if $(ROWS),--rows $(foreach r,$(ROWS),'$(r)')) $(if $(FOLDS),--folds $(FOLDS)) $(if $(ARGS),--fit-args="$(ARGS)") \
+  $(if $(EVAL_ARGS),--eval-args="$(EVAL_ARGS)") $(REPRODUCE_ARGS)
+
+.PHONY: reproduce reproduce-plan
+reproduce: $(STAMP)  ## every paper row that can run with what is on disk (official weights: zero-shot, querying, cv fine-tunes), then make report; resumable
+	$(reproduce_cmd)
+
+reproduce-plan: $(STAMP)  ## the plan of make reproduce: each row, its paper figure, command, what is missing, expected time on one GPU
+	$(reproduce_cmd) --plan
+
+# ---- shipping a trained model (docs/shipping.md) ----
+.PHONY: bench-onnx
+bench-onnx: $(STAMP)  ## audio encoder clips/s: PyTorch eager fp32, precision auto and onnxruntime in one run, with ratios and the export's parity; one JSON line (ARGS="--model audioclip-tiny")
+	@$(PY) benchmarks/bench_onnx.py $(ARGS)
+
+.PHONY: bench-long
+bench-long: $(STAMP)  ## audio of any length (classify --window 5 --hop 2.5): time and peak memory on 15/30/60-min recordings, linearity; one JSON line (ARGS="--model audioclip-tiny")
+	@$(PY) benchmarks/bench_long.py $(ARGS)

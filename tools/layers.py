@@ -8,7 +8,8 @@ Layers, bottom to top (a module may import its own layer and the ones below, nev
     1  models/        plain nn.Modules, the registry, weights
     2  data/          decoding, caches, DataModules, AudioSet preparation
     3  inference      load / classify / embed
-    4  evaluation/    zero-shot, querying, metrics, index and search, the report
+    4  evaluation/    zero-shot, querying, metrics, index and search, the report; hear (the HEAR API)
+       export/        safetensors + config + model card, the Hub, ONNX (beside evaluation: it reuses the report)
     5  tasks/         LightningModules, the training CLI, callbacks, checkpoints, W&B
     6  cli, demo, doctor, the package's __init__ (the command line and the lazy public names)
 """
@@ -34,7 +35,9 @@ LAYERS = {
     "audioclip.models": 1,
     "audioclip.data": 2,
     "audioclip.inference": 3,
+    "audioclip.hear": 4,  # the HEAR API over inference, beside evaluation
     "audioclip.evaluation": 4,
+    "audioclip.export": 4,
     "audioclip.tasks": 5,
     "audioclip.cli": 6,
     "audioclip.demo": 6,
@@ -110,9 +113,10 @@ def graph() -> dict[str, dict[str, int]]:
 
 def upward_imports() -> list[str]:
     found = []
+    edges = graph()
     for path in files():
         me = module_name(path)
-        for target, line in graph()[me].items():
+        for target, line in edges[me].items():
             if layer(target) > layer(me) and not (me == PACKAGE):
                 found.append(f"{path.relative_to(SRC.parent)}:{line}: {me} (layer {layer(me)}) imports {target} "
                              f"(layer {layer(target)})")

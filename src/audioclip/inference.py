@@ -21,12 +21,16 @@ import torchaudio.functional as AF
 
 from audioclip.constants import INT16_SCALE, SAMPLE_RATE
 from audioclip.models import AudioCLIP, create_model
+from audioclip.models.export_folder import export_folder_of
 from audioclip.models.lineage import weights_lineage
 from audioclip.models.losses import clamp_scale
+from audioclip.models.onnx_runtime import OnnxAudioCLIP
 from audioclip.models.preprocess import image_transform
 from audioclip.models.pretrained import TAGS, WeightsError, load_weights, read_weights
 from audioclip.models.registry import guess_model_name
 from audioclip.precision import check_inference_precision, to_inference_precision
+
+BACKENDS = ("torch", "onnxruntime")
 
 
 class InputError(ValueError):
@@ -38,13 +42,20 @@ def load(
     model_name: str | None = None,
     device: str | torch.device = "cpu",
     precision: str = "auto",
+    backend: str = "torch",
 ) -> AudioCLIP:
-    """A ready AudioCLIP in eval mode from an official tag or a file (state dict or Lightning checkpoint); its
-    `lineage` (`audioclip.models.lineage.weights_lineage`) says which variant it is.
+    """A ready AudioCLIP in eval mode from an official tag, a file (state dict or Lightning checkpoint), a run folder,
+    an `audioclip export` folder or `hf://owner/name`; its `lineage` (`audioclip.models.lineage.weights_lineage`)
+    says which variant it is.
 
     `precision` `auto` embeds under bf16 autocast where the hardware has bf16, else in fp32 (`32-true`, or force
-    either; `audioclip.precision`); `model.precision_line` says which was chosen and why."""
+    either; `audioclip.precision`); `model.precision_line` says which was chosen and why. `backend="onnxruntime"`
+    runs an export's ONNX audio and text encoders instead (`audioclip.models.onnx_runtime`: fp32, CPU)."""
     check_inference_precision(precision)
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend: one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnxruntime":
+        return OnnxAudioCLIP(export_folder_of(tag_or_path))
     is_tag = isinstance(tag_or_path, str) and tag_or_path in TAGS
     if is_tag and TAGS[tag_or_path].kind != "audioclip":
         raise WeightsError(f"{tag_or_path!r} holds {TAGS[tag_or_path].kind} weights, not a whole AudioCLIP")
@@ -152,15 +163,21 @@ def embed_text(model: AudioCLIP, texts: Sequence[str], template: str = "{}") -> 
     return emb / emb.norm(dim=-1, keepdim=True)
 
 
-def classify(
-    model: AudioCLIP, audio, labels: Sequence[str], template: str = "{}", sample_rate: int | None = None
-) -> dict[str, float]:
-    """Zero-shot classification: label -> probability, most probable first (softmax over the audio-text logits)."""
+def check_labels(labels: Sequence[str]) -> list[str]:
+    """The class names without surrounding blanks; an InputError when none is left or one is given twice."""
     labels = [label.strip() for label in labels if label.strip()]
     if not labels:
         raise InputError("no labels given: pass at least one class name")
     if len(set(labels)) != len(labels):
         raise InputError(f"duplicate labels: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
+    return labels
+
+
+def classify(
+    model: AudioCLIP, audio, labels: Sequence[str], template: str = "{}", sample_rate: int | None = None
+) -> dict[str, float]:
+    """Zero-shot classification: label -> probability, most probable first (softmax over the audio-text logits)."""
+    labels = check_labels(labels)
     # no_grad as a block, not a decorator: mutmut (`make mutation`) leaves decorated functions unmutated
     with torch.no_grad():
         scale = clamp_scale(model.logit_scale_at)

@@ -11,7 +11,7 @@ import torch
 from audioclip.data import AudioFolderDataModule, BadFileError, DatasetNotFoundError, MetadataError, MissingFileError
 from audioclip.data.folds import FoldedAudioDataModule
 from audioclip.data.synthetic import class_sound, write_caption_manifest
-from audioclip.evaluation.metrics import retrieval_at_k
+from audioclip.evaluation.retrieval import retrieval_at_k
 
 SR = 44100
 

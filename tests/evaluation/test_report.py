@@ -176,9 +176,60 @@ def test_report_logs_tables_and_plots_to_wandb_offline(demo_runs, monkeypatch):
     assert len(run_dirs) == 1
     media = run_dirs[0] / "files" / "media"
     tables = sorted(p.name.split("_")[0] for p in (media / "table" / "report").glob("*.table.json"))
-    assert tables == ["other", "table1", "table2", "table3", "table4"]
+    assert tables == ["other", "peers", "table1", "table2", "table3", "table4"]
     images = sorted(p.name.rsplit("_", 2)[0] for p in (media / "images" / "report").glob("*.png"))
     assert images == ["query-esc50-pr", "zeroshot-esc50-confusion", "zeroshot-esc50-per-class"]
     staged = [e["local_path"] for r in wandb_records(demo_runs) if r.get("type") == "artifact"
               for e in r["artifact"]["manifest"]["contents"]]  # fmt: skip
     assert staged and all(Path(p).is_relative_to(demo_runs.resolve() / "wandb") for p in staged)  # in runs/wandb
+
+
+def _cell(report: str, *starts: str) -> str:
+    """The last cell (the command column) of the REPORT.md lines that begin with these cells (Tables 2 and 3 repeat
+    some rows), the same in each."""
+    (cell,) = {ln.rstrip(" |").rsplit(" | ", 1)[1] for ln in report.splitlines()
+               if ln.startswith("| " + " | ".join(starts) + " |")}  # fmt: skip
+    return cell
+
+
+def test_every_row_names_the_command_that_reproduces_it(real_runs):
+    runs, rows = real_runs
+    report = (runs / "REPORT.md").read_text()
+    # a paper row nobody ran: the command of make reproduce's row for it (no plan under runs/: the defaults)
+    assert _cell(report, "UrbanSound8K", "audio → text", "AudioCLIP full", "zero-shot") == (
+        f"`audioclip evaluate zeroshot --dataset us8k --root data/us8k --checkpoint full --out {runs}/eval "
+        "--name zeroshot-us8k-full`")  # fmt: skip
+    (tuned,) = _find(rows, table=2, dataset="ESC-50", model="AudioCLIP partial", trained_on_target=True)
+    assert tuned["command"] == f"make cv-esc50 INIT=partial RUNS={runs}/from-partial"
+    (head,) = _find(rows, table=1, dataset="UrbanSound8K", model="ESResNeXt-fbsp (30 epochs AudioSet; audio head)")
+    assert head["command"] == f"make cv-us8k-audio-head INIT=esrnxfbsp RUNS={runs}"
+    (imagenet,) = _find(rows, table=2, dataset="ImageNet", model="AudioCLIP full")
+    assert imagenet["command"] is None and _cell(report, "ImageNet", "image → text", "AudioCLIP full") == "—"
+    # a run of ours: the command that made it
+    (synthetic,) = [r for r in rows if r["source"] and "finetune-esc50-synthetic" in r["source"]]
+    assert synthetic["command"] == (f"audioclip fit --config {runs}/finetune-esc50-synthetic/fold1/config.yaml, and "
+                                    "the same for fold2")  # fmt: skip
+    (recall5,) = _find(rows, table=None, metric="Recall@5")
+    # (the fixture's querying result records the root data/us8k)
+    assert recall5["command"] == (f"audioclip evaluate query --dataset esc50 --root data/us8k --checkpoint full "
+                                  f"--pair text:audio --out {runs}/eval --name query-esc50")  # fmt: skip
+
+
+def test_the_command_column_follows_the_last_plan_of_make_reproduce(real_runs, tmp_path):
+    from audioclip.evaluation.reproduce_rows import PLAN_FILE
+
+    runs, _ = real_runs
+    plan = {"rows": [{"row": "cv-esc50-full", "command": "make cv-esc50 INIT=mine.ckpt 'ARGS=--x a|b'"}]}
+    (runs / PLAN_FILE).parent.mkdir(parents=True)
+    (runs / PLAN_FILE).write_text(json.dumps(plan))
+    try:
+        assert main(["report", "--runs", str(runs), "--out", str(tmp_path / "REPORT.md"), "--no-wandb"]) == 0
+    finally:
+        (runs / PLAN_FILE).unlink()
+    report = (tmp_path / "REPORT.md").read_text()
+    # the pipe is escaped, or it would end the Markdown cell
+    assert _cell(report, "ESC-50", "audio → text", "AudioCLIP full", "fine-tuned") == (
+        "`make cv-esc50 INIT=mine.ckpt 'ARGS=--x a\\|b'`")  # fmt: skip
+    # a row the plan left out (ROWS=) keeps its default command
+    assert _cell(report, "UrbanSound8K", "audio → text", "AudioCLIP full", "fine-tuned") == (
+        f"`make cv-us8k INIT=full RUNS={runs}`")  # fmt: skip

@@ -13,11 +13,13 @@ _LAZY = {
     "ESC50DataModule": "audioclip.data.esc50",
     "US8KDataModule": "audioclip.data.us8k",
     "AudioFolderDataModule": "audioclip.data.folder",
+    "CaptionDataModule": "audioclip.data.captions",
 }
 
 __all__ = [
     "AudioFolderDataModule",
     "BadFileError",
+    "CaptionDataModule",
     "DatasetNotFoundError",
     "ESC50DataModule",
     "MetadataError",

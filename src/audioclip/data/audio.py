@@ -48,16 +48,22 @@ def read_audio_int16_range(path: Path) -> tuple[np.ndarray, int]:
             sample_rate = file.samplerate
     except (sf.LibsndfileError, RuntimeError) as error:
         raise BadFileError(path, f"not a readable audio file ({error})") from None
-    for declared, available in _SHORT_CHUNK.findall(log):
-        if int(declared) > int(available):
-            raise BadFileError(
-                path, f"truncated: the header declares {declared} bytes of audio, the file holds {available}"
-            )
+    if problem := header_problem(log):
+        raise BadFileError(path, problem)
     if audio.shape[0] == 0:
         raise BadFileError(path, "holds no audio samples")
     if not np.isfinite(audio).all():
         raise BadFileError(path, "holds NaN or infinite samples")
     return np.ascontiguousarray(audio.T) * INT16_SCALE, sample_rate
+
+
+def header_problem(extra_info: str) -> str | None:
+    """What libsndfile's log (`SoundFile.extra_info`) says is wrong with a file's header, or None: a WAV/AIFF whose
+    header promises more audio than the file holds (soundfile would silently return the shorter signal)."""
+    for declared, available in _SHORT_CHUNK.findall(extra_info):
+        if int(declared) > int(available):
+            return f"truncated: the header declares {declared} bytes of audio, the file holds {available}"
+    return None
 
 
 def resample(audio: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -336,6 +336,10 @@ class AudioFolderDataModule(FoldedAudioDataModule):
         self.captions = sorted({record.caption for record in records}) if task == "caption" else []
         return records
 
+    def caption_texts(self, target: int) -> tuple[str, ...]:
+        """The captions of a caption task's clip whose target is ``target``: its one caption."""
+        return (self.captions[target],)
+
     def evaluation_set(self, fold: int | None = None) -> ClipDataset:
         """Every usable clip (or those of ``fold``) with the evaluation transform, for zero-shot and querying; the
         training split is not involved, so no class needs training samples here."""

@@ -1,7 +1,8 @@
 """Evaluation sets embedded once: every sample's audio / image embedding, its label set and its fold.
 
 Datasets (Guzhov et al. 2021, sec. 4.1): ESC-50 and UrbanSound8K through their DataModules (official folds, the
-centre crop of the evaluation transform), AudioSet through the shards of ``audioclip prepare audioset pack``, and
+centre crop of the evaluation transform), AudioSet through the shards of ``audioclip prepare audioset pack``, the
+test splits of Clotho and AudioCaps (``audioclip.data.captions``: every caption of every clip), and
 any ``torchvision.datasets.ImageFolder`` tree with a class-name file for ImageNet-style zero-shot (CLIP, Radford et
 al. 2021, sec. 3.1.4). Under ``torchrun`` every rank embeds a strided share of the samples and the shares are
 gathered, so every rank ends with the whole evaluation set.
@@ -10,7 +11,7 @@ gathered, so every rank ends with the whole evaluation set.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from audioclip.data import ESC50DataModule, US8KDataModule, collate
 from audioclip.data.batch import class_text
 from audioclip.data.workers import worker_context
-from audioclip.evaluation.names import DATASETS, MODALITIES
+from audioclip.evaluation.names import CAPTION_DATASETS, DATASETS, MODALITIES
 from audioclip.inference import InputError
 from audioclip.models import AudioCLIP
 from audioclip.process_group import rank_and_world
@@ -38,9 +39,17 @@ class EmbeddedSet:
     folds: list[int]  # the official fold of each sample; 0 where the dataset has none
     ids: list[str]
     embeddings: dict[str, torch.Tensor]  # modality -> (N, D) L2-normalised
-    # "class" (one label each), "multilabel" or "caption" (class_names are then the distinct captions, and each
-    # sample's label is its caption's index)
+    # "class" (one label each), "multilabel" or "caption" (class_names are then the captions, and each sample's
+    # labels the indices of its own captions: one for a caption manifest, five for Clotho)
     task: str = "class"
+    left_out: list[str] = field(default_factory=list)  # samples of the set that could not be evaluated (no audio)
+
+    def caption_relevance(self) -> torch.Tensor:
+        """(captions, samples) bool of a caption task: caption c describes sample n (c is among n's labels)."""
+        relevant = torch.zeros(len(self.class_names), len(self), dtype=torch.bool)
+        for sample, captions in enumerate(self.labels):
+            relevant[list(captions), sample] = True
+        return relevant
 
     @property
     def folds_used(self) -> list[int]:
@@ -204,24 +213,37 @@ def embed_dataset(
     num_workers: int = 0,
     progress: bool = True,
     manifest: str | Path | None = None,
-    clip_seconds: float = 5.0,
+    clip_seconds: float | None = None,
 ) -> EmbeddedSet:
     """Embed an evaluation set: ESC-50 / US8K on ``folds`` (default: every official fold, i.e. the whole dataset),
     the AudioSet shard directory ``root``, an ImageFolder tree ``root``, or (``folder``) every clip of a class-folder
-    tree ``root`` or a CSV/TSV ``manifest`` (``folds``: those of its fold column only), centre ``clip_seconds``."""
+    tree ``root`` or a CSV/TSV ``manifest`` (``folds``: those of its fold column only), or the test split of Clotho
+    or AudioCaps (``root``), centre ``clip_seconds`` (default 5 for a tree or manifest, 10 for Clotho and
+    AudioCaps: AudioCaps' clips are 10 s, and the model was trained on 10 s AudioSet clips)."""
     check_dataset(dataset)
     root = Path(root)
     modalities = MODALITIES[dataset]
     parts: list[dict] = []
     task = "multilabel" if dataset == "audioset" else "class"
-    if dataset == "folder":
+    left_out: list[str] = []
+    if dataset in CAPTION_DATASETS:
+        from audioclip.data.captions import CaptionDataModule
+
+        if folds:
+            raise ValueError(f"{dataset} has no folds; it is evaluated on its official test split: drop --fold")
+        dm = CaptionDataModule(dataset, root, splits=("test",), num_workers=num_workers, augment=False,
+                               clip_seconds=clip_seconds or 10.0, progress=progress)  # fmt: skip
+        loader = _rank_loader(dm.evaluation_set(), batch_size, num_workers, collate)
+        parts.append(_embed_batches(model, loader, modalities, f"Embedding {dm.dataset_name} test", progress))
+        task, class_names, left_out = "caption", [], dm.missing + dm.skipped_files
+    elif dataset == "folder":
         from audioclip.data import AudioFolderDataModule
 
         if folds is not None and len(folds) > 1:
             raise ValueError("folder: evaluate one fold (--fold) or the whole set")
         dm = AudioFolderDataModule(
             root=None if manifest is not None else root, manifest=manifest, num_workers=num_workers, augment=False,
-            clip_seconds=clip_seconds, max_seconds=max(clip_seconds, 10.0), progress=progress,
+            clip_seconds=clip_seconds or 5.0, max_seconds=max(clip_seconds or 5.0, 10.0), progress=progress,
         )  # fmt: skip
         items = dm.evaluation_set(folds[0] if folds else None)
         task, class_names = dm.task, dm.captions if dm.task == "caption" else dm.class_names
@@ -265,6 +287,8 @@ def embed_dataset(
     )
     if not merged["ids"]:
         raise InputError(f"{root}: the {dataset} evaluation set is empty")
+    if dataset in CAPTION_DATASETS:
+        class_names, merged["labels"] = _every_caption(dm, merged["labels"])
     return EmbeddedSet(
         dataset=dataset,
         root=str(root),
@@ -274,4 +298,17 @@ def embed_dataset(
         ids=merged["ids"],
         embeddings={m: merged[m] for m in modalities},
         task=task,
+        left_out=left_out,
     )
+
+
+def _every_caption(dm, labels: list[tuple[int, ...]]) -> tuple[list[str], list[tuple[int, ...]]]:  # noqa: ANN001
+    """(every caption of the embedded clips, each clip's labels as the indices of its own captions) from each clip's
+    label, its index in the caption DataModule."""
+    captions: list[str] = []
+    own: list[tuple[int, ...]] = []
+    for (target,) in labels:
+        texts = dm.caption_texts(target)
+        own.append(tuple(range(len(captions), len(captions) + len(texts))))
+        captions += texts
+    return captions, own

@@ -1,5 +1,5 @@
-"""AudioSet evaluation: macro mean average precision over the 527 classes, for audio, image and both; audio-text
-retrieval R@k and mAP@10 for captioned clips (`retrieval_at_k`, `caption_retrieval`).
+"""AudioSet evaluation: macro mean average precision over the 527 classes, for audio, image and both (retrieval's
+R@k and mAP@10 are in `audioclip.evaluation.retrieval`).
 
 Reference: AudioCLIP (Guzhov et al. 2021, sec. 4.4, Table 2) and its trainer's ``eval_step``: a clip's score for a
 class is ``sigmoid(logits / scale - 0.5)`` where ``logits = scale * e @ t.T`` for the unit-norm clip embedding ``e``
@@ -94,41 +94,3 @@ class AudioSetMAP(Metric):
         for name, s in scores.items():
             result[name], self.classes_left_out = macro_average_precision(s, target)
         return result
-
-
-def retrieval_at_k(
-    scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10), map_at: int = 10
-) -> dict[str, float]:
-    """Audio-text retrieval scores of queries (rows of ``scores`` (Q, N)) with relevance ``relevant`` (Q, N).
-
-    As in the audio retrieval literature (AudioCaps, Clotho; DCASE 2022 task 6b): ``r@k`` is the share of queries
-    with a relevant result among their top k; ``map@10`` the mean over queries of AP@10 =
-    sum over ranks i <= 10 of precision@i * rel_i, divided by min(relevant results, 10). Queries without a relevant
-    result are left out. Ties are broken by result order (``torch.sort`` is stable).
-    """
-    relevant = relevant.bool()
-    keep = relevant.any(1)
-    scores, relevant = scores[keep].float(), relevant[keep]
-    if not len(scores):
-        return {**{f"r@{k}": 0.0 for k in ks}, f"map@{map_at}": 0.0}
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    hits = torch.gather(relevant, 1, order).float()
-    out = {f"r@{k}": float(hits[:, :k].any(1).float().mean()) for k in ks}
-    top = hits[:, :map_at]
-    precision = top.cumsum(1) / torch.arange(1, top.shape[1] + 1)
-    denominator = relevant.sum(1).clamp(max=map_at).float()
-    out[f"map@{map_at}"] = float(((precision * top).sum(1) / denominator).mean())
-    return out
-
-
-def caption_retrieval(audio: torch.Tensor, caption_ids: torch.Tensor, text: torch.Tensor) -> dict[str, float]:
-    """Text-to-audio (``t2a_*``) and audio-to-text (``a2t_*``) ``retrieval_at_k`` of unit-norm clip embeddings
-    ``audio`` (N, D) whose captions are rows ``caption_ids`` (N,) of the unit-norm caption embeddings ``text`` (C, D).
-
-    Every distinct caption is one text query; the clips that carry it are its relevant results (and it is the one
-    relevant text of each of them)."""
-    relevant = torch.arange(len(text), device=caption_ids.device)[:, None] == caption_ids[None]
-    scores = text.float() @ audio.float().T
-    t2a = retrieval_at_k(scores.cpu(), relevant.cpu())
-    a2t = retrieval_at_k(scores.T.cpu(), relevant.T.cpu())
-    return {**{f"t2a_{k}": v for k, v in t2a.items()}, **{f"a2t_{k}": v for k, v in a2t.items()}}

@@ -18,8 +18,8 @@ and, as the audio-text retrieval literature reports them (CLAP, WavCaps; CLIP's 
 and each score is averaged over the queries that have at least one relevant result. P@1, R@1 and mAP are computed by
 torchmetrics' ``RetrievalPrecision(top_k=1)``, ``RetrievalRecall(top_k=1)`` and ``RetrievalMAP`` with the query
 number as ``indexes``; their states are concatenated across DDP ranks before ``compute``, so a rank that scores only
-its share of the queries still gets the average over all of them. Recall@k and mAP@10 are summed per rank and the
-sums all-reduced.
+its share of the queries still gets the average over all of them. Recall@k and mAP@10, with their tie rule, are
+`audioclip.evaluation.retrieval`'s (summed per rank and the sums all-reduced).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torchmetrics.retrieval import RetrievalMAP, RetrievalPrecision, RetrievalRecall
 
 from audioclip.evaluation.embedded import EmbeddedSet
+from audioclip.evaluation.retrieval import MAP_AT, RECALL_AT, rank, retrieval_at_k_across_ranks
 from audioclip.evaluation.zeroshot import class_text_embeddings
 from audioclip.models import AudioCLIP
 from audioclip.process_group import rank_and_world
@@ -53,39 +53,25 @@ def retrieval_metrics(scores: torch.Tensor, relevant: torch.Tensor, query_index:
     indexes = query_index[:, None].expand_as(scores).reshape(-1)
     # torchmetrics (1.9) counts a relevant result only where its score is > 0, and cosine similarities can be
     # negative: shift the scores above zero, which keeps every query's ranking
-    scores = scores.float() - scores.min() + 1.0
+    shifted = scores.float() - scores.min() + 1.0
     out = {}
     for name, metric in metrics.items():
-        metric.update(scores.reshape(-1), relevant.reshape(-1).bool(), indexes=indexes.long())
+        metric.update(shifted.reshape(-1), relevant.reshape(-1).bool(), indexes=indexes.long())
         out[name] = float(metric.compute())
+    # the unshifted scores: a float32 shift could round two close scores into a tie
     return {**out, **top_k_metrics(scores, relevant)}
 
 
-RECALL_AT = (1, 5, 10)
-MAP_AT = 10
-
-
 def top_k_metrics(scores: torch.Tensor, relevant: torch.Tensor) -> dict[str, float]:
-    """Mean Recall@1/5/10 and mAP@10 over the queries (rows) with a relevant result, summed over DDP ranks."""
-    relevant = relevant.bool()
-    order = scores.argsort(dim=-1, descending=True, stable=True)[:, : max(*RECALL_AT, MAP_AT)]
-    hits = torch.gather(relevant, 1, order).double()
-    keep = relevant.any(1)
-    precision = hits.cumsum(1) / torch.arange(1, hits.shape[1] + 1, dtype=torch.float64)
-    per_query = {f"recall@{k}": (hits[:, :k].sum(1) > 0).double() for k in RECALL_AT}
-    denominator = relevant.sum(1).clamp(min=1, max=MAP_AT).double()
-    per_query[f"map@{MAP_AT}"] = (precision[:, :MAP_AT] * hits[:, :MAP_AT]).sum(1) / denominator
-    sums = torch.stack([v[keep].sum() for v in per_query.values()] + [keep.sum().double()])
-    if rank_and_world()[1] > 1:
-        dist.all_reduce(sums)
-    count = max(float(sums[-1]), 1.0)
-    return {name: float(total) / count for name, total in zip(per_query, sums[:-1], strict=True)}
+    """Recall@1/5/10 and mAP@10 (`audioclip.evaluation.retrieval`) over the queries of every DDP rank, under the
+    names the querying table has always shown (``recall@k``: its ``r@1`` is the paper's R@1)."""
+    scored = retrieval_at_k_across_ranks(scores, relevant, RECALL_AT, MAP_AT)
+    return {name.replace("r@", "recall@") if name.startswith("r@") else name: v for name, v in scored.items()}
 
 
 def precision_recall_curve(scores: torch.Tensor, relevant: torch.Tensor) -> dict[str, list[float]]:
     """The 11-point interpolated precision at recall 0, 0.1, ..., 1, averaged over queries with a relevant result."""
-    order = scores.argsort(dim=-1, descending=True)
-    hits = torch.gather(relevant.bool(), 1, order).double().numpy()
+    hits = torch.gather(relevant.bool(), 1, rank(scores)).double().numpy()
     hits = hits[hits.sum(1) > 0]
     if not len(hits):
         return {"recall": RECALL_LEVELS.tolist(), "precision": [0.0] * len(RECALL_LEVELS)}
@@ -133,8 +119,8 @@ def query(
     ids = {labels: i for i, labels in enumerate(sorted(set(q_labels) | set(r_labels)))}
     q_ids = torch.tensor([ids[x] for x in q_labels])
     r_ids = torch.tensor([ids[x] for x in r_labels])
-    rank, world = rank_and_world()
-    mine = torch.arange(rank, len(q_ids), world)  # this rank's share of the queries
+    this_rank, world = rank_and_world()
+    mine = torch.arange(this_rank, len(q_ids), world)  # this rank's share of the queries
     scores = q_emb[mine] @ r_emb.T
     metrics = retrieval_metrics(scores, q_ids[mine, None] == r_ids[None], mine)
     all_scores = q_emb @ r_emb.T

@@ -12,8 +12,12 @@ are averaged) and every `runs/eval/*/results.json` (`audioclip evaluate`). Each 
 real or synthetic data, folds and protocol (`audioclip.models.lineage`). A figure is set beside a paper figure, with the
 gap, only when it is comparable: real data all along its lineage, the paper-size model, the same variant, dataset,
 query/result, metric and on-target or zero-shot setting. Everything else is listed under "Other runs", without a
-paper figure. `REPORT.json` holds the rows; `REPORT.md` is rendered from it. Plots (per-class accuracy, confusion
-matrix, precision-recall curves) are PNG files next to the report, embedded in it and logged to W&B.
+paper figure. Each row names the command that reproduces it: a paper row the command of `make reproduce`'s row for
+it (`audioclip.evaluation.reproduce_rows`, as last planned under `runs/`), a run of ours the command that made it. A
+separate peers table sets the figures LAION-CLAP, MS-CLAP and ImageBind published beside the paper's and ours on the
+same rows (`audioclip.evaluation.peers`). `REPORT.json` holds the rows; `REPORT.md` is rendered from it. Plots
+(per-class accuracy, confusion matrix, precision-recall curves) are PNG files next to the report, embedded in it and
+logged to W&B.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from audioclip.evaluation.peers import peers_table, render_peers
+from audioclip.evaluation.reproduce_rows import commands as reproduce_commands
+from audioclip.evaluation.reproduce_rows import evaluate_command, fit_command, row_for
 from audioclip.outputs import make_dir, write_text
 
 TABLE_TITLES = {
@@ -46,7 +53,8 @@ PAPER_VARIANTS = {
 PAPER_SIZE_MODELS = ("audioclip", "esresnext-fbsp")
 # Table 4's P@1 and R@1 are not defined in the paper well enough to recompute (shared/fixtures/paper/README.md)
 UNDEFINED_METRICS = {m: "the paper's definition is unknown: compare mAP" for m in ("P@1", "R@1")}
-DATASETS = {"esc50": "ESC-50", "us8k": "UrbanSound8K", "audioset": "AudioSet", "imagefolder": "ImageFolder"}
+DATASETS = {"esc50": "ESC-50", "us8k": "UrbanSound8K", "audioset": "AudioSet", "imagefolder": "ImageFolder",
+            "clotho": "Clotho", "audiocaps": "AudioCaps"}  # fmt: skip
 # test metric keys of the training phases -> (query, metric); the result side comes from the run's record
 TEST_METRICS = {
     "test/acc": ("audio", "accuracy"),
@@ -116,7 +124,8 @@ def training_measures(runs: Path) -> list[dict]:
             where = f"test fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}" if folds else "test split"
             source = f"`{group}` ({where}{spread})"
             out.append(_measure(record, query, record.get("result", "text"), metric, statistics.fmean(values), source,
-                                real_lineage=all(m.get("real_lineage") for m, _ in members)))  # fmt: skip
+                                real_lineage=all(m.get("real_lineage") for m, _ in members),
+                                command=fit_command([path.parent for _, path in members])))  # fmt: skip
     return out
 
 
@@ -146,18 +155,23 @@ def evaluation_measures(latest: list[tuple[Path, dict]]) -> list[dict]:
     """The figures of `audioclip evaluate` results: zero-shot accuracy or mAP, and querying."""
     out = []
     for path, result in latest:
-        source = _source(path, result)
+        source, command = _source(path, result), evaluate_command(path, result)
         if result["task"] == "zeroshot" and "map" in result:
             for name, value in result["map"].items():
-                out.append(_measure(result, MAP_QUERIES[name], "text", "mAP", value, source))
+                out.append(_measure(result, MAP_QUERIES[name], "text", "mAP", value, source, command=command))
         elif result["task"] == "zeroshot":
             query = result.get("modality", "audio")
-            out.append(_measure(result, query, "text", "accuracy", result["accuracy"], source))
+            out.append(_measure(result, query, "text", "accuracy", result["accuracy"], source, command=command))
+        elif result["task"] == "probe":  # no paper figure: the AudioCLIP paper has no linear probe
+            spread = f" ± {100 * result['fold_std']:.2f}" if result.get("fold_std") is not None else ""
+            out.append(_measure(result, "audio", "labels", "linear-probe accuracy", result["fold_mean"],
+                                f"{source} (mean{spread} over folds)", command=command))  # fmt: skip
         else:
             for row in result["results"]:
                 for key, metric in QUERY_METRICS.items():
                     if key in row:
-                        out.append(_measure(result, row["query"], row["result"], metric, row[key], source))
+                        out.append(_measure(result, row["query"], row["result"], metric, row[key], source,
+                                            command=command))
     return out
 
 
@@ -186,7 +200,7 @@ def _matches(paper: dict, measure: dict) -> bool:
     return same == ours and (paper["dataset"] == "AudioSet" or _on_target(paper) == measure["trained_on_target"])
 
 
-def _row(paper: dict | None, measure: dict | None, comparable: bool, note: str) -> dict:
+def _row(paper: dict | None, measure: dict | None, comparable: bool, note: str, command: str | None = None) -> dict:
     base = paper or measure
     return {
         "table": int(paper["table"]) if paper else None,
@@ -202,11 +216,21 @@ def _row(paper: dict | None, measure: dict | None, comparable: bool, note: str) 
         "protocol": None if measure is None else measure["protocol"],
         "source": None if measure is None else measure["source"],
         "note": note,
+        "command": command if paper else measure.get("command"),
     }
 
 
-def report_rows(measures: list[dict]) -> list[dict]:
-    """Every paper row (with each comparable figure of ours, or "not run"), then every other figure of ours."""
+def _reproducing(paper: dict, commands: dict[str, str]) -> str | None:
+    """The command of `make reproduce`'s row for this paper figure, None when it has none."""
+    dataset = {title: name for name, title in DATASETS.items()}.get(paper["dataset"], "")
+    row = row_for(dataset, PAPER_VARIANTS[paper["model"]], paper["trained_on_target"] == "yes", paper["query"],
+                  paper["result"], paper["metric"])  # fmt: skip
+    return None if row is None else commands.get(row.name)
+
+
+def report_rows(measures: list[dict], commands: dict[str, str] | None = None) -> list[dict]:
+    """Every paper row (with each comparable figure of ours, or "not run"), then every other figure of ours.
+    `commands`: the command of each row of `make reproduce` by name (`reproduce_rows.commands`)."""
     comparable = [m for m in measures if why_not_comparable(m) is None]
     used: set[int] = set()
     rows = []
@@ -214,13 +238,14 @@ def report_rows(measures: list[dict]) -> list[dict]:
         if paper["model"] not in PAPER_VARIANTS:
             rows.append(_row(paper, None, False, "other system"))
             continue
+        command = _reproducing(paper, commands or {})
         found = [m for m in comparable if _matches(paper, m)]
         used.update(id(m) for m in found)
         if paper["metric"] in UNDEFINED_METRICS:  # shown, never given a gap (docs/evaluation.md)
-            rows += [_row(paper, m, False, UNDEFINED_METRICS[paper["metric"]]) for m in found]
+            rows += [_row(paper, m, False, UNDEFINED_METRICS[paper["metric"]], command) for m in found]
         else:
-            rows += [_row(paper, m, True, "") for m in found]
-        rows += [] if found else [_row(paper, None, False, "not run")]
+            rows += [_row(paper, m, True, "", command) for m in found]
+        rows += [] if found else [_row(paper, None, False, "not run", command)]
     for measure in measures:
         if id(measure) not in used:
             rows.append(_row(None, measure, False, why_not_comparable(measure) or "no such figure in the paper"))
@@ -234,7 +259,7 @@ def _setting(row: dict) -> str:
     return {True: "fine-tuned", False: "zero-shot", None: "—"}[row["trained_on_target"]]
 
 
-def render_markdown(rows: list[dict], figure_lines: list[str]) -> list[str]:
+def render_markdown(rows: list[dict], figure_lines: list[str], peers: Sequence[dict] = ()) -> list[str]:
     lines = [
         "# AudioCLIP-Lightning: results report",
         "",
@@ -249,7 +274,8 @@ def render_markdown(rows: list[dict], figure_lines: list[str]) -> list[str]:
         "figure.",
         "",
     ]
-    header = ["dataset", "query → result", "model", "setting", "metric", "paper", "ours", "gap", "protocol", "source"]
+    header = ["dataset", "query → result", "model", "setting", "metric", "paper", "ours", "gap", "protocol", "source",
+              "command"]  # fmt: skip
     for table, title in TABLE_TITLES.items():
         body = []
         for r in rows:
@@ -259,21 +285,23 @@ def render_markdown(rows: list[dict], figure_lines: list[str]) -> list[str]:
             gap = f"{r['ours'] - r['paper']:+.2f}" if r["comparable"] else "—"
             setting = _setting(r)
             body.append([r["dataset"], f"{r['query']} → {r['result']}", r["model"], setting, r["metric"],
-                         _pct(r["paper"]), ours, gap, r["protocol"] or "—", r["source"] or "—"])  # fmt: skip
+                         _pct(r["paper"]), ours, gap, r["protocol"] or "—", r["source"] or "—",
+                         _code(r["command"])])  # fmt: skip
         lines += [f"## {title}", ""]
         if table == 4:
             lines += ["The paper's P@1 and R@1 are not defined well enough to be recomputed (docs/evaluation.md): "
                       "ours are shown without a gap; compare mAP. ImageNet rows need an ImageNet evaluation the report "
                       "can recognise, which `--dataset imagefolder` is not.", ""]  # fmt: skip
         lines += [*_markdown(header, body), ""]
+    lines += render_peers(peers, _markdown)
     others = [r for r in rows if r["table"] is None]
     lines += ["## Other runs", ""]
     if others:
         header = ["dataset", "query → result", "model", "setting", "metric", "ours", "protocol", "why not compared",
-                  "source"]  # fmt: skip
+                  "source", "command"]  # fmt: skip
         body = [[r["dataset"], f"{r['query']} → {r['result']}", r["model"], _setting(r),
-                 r["metric"], _pct(r["ours"]), r["protocol"] or "—", r["note"], r["source"] or "—"]
-                for r in others]  # fmt: skip
+                 r["metric"], _pct(r["ours"]), r["protocol"] or "—", r["note"], r["source"] or "—",
+                 _code(r["command"])] for r in others]  # fmt: skip
         lines += [*_markdown(header, body), ""]
     else:
         lines += ["None.", ""]
@@ -348,8 +376,11 @@ def build_report(runs: str | Path = "runs", out: str | Path | None = None) -> tu
     out = Path(out) if out else runs / "REPORT.md"
     fig_dir = make_dir(out.parent / "report", "--out (make report: RUNS=)")
     latest = latest_results(runs)
-    rows = report_rows(training_measures(runs) + evaluation_measures(latest))
-    write_text(out.with_suffix(".json"), json.dumps({"rows": rows}, indent=2) + "\n", "--out (make report: RUNS=)")
+    measures = training_measures(runs) + evaluation_measures(latest)
+    rows = report_rows(measures, reproduce_commands(runs))
+    peers = peers_table(paper_rows(), [m for m in measures if why_not_comparable(m) is None], PAPER_VARIANTS)
+    write_text(out.with_suffix(".json"), json.dumps({"rows": rows, "peers": peers}, indent=2) + "\n",
+               "--out (make report: RUNS=)")  # fmt: skip
 
     figures: list[Path] = []
     figure_lines: list[str] = []
@@ -357,21 +388,29 @@ def build_report(runs: str | Path = "runs", out: str | Path | None = None) -> tu
         name = path.parent.name
         if result["task"] == "zeroshot" and "confusion" in result:
             made = _plot_zeroshot(result, name, fig_dir)
-        elif result["task"] == "query":
-            made = [_plot_pr(result, name, fig_dir)]
+        elif result["task"] == "query" and all("pr_curve" in row for row in result["results"]):
+            made = [_plot_pr(result, name, fig_dir)]  # caption retrieval (R@k, mAP@10) has no curve
         else:
             continue
         figures += made
         figure_lines += [f"### {_source(path, result)}", ""]
         figure_lines += [f"![{p.stem}]({os.path.relpath(p, out.parent)})" for p in made] + [""]
-    write_text(out, "\n".join(render_markdown(rows, figure_lines)).rstrip() + "\n", "--out (make report: RUNS=)")
+    write_text(out, "\n".join(render_markdown(rows, figure_lines, peers)).rstrip() + "\n", "--out (make report: RUNS=)")
     keys = ["table", "dataset", "query", "result", "model", "trained_on_target", "metric", "paper", "ours",
-            "comparable", "protocol", "source", "note"]  # fmt: skip
+            "comparable", "protocol", "source", "note", "command"]  # fmt: skip
     tables = {
         f"table{t}": (keys, [[str(r[k]) for k in keys] for r in rows if r["table"] == t]) for t in TABLE_TITLES
     }
     tables["other_runs"] = (keys, [[str(r[k]) for k in keys] for r in rows if r["table"] is None])
-    return out, {"tables": tables, "figures": figures, "rows": rows}
+    peer_keys = ["dataset", "query", "result", "trained_on_target", "metric", "model", "value", "from", "protocol",
+                 "source"]  # fmt: skip
+    tables["peers"] = (peer_keys, [[str(r[k]) for k in peer_keys] for r in peers])
+    return out, {"tables": tables, "figures": figures, "rows": rows, "peers": peers}
+
+
+def _code(command: str | None) -> str:
+    """A command in a Markdown table cell: as code, its pipes escaped (they would end the cell)."""
+    return "—" if not command else "`" + command.replace("|", "\\|") + "`"
 
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

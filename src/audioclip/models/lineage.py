@@ -40,9 +40,15 @@ def weights_lineage(init_from: str | None, content: Mapping[str, Any] | None = N
 
 
 def recorded_lineage(content: Any) -> dict[str, Any] | None:
-    """The lineage a checkpoint of this project recorded, from its content, or None (a state dict, a foreign file)."""
+    """The lineage a checkpoint of this project recorded, from its content, or None (a state dict, a foreign file).
+    An exported folder (`models.export_folder`) keeps it in its `config.json`."""
+    from audioclip.models.export_folder import EXPORT_KEY
+
     if isinstance(content, Mapping) and isinstance(content.get(LINEAGE_KEY), Mapping):
         return dict(content[LINEAGE_KEY])
+    exported = content.get(EXPORT_KEY) if isinstance(content, Mapping) else None
+    if isinstance(exported, Mapping) and isinstance(exported.get("lineage"), Mapping):
+        return dict(exported["lineage"])
     return None
 
 

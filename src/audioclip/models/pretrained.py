@@ -11,7 +11,6 @@ is an error listing the missing and unexpected keys (the reference silently load
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 import shutil
@@ -26,15 +25,20 @@ import torch
 from clip.clip import _MODELS as clip_models
 from torch import nn
 
+from audioclip.models.export_folder import (
+    HF_PREFIX,
+    SAFETENSORS_SUFFIX,
+    hub_folder,
+    is_export_folder,
+    read_export,
+    verified_weights,
+)
 from audioclip.models.unloadable import unloadable_reason
+from audioclip.models.weight_files import WeightsError, sha256sum
 
 _RELEASE = "https://github.com/AndreyGuzhov/AudioCLIP/releases/download/v0.1"
 # OpenAI publishes each CLIP file under its sha256; the `clip` package holds the table
 _CLIP_RN50_URL = clip_models["RN50"]
-
-
-class WeightsError(RuntimeError):
-    """A weight file that is missing, corrupt, unsafe, or does not fit the model."""
 
 
 @dataclass(frozen=True)
@@ -69,14 +73,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AUDIOCLIP_CACHE", Path.home() / ".cache" / "audioclip"))
 
 
-def sha256sum(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(path: Path, tag: WeightTag) -> None:
     """Refuse a file whose checksum does not match its tag, naming the expected and actual sha256."""
     if tag.sha256 is None:
@@ -87,7 +83,9 @@ def verify(path: Path, tag: WeightTag) -> None:
 
 
 def resolve(tag_or_path: str | Path) -> tuple[Path, WeightTag | None]:
-    """A tag (looked up in the cache, verified) or a path -> (file, tag or None)."""
+    """A tag (looked up in the cache, verified), `hf://owner/name[@revision]` (the Hugging Face Hub through its
+    cache), an exported folder (`audioclip export`: its `model.safetensors`, checksum verified), a run folder (the
+    checkpoint it was tested with) or a file -> (file, tag or None)."""
     if isinstance(tag_or_path, str) and tag_or_path in TAGS:
         tag = TAGS[tag_or_path]
         path = cache_dir() / tag.filename
@@ -98,7 +96,13 @@ def resolve(tag_or_path: str | Path) -> tuple[Path, WeightTag | None]:
             )
         verify(path, tag)
         return path, tag
+    if isinstance(tag_or_path, str) and tag_or_path.startswith(HF_PREFIX):
+        return verified_weights(hub_folder(tag_or_path)), None
     path = Path(tag_or_path).expanduser()
+    if is_export_folder(path):
+        return verified_weights(path), None
+    if path.suffix == SAFETENSORS_SUFFIX and is_export_folder(path.parent):
+        return verified_weights(path.parent), None
     if path.is_dir():
         path = run_checkpoint(path)
     if not path.is_file():
@@ -192,12 +196,17 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
     """The whole content of a weight file or checkpoint, read once and safely: `init_from`, `--ckpt_path`,
     `audioclip.load` and the evaluation all read through here.
 
+    A `.safetensors` file (an `audioclip export` folder's) holds no pickle: its tensors come back as `state_dict`
+    and the folder's `config.json` beside them (`models.export_folder.read_export`).
+
     A zip-format file is memory-mapped, so reading a checkpoint's small records (the W&B run id, the lineage) does
     not read its tensors; a TorchScript archive (CLIP's `RN50.pt`) is loaded with `torch.jit.load` on CPU and
     returned as `{"state_dict": ...}`. A missing file raises FileNotFoundError; anything else that fails is an
     `UnloadableFileError` naming the file.
     """
     path = Path(path)
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return read_export(path)
     try:
         if _is_torchscript(path):
             return {"state_dict": torch.jit.load(str(path), map_location="cpu").state_dict()}

@@ -5,8 +5,9 @@ Training AudioCLIP on AudioSet takes days on many GPUs, so preemption is routine
 - `StepCheckpoint`: `last.ckpt` every N optimizer steps, not only at epoch end.
 - `SaveOnSignal`: SIGTERM / SIGUSR1 (a scheduler's notice before preemption; SLURM: `sbatch --signal=USR1@90`)
   and SIGINT (Ctrl+C) write `last.ckpt` at the end of the current batch, then exit with 128 + the signal.
-- `TestMetricsFile`: the test metrics, the checkpoint they are of and the lineage of its weights in
-  `<run>/test_metrics.json`, which `audioclip crossval` and `make report` read.
+- `TestMetricsFile`: the test metrics, the checkpoint they are of, the lineage of its weights and the class names
+  and template it was tested with in `<run>/test_metrics.json`, which `audioclip crossval`, `make report` and
+  `audioclip export` read.
 - `ResumeState`: what Lightning does not checkpoint and a resumed run needs: the W&B run id, so that it continues
   the same W&B run (`resume="allow"`). The global RNG states are not restored: nothing a training step computes
   draws from them (see `ResumeState`).
@@ -203,6 +204,11 @@ class TestMetricsFile(Callback):
             made = lineage()
             record.update(result_fields(made, made["model"], made["steps"][-1]))
             record["result"] = pl_module.scores_against
+        # the classes and the prompt the test scored against: `audioclip export` writes them into the model's config
+        names = list(getattr(trainer.datamodule, "class_names", None) or [])
+        if names:
+            record["class_names"] = names
+            record["template"] = getattr(pl_module.hparams, "template", "{}")
         path = join(trainer.default_root_dir, self.filename)  # a folder, or an object-store run root
         write_text(path, json.dumps(record, indent=2) + "\n", "RUNS= or --trainer.default_root_dir")
 

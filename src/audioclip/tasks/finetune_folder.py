@@ -12,7 +12,7 @@ machinery: the audio head learns, CLIP's text and image heads stay frozen, and t
 The multi-label head scores a class by the cosine of the clip's and the class name's embeddings, with a learnable
 scale s (init 10) and bias b (init -10) as SigLIP's sigmoid loss (Zhai et al., 2023) does: with few positives per
 clip the bias starts every class near "absent". Caption retrieval scores follow
-`audioclip.evaluation.metrics.retrieval_at_k`.
+`audioclip.evaluation.retrieval`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MultilabelAveragePrecision
 
-from audioclip.evaluation.metrics import caption_retrieval
+from audioclip.evaluation.retrieval import caption_retrieval
 from audioclip.process_group import rank_and_world
 from audioclip.tasks.finetune import FinetuneModule
 
 TASKS = ("class", "multilabel", "caption")
+CAPTION_BATCH = 256  # captions per text forward pass at evaluation (Clotho's validation split has 5,225)
 # the validation metric that selects checkpoints, per task
 MONITORS = {"class": ("val/acc", "max"), "multilabel": ("val/map", "max"), "caption": ("val/t2a_map@10", "max")}
 
@@ -152,14 +153,20 @@ class FolderFinetuneModule(FinetuneModule):
             shares: list = [None] * world
             dist.all_gather_object(shares, (audio.cpu(), ids.cpu()))
             audio, ids = torch.cat([s[0] for s in shares]), torch.cat([s[1] for s in shares])
-        captions = list(self.trainer.datamodule.captions)
-        if not len(ids) or not captions:
+        if not len(ids):
             return
-        used = sorted(set(ids.tolist()))  # the captions of this split's clips are its text queries
-        text = self._caption_embeddings([captions[i] for i in used]).float()
-        position = {caption_id: row for row, caption_id in enumerate(used)}
-        rows = torch.tensor([position[i] for i in ids.tolist()])
-        for name, value in caption_retrieval(audio.cpu(), rows, text.cpu()).items():
+        # every caption of this split's clips is a text query, relevant to the clips that carry it: one caption per
+        # clip in a manifest, five per clip in Clotho and AudioCaps (the datamodule's caption_texts)
+        owners, texts = [], []
+        for target in sorted(set(ids.tolist())):
+            captions = self.trainer.datamodule.caption_texts(target)
+            owners += [target] * len(captions)
+            texts += captions
+        text = torch.cat(
+            [self._caption_embeddings(texts[i : i + CAPTION_BATCH]) for i in range(0, len(texts), CAPTION_BATCH)]
+        )
+        relevant = torch.tensor(owners)[:, None] == ids.cpu()[None]
+        for name, value in caption_retrieval(audio.cpu(), text.float().cpu(), relevant).items():
             self.log(f"{stage}/{name}", value, prog_bar=name == "t2a_r@1")
 
     def validation_step(self, batch, batch_idx):
