@@ -97,7 +97,7 @@ def test_pretrain_audio_from_s3_killed_mid_epoch_resumes_from_the_bucket_with_ev
     with running_s3() as s3:
         s3.create_bucket("bucket")
         env = {
-            **os.environ, **s3.env, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
+            **os.environ, **s3.env, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "WANDB_DIR": str(tmp_path),
             "PYTHONPATH": os.pathsep.join([str(callbacks), os.environ.get("PYTHONPATH", "")]),
         }  # fmt: skip
         prepare = ["make", "--no-print-directory", "-C", str(ROOT), "data-audioset", "AUDIOSET_ROOT=s3://bucket/audioset",
@@ -146,3 +146,4 @@ def test_pretrain_audio_from_s3_killed_mid_epoch_resumes_from_the_bucket_with_ev
     assert len(clips) == len(set(clips)), "a clip was trained on twice in the epoch"
     assert sorted(clips) == sorted(expected), "the resumed epoch skipped or added clips"
     assert not list(tmp_path.rglob("s3:*"))
+    assert (tmp_path / "pretrain-audio-main").is_dir()  # W&B's local side of the run: in WANDB_DIR, not the repository

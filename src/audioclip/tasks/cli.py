@@ -113,8 +113,8 @@ def _wandb_configs(trainer_config: Namespace) -> list[Namespace]:
 
 def local_side(root: str | Path) -> Path:
     """Where a run whose root is an object-store URL keeps what only a local disk takes (W&B's run, `config.yaml`):
-    `wandb/<phase>-<run>` in the working directory (W&B's own default folder)."""
-    return Path("wandb") / run_name(str(root).split("://", 1)[-1])
+    `<WANDB_DIR>/<phase>-<run>`, W&B's own setting, by default `wandb/` in the working directory."""
+    return Path(os.environ.get("WANDB_DIR") or "wandb") / run_name(str(root).split("://", 1)[-1])
 
 
 def loggers_follow_run_dir(trainer_config: Namespace) -> None:
