@@ -147,10 +147,11 @@ def _wait_for_line(path: Path, text: str, timeout: float) -> None:
 
 
 def _start_now(env: dict[str, str], job_id: str) -> None:
-    """A requeued job waits about two minutes (Reason=BeginTime): let it start now. Slurm 22.05's scontrol names the
-    job's begin time `StartTime=` when updating (`BeginTime=` is refused: "Update of this parameter is not
-    supported")."""
-    done = subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, capture_output=True,
+    """A requeued job waits about two minutes (Reason=BeginTime); let it start in 5 s instead. Not at once: slurmd
+    revokes the first run's job credential when it ends, and a launch within the same second is refused with it
+    ("Killing non-startable batch job: Job credential revoked": the job ends FAILED). Slurm 22.05's scontrol names the
+    begin time `StartTime=` when updating (`BeginTime=` is refused: "Update of this parameter is not supported")."""
+    done = subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+5"], env=env, capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode == 0, f"{done.stderr.strip()}: {jobs(env, job_id)}"
 
