@@ -1,8 +1,12 @@
 """Preemption on a real one-node Slurm (tools/slurm-local): docs/finetune-slurm.sbatch submitted with `--requeue`
-and `--signal=USR1@...` runs `make finetune-esc50`; mid-run SLURM's warning arrives (`scancel --signal=USR1`, what
-`--signal` sends at the time limit minus its seconds), the run saves `last.ckpt` at the end of its batch and the job
-script `scontrol requeue`s the job. The job comes back (SLURM_RESTART_COUNT=1), resumes at the step the warning
-saved, and ends with the final weights of an uninterrupted run of the same seed, which runs beside it without Slurm.
+and `--signal=USR1@...` runs `make finetune-esc50`, and is interrupted mid-run in the two ways a cluster does:
+
+- SLURM's warning (`scancel --signal=USR1`, what `--signal` sends at the time limit minus its seconds): the run saves
+  `last.ckpt` at the end of its batch, exits 138, and the job script `scontrol requeue`s the job;
+- `scontrol requeue` of the running job (as a preemption): SIGTERM, the same save (exit 143), Slurm requeues it.
+
+Either way the job comes back (SLURM_RESTART_COUNT=1), resumes at the step the signal's save wrote, and ends with the
+final weights of an uninterrupted run of the same seed, which runs beside it without Slurm.
 
 The run is the tiny AudioCLIP on a synthetic ESC-50 (4 classes x 4 clips, batch 2: 4 steps an epoch, 3 epochs),
 deterministic, one thread. A callback module written next to the test holds the first run at a step and records the
@@ -78,7 +82,19 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def test_requeued_finetune_resumes_at_the_warning_and_ends_with_the_uninterrupted_weights(cluster, tmp_path: Path):
+# how the run is interrupted: SLURM's warning before the time limit (what `--signal=USR1@...` sends; the job script
+# requeues), or `scontrol requeue` / a preemption (SIGTERM to the job; Slurm requeues it itself); the signal it saves on
+INTERRUPTIONS = {
+    "warning": (["scancel", "--signal=USR1"], "SIGUSR1"),
+    "scontrol-requeue": (["scontrol", "requeue"], "SIGTERM"),
+}
+
+
+@pytest.mark.parametrize("interruption", list(INTERRUPTIONS))
+def test_requeued_finetune_resumes_where_it_saved_and_ends_with_the_uninterrupted_weights(
+    cluster, tmp_path: Path, interruption: str
+):
+    command, saved_on = INTERRUPTIONS[interruption]
     data = tmp_path / "esc50"
     write_esc50(data, clips_per_class=4, classes=4, seed=0, progress=False)
     probes = tmp_path / "probes"
@@ -106,7 +122,7 @@ def test_requeued_finetune_resumes_at_the_warning_and_ends_with_the_uninterrupte
     )  # fmt: skip
     try:
         _wait_for_line(log, "PAUSED", timeout=600)
-        signalled = subprocess.run(["scancel", "--signal=USR1", job_id], env=env, capture_output=True, text=True)
+        signalled = subprocess.run([*command, job_id], env=env, capture_output=True, text=True)
         assert signalled.returncode == 0, signalled.stderr
         requeued = _wait_for_requeue(env, job_id, log)
         assert requeued["Restarts"] == "1"
@@ -123,9 +139,9 @@ def test_requeued_finetune_resumes_at_the_warning_and_ends_with_the_uninterrupte
 
     run = runs / "finetune-esc50" / "fold1"
     last = run / "checkpoints" / "last.ckpt"
-    assert f"SIGUSR1: saved {last} at global step {PAUSE_STEP + 1}" in out
+    assert f"{saved_on}: saved {last} at global step {PAUSE_STEP + 1}" in out
     assert "restart 1" in out and f"Restoring states from the checkpoint path at {last}" in out
-    # the first process started at 0; the requeued one at the step the warning saved, not earlier
+    # the first process started at 0; the requeued one at the step the signal's save wrote, not earlier
     assert starts.read_text().split() == ["restart=0", "step=0", "restart=1", f"step={PAUSE_STEP + 1}"]
     expected = _weights(tmp_path / "reference" / "finetune-esc50" / "fold1" / "checkpoints" / "last.ckpt")
     actual = torch.load(last, map_location="cpu", weights_only=True)
