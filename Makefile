@@ -18,7 +18,7 @@ ARGS    ?=
 DATA    ?=
 RESUME  ?= 0
 
-.PHONY: help install lock lock-check upgrade smoke doctor test test-fast test-gpu test-faults mutation lint demo demo-data weights bench-data bench-train bench-index bench-gpu profile \
+.PHONY: help install lock lock-check upgrade smoke doctor test test-fast test-gpu test-faults test-cluster mutation lint demo demo-data weights bench-data bench-train bench-index bench-gpu profile \
         finetune finetune-esc50 finetune-us8k cv-esc50 cv-us8k finetune-esc50-audio-head finetune-us8k-audio-head \
         cv-esc50-audio-head cv-us8k-audio-head data-esc50 data-us8k data-clotho data-audioset bench-audioset pretrain-audio train-partial train-full
 
@@ -66,17 +66,21 @@ smoke: $(STAMP)  ## the install check, first in make test: every compiled extens
 doctor: $(STAMP)  ## versions against the lock, extensions, devices and precision, ffmpeg/yt-dlp, W&B, weights, datasets
 	$(AC) doctor $(if $(DATA),--data $(DATA))
 
-test: smoke  ## run the whole test suite (tiny models, one paper-size parity check); GPU checks: make test-gpu
-	$(PY) -m pytest tests -q -m "not gpu"
+test: smoke  ## run the whole test suite (tiny models, one paper-size parity check); GPU checks: make test-gpu; cluster: make test-cluster
+	$(PY) -m pytest tests -q -m "not gpu and not cluster"
 
 test-fast: smoke  ## run the tests without the paper-size checks
-	$(PY) -m pytest tests -q -m "not slow and not gpu"
+	$(PY) -m pytest tests -q -m "not slow and not gpu and not cluster"
 
 test-gpu: $(STAMP)  ## the checks that need CUDA (NCCL DDP + SyncBatchNorm, 16/bf16-mixed fbsp, TF32 parity); on a GPU machine
 	$(PY) -m pytest tests -q -m gpu -p no:cacheprovider
 
-test-faults: $(STAMP)  ## fault injection: kill/resume, signals, bad data, unsafe weights, bad config (docs/reliability.md)
-	$(PY) -m pytest tests -q -m faults
+test-faults: $(STAMP)  ## fault injection: kill/resume, signals, bad data, unsafe weights, bad config (docs/reliability.md); on a real cluster: make test-cluster
+	$(PY) -m pytest tests -q -m "faults and not cluster"
+
+# ---- the real scheduler, cluster and object store (docs/cluster.md): needs root and `apt-get install slurm-wlm munge`
+test-cluster: $(STAMP)  ## a one-node Slurm (tools/slurm-local, brought up and down), a Ray head + worker that dies, training on an S3 server
+	$(PY) -m pytest tests -q -m cluster -p no:cacheprovider
 
 # the functions where a wrong number is silent (docs/testing.md); `mutmut run` takes fnmatch patterns of mutant names
 MUTATION_SCOPE ?= 'audioclip.models.losses.*' 'audioclip.evaluation.metrics.*' 'audioclip.evaluation.zeroshot.*' \
@@ -133,8 +137,9 @@ GROUP   ?=
 # `audioclip fit` of phase $(1): its config first (it composes conf/trainer.yaml and the groups), then the overrides
 fit      = $(AC) fit --config conf/$(1).yaml --trainer.num_nodes $(NODES) --trainer.devices $(GPUS) \
   $(if $(GROUP),--trainer.logger.init_args.group $(GROUP))
-# RESUME=1 continues an interrupted run from its last checkpoint
-resume   = $(if $(filter 1,$(RESUME)),$(if $(wildcard $(1)/checkpoints/last.ckpt),--ckpt_path $(1)/checkpoints/last.ckpt,),)
+# RESUME=1 continues an interrupted run from its last checkpoint; a run on an object store (RUNS=s3://...) is looked up
+# by `audioclip fit` itself (`--ckpt_path last`: its last.ckpt, or a fresh start when there is none)
+resume   = $(if $(filter 1,$(RESUME)),$(if $(findstring ://,$(1)),--ckpt_path last,$(if $(wildcard $(1)/checkpoints/last.ckpt),--ckpt_path $(1)/checkpoints/last.ckpt,)),)
 # the run directory $(1): `audioclip fit` puts the W&B run there and names it <phase>-<run> (tasks/cli.py)
 run      = --trainer.default_root_dir $(1) $(call resume,$(1)) $(ARGS)
 

@@ -95,3 +95,15 @@ def test_every_name_a_package_face_exports_is_the_thing_it_names(package):
     for name in module.__all__:
         value = getattr(module, name)
         assert not inspect.ismodule(value), f"{package}.{name} is the module {value.__name__}, not what it names"
+
+
+def test_no_two_test_files_share_a_name():
+    """pytest imports test files by their base name (prepend import mode, no __init__.py), so two test files of one
+    name in different folders stop the whole collection: tests/data/test_download.py (the dataset archives) beside
+    tests/data/audioset/test_download.py (YouTube) did."""
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        if path.name == "conftest.py" or "resolved_before" in path.parts:
+            continue
+        other = seen.setdefault(path.name, path)
+        assert other == path, f"{path.relative_to(ROOT)} and {other.relative_to(ROOT)} share a name"

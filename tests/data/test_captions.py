@@ -111,7 +111,7 @@ def test_a_whole_video_is_cut_at_its_segment_offset(tmp_path):
 
 
 def test_audiocaps_download_runs_yt_dlp_and_reads_a_whole_video_from_its_offset(tmp_path):
-    """A whole 'video' (a WAV file served over file://, as tests/data/audioset/test_download.py does) downloaded
+    """A whole 'video' (a WAV file served over file://, as tests/data/audioset/test_youtube_download.py does) downloaded
     with sections off: the AudioSet stage records the segment's start as its offset, and the reader applies it."""
     root = tmp_path / "audiocaps"
     write_audiocaps_csv(root, "test", clips=1, start=1)

@@ -38,7 +38,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from audioclip.models.lineage import result_fields
 from audioclip.models.pretrained import RUN_METRICS
-from audioclip.tasks.checkpoints import RESUME_KEY, checkpoint_dir, last_checkpoint
+from audioclip.storage import append_text, join, write_text
+from audioclip.tasks.checkpoints import LAST, RESUME_KEY, checkpoint_dir, last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,8 @@ class StepCheckpoint(Callback):
             return
         if not trainer.checkpoint_callbacks:
             return  # checkpointing is off: `enable_checkpointing: false` leaves no checkpoint callback
-        directory = Path(self.dirpath) if self.dirpath else checkpoint_dir(trainer.default_root_dir)
-        trainer.save_checkpoint(directory / last_checkpoint(".").name)
+        directory = self.dirpath or checkpoint_dir(trainer.default_root_dir)
+        trainer.save_checkpoint(join(directory, LAST))
         self._saved_at = trainer.global_step
 
 
@@ -208,9 +209,8 @@ class TestMetricsFile(Callback):
         if names:
             record["class_names"] = names
             record["template"] = getattr(pl_module.hparams, "template", "{}")
-        path = Path(trainer.default_root_dir) / self.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        path = join(trainer.default_root_dir, self.filename)  # a folder, or an object-store run root
+        write_text(path, json.dumps(record, indent=2) + "\n", "RUNS= or --trainer.default_root_dir")
 
 
 class BadDataLog(Callback):
@@ -223,15 +223,13 @@ class BadDataLog(Callback):
     def __init__(self) -> None:
         self.names: list[str] = []
 
-    def _path(self, trainer: L.Trainer) -> Path:
+    def _path(self, trainer: L.Trainer) -> str | Path:
         name = BAD_FILES if trainer.world_size == 1 else f"bad_files.rank{trainer.global_rank}.tsv"
-        return Path(trainer.default_root_dir) / name
+        return join(trainer.default_root_dir, name)
 
     def _record(self, trainer: L.Trainer, stage: str, entries: Sequence[str]) -> None:
         path = self._path(trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as file:
-            file.writelines(f"{trainer.global_step}\t{stage}\t{entry}\n" for entry in entries)
+        append_text(path, "".join(f"{trainer.global_step}\t{stage}\t{entry}\n" for entry in entries))
         self.names.extend(entries)
         log.warning("%d bad file(s) left out so far (%s); latest: %s", len(self.names), path, entries[-1])
         for logger in trainer.loggers:

@@ -5,6 +5,8 @@
   Checkpoints are read back with `torch.load(weights_only=True)`: resuming never runs pickled code.
 - `read_resume_checkpoint`: what `--ckpt_path` names, read before anything is built; a missing, truncated or unsafe file
   is one line naming it.
+- A run folder may be an object-store URL (`s3://bucket/runs/...`, `audioclip.storage`): its checkpoints are then
+  objects there, written by Lightning's fsspec writer (an object is replaced whole or not at all).
 
 `audioclip fit` (`tasks/cli.py`) installs the writer; see docs/reliability.md for the faults tested.
 """
@@ -22,21 +24,23 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from audioclip.models.pretrained import RUN_CHECKPOINTS, UnloadableFileError, read_checkpoint, safe_loading
 from audioclip.outputs import OutputError
+from audioclip.storage import join, storage_errors
 
 RESUME_KEY = "audioclip_resume_state"  # top-level checkpoint key written by ResumeState
 
 
 CHECKPOINTS_DIR = RUN_CHECKPOINTS  # a run directory's checkpoint folder (docs/training.md)
+LAST = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
 
 
-def checkpoint_dir(root: str | Path) -> Path:
-    """Where the run in `root` (its `default_root_dir`) keeps its checkpoints."""
-    return Path(root) / CHECKPOINTS_DIR
+def checkpoint_dir(root: str | Path) -> str | Path:
+    """Where the run in `root` (its `default_root_dir`: a folder, or an object-store URL) keeps its checkpoints."""
+    return join(root, CHECKPOINTS_DIR)
 
 
-def last_checkpoint(root: str | Path) -> Path:
+def last_checkpoint(root: str | Path) -> str | Path:
     """The run's `last.ckpt`, what `--ckpt_path last` and `RESUME=1` resume."""
-    return checkpoint_dir(root) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+    return join(checkpoint_dir(root), LAST)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -56,7 +60,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
-            super().save_checkpoint(checkpoint, path, storage_options)
+            with storage_errors(path):  # a refused or unreachable object store: one line naming the checkpoint
+                super().save_checkpoint(checkpoint, path, storage_options)
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.loggers import WandbLogger
 
 from audioclip.data.batch import per_device_batch_size
+from audioclip.storage import exists, is_url
 from audioclip.tasks.auto_precision import Trainer as AutoPrecisionTrainer
 from audioclip.tasks.auto_precision import add_channels_last
 from audioclip.tasks.callbacks import BadDataLog, ResumeState, SaveOnSignal, StepCheckpoint, TestMetricsFile
@@ -95,11 +96,12 @@ def expand_defaults(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _resolve_ckpt_path(ckpt_path: str, root: Path) -> str | None:
-    """`last` -> the run directory's `last.ckpt`, or None (start afresh) when the run has none yet."""
+def _resolve_ckpt_path(ckpt_path: str, root: str | Path) -> str | None:
+    """`last` -> the run directory's `last.ckpt` (a file, or an object under a URL run root), or None (start afresh)
+    when the run has none yet."""
     if ckpt_path == "last":
         last = last_checkpoint(root)
-        return str(last) if last.is_file() else None
+        return str(last) if exists(last) else None
     return ckpt_path
 
 
@@ -109,14 +111,22 @@ def _wandb_configs(trainer_config: Namespace) -> list[Namespace]:
     return [c for c in configs if isinstance(c, Namespace) and is_wandb(c)]
 
 
+def local_side(root: str | Path) -> Path:
+    """Where a run whose root is an object-store URL keeps what only a local disk takes (W&B's run, `config.yaml`):
+    `<WANDB_DIR>/<phase>-<run>`, W&B's own setting, by default `wandb/` in the working directory."""
+    return Path(os.environ.get("WANDB_DIR") or "wandb") / run_name(str(root).split("://", 1)[-1])
+
+
 def loggers_follow_run_dir(trainer_config: Namespace) -> None:
     """A W&B logger writes into the run directory and is named after it unless the configuration says otherwise,
-    so a run's folder is given once, as `--trainer.default_root_dir` (WandbLogger's own save_dir default is `.`)."""
-    root = Path(trainer_config.get("default_root_dir") or ".")
+    so a run's folder is given once, as `--trainer.default_root_dir` (WandbLogger's own save_dir default is `.`).
+    W&B writes only to local disks: a run root on an object store keeps its W&B run in `local_side(root)`."""
+    given = trainer_config.get("default_root_dir") or "."
+    root = given if is_url(given) else Path(given)
     for config in _wandb_configs(trainer_config):
         init_args = config.get("init_args") or Namespace()
         if init_args.get("save_dir") in (None, "."):
-            init_args["save_dir"] = str(root)
+            init_args["save_dir"] = str(local_side(root) if is_url(root) else root)
         if not init_args.get("name"):
             init_args["name"] = run_name(root)
         config["init_args"] = init_args
@@ -156,7 +166,7 @@ class AudioCLIPCLI(PreflightChecks):
         loggers_follow_run_dir(config.trainer)
         if not config.get("ckpt_path"):
             return
-        root = Path(config.trainer.default_root_dir or ".")
+        root = config.trainer.default_root_dir or "."
         config.ckpt_path = _resolve_ckpt_path(config.ckpt_path, root)
         if config.ckpt_path is None:
             print(f"audioclip: no {root}/checkpoints/last.ckpt yet: starting afresh", file=sys.stderr)
@@ -222,7 +232,7 @@ class AudioCLIPCLI(PreflightChecks):
 
     def before_fit(self) -> None:
         self._preflight()
-        root = Path(self.trainer.default_root_dir)
+        root = self.trainer.default_root_dir
         for callback in self.trainer.callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(checkpoint_dir(root))

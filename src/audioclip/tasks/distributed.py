@@ -178,8 +178,8 @@ class ResumeAgreement(Callback):
 
 def check_shared_run_dir(trainer: L.Trainer) -> None:
     """Refuse a run directory that not every rank sees (e.g. node-local disks on a multi-node run)."""
-    if trainer.world_size == 1:
-        return
+    if trainer.world_size == 1 or "://" in str(trainer.default_root_dir):
+        return  # an object store is the same for every node
     root = Path(trainer.default_root_dir)
     token = None
     if trainer.is_global_zero:

@@ -31,22 +31,23 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from audioclip.outputs import check_writable_dir, make_dir
+from audioclip.storage import check_writable, glob, is_url
 from audioclip.tasks.checkpoints import checkpoint_dir
 
 
-def earlier_checkpoints(root: Path) -> list[Path]:
-    """The checkpoint files a run directory already holds (`<root>/checkpoints/*.ckpt`)."""
-    directory = checkpoint_dir(root)
-    return sorted(directory.glob("*.ckpt")) if directory.is_dir() else []
+def earlier_checkpoints(root: str | Path) -> list[str | Path]:
+    """The checkpoint files a run directory (a folder, or an object-store URL) already holds
+    (`<root>/checkpoints/*.ckpt`)."""
+    return glob(checkpoint_dir(root), "*.ckpt")
 
 
-def refuse_earlier_run(root: Path) -> None:
+def refuse_earlier_run(root: str | Path) -> None:
     """ValueError when `root` holds another run's checkpoints and the user did not ask to resume it."""
     found = earlier_checkpoints(root)
     if found:
         raise ValueError(
-            f"{root}: holds the checkpoints of an earlier run ({len(found)} in {found[0].parent}); continue it with "
-            f"RESUME=1 (--ckpt_path last), or choose another run directory (RUNS=, --trainer.default_root_dir)"
+            f"{root}: holds the checkpoints of an earlier run ({len(found)} in {checkpoint_dir(root)}); continue it "
+            f"with RESUME=1 (--ckpt_path last), or choose another run directory (RUNS=, --trainer.default_root_dir)"
         )
 
 
@@ -148,11 +149,15 @@ class PreflightChecks(LightningCLI):
     def _check_run_directory(self) -> None:
         config = self.config.fit
         trainer = config.trainer
-        root = Path(trainer.default_root_dir or ".")
-        if trainer.get("fast_dev_run"):
+        root = trainer.default_root_dir or "."
+        if is_url(root):  # an object store: a missing bucket or refused credentials before anything is built
+            check_writable(root, "RUNS= or --trainer.default_root_dir")
+        elif trainer.get("fast_dev_run"):
             make_dir(root, "RUNS= or --trainer.default_root_dir")  # only the test metrics go there
+        else:
+            check_writable_dir(root, "RUNS= or --trainer.default_root_dir")
+        if trainer.get("fast_dev_run"):
             return  # no logger, no checkpoint: nothing of an earlier run is overwritten
-        check_writable_dir(root, "RUNS= or --trainer.default_root_dir")
         for logger in trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]:
             save_dir = logger.get("init_args", {}).get("save_dir") if isinstance(logger, Namespace) else None
             if save_dir:
@@ -171,7 +176,7 @@ class PreflightChecks(LightningCLI):
         if self.subcommand == "fit" and callable(output_dirs):
             for directory, setting in output_dirs().items():
                 check_writable_dir(directory, setting)
-        if self.subcommand == "fit":
+        if self.subcommand == "fit" and not is_url(self.trainer.default_root_dir):
             # W&B looks for the git repository (the run's commit) from its `dir`: it must exist when the run starts
             make_dir(self.trainer.default_root_dir, "RUNS= or --trainer.default_root_dir")
 

@@ -32,6 +32,7 @@ from audioclip.data.audioset.batch_augment import augment_batch
 from audioclip.data.audioset.metadata import DEFAULT_LABELS, NUM_FRAMES, read_class_labels
 from audioclip.data.audioset.mixup import batch_seed, mixup_batch
 from audioclip.data.audioset.parts import TIERS, join, read_json
+from audioclip.data.audioset.plain_http_s3 import use_boto3_for_plain_http
 from audioclip.data.batch import collate, per_device_batch_size
 from audioclip.data.errors import BadFileError, check_on_bad_file, clip_problem, first_usable
 from audioclip.data.transforms import eval_audio_transform, train_audio_transform
@@ -75,6 +76,8 @@ class AudioSetStreamingDataset(StreamingDataset):
         self.device_augment = device_augment and train
         if channels not in (1, 2):
             raise ValueError(f"channels must be 1 (stereo averaged) or 2 (mono duplicated), got {channels}")
+        if str(input_dir).startswith("s3://"):
+            use_boto3_for_plain_http()  # the endpoint may have been set after this module was imported
         super().__init__(
             input_dir,
             shuffle=train,

@@ -3,8 +3,9 @@
 With Ray (an optional extra, ``pip install -e .[ray]``) every shard is one task that asks for ``--workers`` CPUs;
 Ray's scheduler hands the next shard to whichever node frees its CPUs first, so slow nodes take fewer shards (the
 dynamic balancing video2dataset gets from its Spark/Ray distributors). ``--ray-address auto`` joins a running
-cluster; without it a local Ray starts. Shards that already left a stats file are skipped, so a re-run after a
-crash does the rest. SLURM users run ``docs/audioset-slurm.sbatch`` instead.
+cluster; without it a local Ray starts. A shard whose node dies is retried on another node (``NODE_LOSS_RETRIES``);
+shards that already left a stats file are skipped, so a re-run after a crash does the rest. SLURM users run
+``docs/audioset-slurm.sbatch`` instead.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from audioclip.data.audioset.parts import join, read_json
 from audioclip.data.audioset.shard import run_shard
 
 DISTRIBUTORS = ("local", "ray")
+# Ray runs a shard again elsewhere when the node or worker process running it dies (preemption, a lost machine, the
+# OOM killer): a shard task only replaces its own part, so a second run is safe. An exception the task raises is not
+# retried (it would fail again); the shard is reported as failed and a re-run of the command picks it up.
+NODE_LOSS_RETRIES = 3
 
 
 def shard_task(segments_csv: str, work: str, out: str, shard: tuple[int, int], options: dict) -> dict:
@@ -77,7 +82,7 @@ def run_shards(
     except ImportError:
         raise RuntimeError("--distributor ray needs Ray: pip install -e '.[ray]' (or pip install ray)") from None
     ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
-    remote = ray.remote(num_cpus=cpus_per_shard, max_retries=0)(shard_task)
+    remote = ray.remote(num_cpus=cpus_per_shard, max_retries=NODE_LOSS_RETRIES)(shard_task)
     pending = {remote.remote(*args, (i, num_shards), options): names[i] for i in todo}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)

@@ -18,52 +18,20 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import fsspec
+from audioclip.storage import filesystem, is_url, join, read_bytes, storage_errors, write_bytes
 
 INDEX = "index.json"
 PARTS = "parts"
 
 
-def is_url(location: str | Path) -> bool:
-    """True for ``scheme://...`` locations (object stores, ``file://``, ``memory://``), False for plain paths."""
-    return "://" in str(location)
-
-
-def join(base: str | Path, *names: str) -> str | Path:
-    """``base/name/...``: a URL stays a string joined with ``/``; a local path stays a ``Path``."""
-    if is_url(base):
-        return "/".join([str(base).rstrip("/"), *names])
-    return Path(base).joinpath(*names)
-
-
-def _fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    try:
-        return fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as e:  # e.g. s3:// without s3fs installed
-        raise RuntimeError(f"{url}: cannot open this location ({e}); `pip install s3fs` / `gcsfs` for s3:// / gs://")
-
-
 def read_json(location: str | Path) -> Any | None:
     """The JSON file at ``location``, or None when there is none."""
-    if not is_url(location):
-        path = Path(location)
-        return json.loads(path.read_text()) if path.is_file() else None
-    fs, path = _fs(str(location))
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "rb") as f:
-        return json.loads(f.read())
+    data = read_bytes(location)
+    return None if data is None else json.loads(data)
 
 
 def write_json(location: str | Path, data: Any) -> None:
-    text = json.dumps(data)
-    if not is_url(location):
-        Path(location).parent.mkdir(parents=True, exist_ok=True)
-        Path(location).write_text(text)
-        return
-    fs, path = _fs(str(location))
-    with fs.open(path, "wb") as f:
-        f.write(text.encode())
+    write_bytes(location, json.dumps(data).encode())
 
 
 def publish(local_dir: Path, dest: str | Path) -> None:
@@ -76,14 +44,15 @@ def publish(local_dir: Path, dest: str | Path) -> None:
         shutil.rmtree(dest, ignore_errors=True)
         shutil.move(str(local_dir), dest)
         return
-    fs, path = _fs(str(dest))
-    if fs.exists(path):
-        if fs.exists(f"{path}/{INDEX}"):
-            fs.rm(f"{path}/{INDEX}")
-        fs.rm(path, recursive=True)
-    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
-    for file in sorted(files, key=lambda p: p.name == INDEX):
-        fs.put_file(str(file), f"{path}/{file.relative_to(local_dir).as_posix()}")
+    with storage_errors(dest):
+        fs, path = filesystem(dest)
+        if fs.exists(path):
+            if fs.exists(f"{path}/{INDEX}"):
+                fs.rm(f"{path}/{INDEX}")
+            fs.rm(path, recursive=True)
+        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+        for file in sorted(files, key=lambda p: p.name == INDEX):
+            fs.put_file(str(file), f"{path}/{file.relative_to(local_dir).as_posix()}")
     shutil.rmtree(local_dir)
 
 
@@ -95,9 +64,10 @@ def publish_empty(dest: str | Path) -> None:
     if not is_url(dest):
         shutil.rmtree(dest, ignore_errors=True)
     else:
-        fs, path = _fs(str(dest))
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        with storage_errors(dest):
+            fs, path = filesystem(dest)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
     write_json(join(dest, EMPTY), {"clips": 0})
 
 
@@ -107,8 +77,9 @@ def upload_file(local: Path, dest: str | Path) -> None:
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(local, dest)
         return
-    fs, path = _fs(str(dest))
-    fs.put_file(str(local), path)
+    with storage_errors(dest):
+        fs, path = filesystem(dest)
+        fs.put_file(str(local), path)
 
 
 def list_parts(split_dir: str | Path) -> list[str]:
@@ -116,10 +87,12 @@ def list_parts(split_dir: str | Path) -> list[str]:
     parts_dir = join(split_dir, PARTS)
     if not is_url(parts_dir):
         return sorted({p.parent.name for name in (INDEX, EMPTY) for p in Path(parts_dir).glob(f"*/{name}")})
-    fs, path = _fs(str(parts_dir))
-    if not fs.exists(path):
-        return []
-    return sorted({p.rstrip("/").split("/")[-2] for name in (INDEX, EMPTY) for p in fs.glob(f"{path}/*/{name}")})
+    with storage_errors(parts_dir):
+        fs, path = filesystem(parts_dir)
+        if not fs.exists(path):
+            return []
+        found = [p for name in (INDEX, EMPTY) for p in fs.glob(f"{path}/*/{name}")]
+    return sorted({p.rstrip("/").split("/")[-2] for p in found})
 
 
 def _part_key(name: str) -> tuple[int, int]:
@@ -183,8 +156,9 @@ def list_tiers(split_dir: str | Path) -> list[int]:
     if not is_url(split_dir):
         names = [p.name for p in Path(split_dir).glob("tier-*") if p.is_dir()]
     else:
-        fs, path = _fs(str(split_dir))
-        names = [p.rstrip("/").split("/")[-1] for p in fs.glob(f"{path}/tier-*")] if fs.exists(path) else []
+        with storage_errors(split_dir):
+            fs, path = filesystem(split_dir)
+            names = [p.rstrip("/").split("/")[-1] for p in fs.glob(f"{path}/tier-*")] if fs.exists(path) else []
     return sorted(int(n.removeprefix("tier-")) for n in names)
 
 

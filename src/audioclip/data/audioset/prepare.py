@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +38,7 @@ from audioclip.data.audioset.pack import AUDIO_FORMATS, pack
 from audioclip.data.audioset.parts import merge
 from audioclip.data.audioset.shard import run_shard
 from audioclip.data.audioset.youtube import ThrottledError, ytdlp_options
+from audioclip.storage import check_writable, is_url, join
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     pack_args(p)
     p.add_argument("--clips", help="ingest this directory instead of downloading")
     p.add_argument("--full-videos", action="store_true", help="sources are whole videos, not segments")
+    p.add_argument(
+        "--work",
+        help="with an object-store --root (s3://, gs://): the local folder for clips and extracted media "
+        "(default: one under the system's temporary folder, named after ROOT)",
+    )
     p = stage("shard", "one standalone shard task (--shard i/n): fetch -> extract -> pack into OUT/.../parts/i-of-n")
     parallel(p)
     download_args(p)
@@ -160,7 +168,7 @@ def _shard_options(args: argparse.Namespace) -> dict:
         "chunk_bytes": args.chunk_bytes,
         "audio_format": args.audio_format,
         "balance_tiers": args.balance_tiers,
-        "keep_work": args.keep_work,
+        "keep_work": getattr(args, "keep_work", False),
     }
 
 
@@ -177,17 +185,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.stage == "merge":
+        if is_url(args.out):
+            check_writable(args.out, "--out")
         print(json.dumps({"stage": "merge", **merge(args.out, allow_missing=args.allow_missing)}), flush=True)
         return 0
     if args.stage in ("shard", "shards") and not args.out:
         parser.error(f"{args.stage} needs --out: where the parts go (a path, or an s3:// / gs:// URL)")
+    if is_url(args.root) and args.stage != "all":
+        parser.error(
+            f"--root {args.root}: {args.stage} keeps its work on the local disk; give a local --root (and --out "
+            "s3://... for the shards), or use `all`, which takes an object store as --root"
+        )
+    out = args.out if getattr(args, "out", None) else join(args.root, "shards") if args.stage == "all" else None
+    if out is not None and is_url(out):
+        # before any clip is fetched: a missing bucket or refused credentials should not wait hours for the upload
+        check_writable(out, "--out" if args.out else "--root")
     if args.stage == "shards":
         return _run_shards(args)
     try:
-        return _run(args)
+        return _prepare_into_store(args, out) if is_url(args.root) else _run(args)
     except ThrottledError as e:
         print(e, file=sys.stderr)
         return 3
+
+
+def _prepare_into_store(args: argparse.Namespace, out: str) -> int:
+    """``all`` with an object-store ``--root``: one shard task fetches, extracts and packs on the local disk
+    (``--work``) and uploads its parts to ``out`` (``ROOT/shards`` unless ``--out``), then ``merge`` makes them one
+    dataset per split there, as a cluster's shard tasks and merge job would."""
+    work = Path(args.work) if args.work else default_work(args.root)
+    shard = parse_shard(args.shard)
+    stats = run_shard(read_segments(args.segments), work, out, shard, **_shard_options(args))
+    print(json.dumps({"stage": "shard", **stats}), flush=True)
+    if shard != (0, 1):
+        print(
+            f"merge skipped: run `audioclip prepare audioset merge --out {out}` when every shard is done",
+            file=sys.stderr,
+        )
+        return 0
+    print(json.dumps({"stage": "merge", **merge(out)}), flush=True)
+    return 0
+
+
+def default_work(root: str) -> Path:
+    """The local work folder of ``all`` with an object-store root: stable per ROOT, so a re-run resumes it."""
+    return Path(tempfile.gettempdir()) / "audioclip-audioset" / re.sub(r"[^A-Za-z0-9._-]+", "_", root)
 
 
 def _run(args: argparse.Namespace) -> int:
