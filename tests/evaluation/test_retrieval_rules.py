@@ -102,7 +102,7 @@ def test_search_lists_equal_scores_in_index_order():
     index = {"fingerprint": fingerprint(model), "checkpoint": "-", "paths": [f"clip{i}.wav" for i in range(40)],
              "modality": ["audio"] * 40, "labels": [""] * 40, "embeddings": vector.repeat(40, 1)}  # fmt: skip
     hits = search(index, model, text="anything", top=5)
-    assert [path for _, path, _, _ in hits] == [f"clip{i}.wav" for i in range(5)]
+    assert [hit.path for hit in hits] == [f"clip{i}.wav" for i in range(5)]
 
 
 def _ddp_worker(rank_number: int, store: Path, out: Path) -> None:
