@@ -14,7 +14,14 @@ import audioclip
 from audioclip.evaluation import fingerprint, search
 from audioclip.evaluation import retrieval as retrieval_module
 from audioclip.evaluation.query import retrieval_metrics
-from audioclip.evaluation.retrieval import caption_retrieval, rank, retrieval_at_k, retrieval_at_k_across_ranks
+from audioclip.evaluation.retrieval import (
+    caption_relevance,
+    caption_retrieval,
+    rank,
+    retrieval_at_k,
+    retrieval_at_k_across_ranks,
+    retrieval_sums,
+)
 
 # 15 captions (rows) x 3 clips (columns A, B, C): captions 0-4 describe A, 5-9 B, 10-14 C. Every column's scores are
 # distinct, so no tie rule is involved; the rankings below are read off these numbers by hand.
@@ -75,6 +82,29 @@ def test_queries_without_a_relevant_result_are_left_out_and_none_at_all_is_zero(
     }  # fmt: skip
     with pytest.raises(ValueError, match=r"scores \(3, 2\) and relevant \(2, 2\): need one \(Q, N\) shape"):
         retrieval_at_k(scores, relevant[:2])
+
+
+def test_map_at_another_depth_counts_only_that_head_of_the_ranking():
+    # relevant results at ranks 3 and 7 of 12: AP@10 = (1/3 + 2/7) / 2; AP@5 sees only the first: (1/3) / 2
+    scores = torch.linspace(1, 0, 12)[None]
+    relevant = torch.zeros(1, 12, dtype=torch.bool)
+    relevant[0, [2, 6]] = True
+    assert retrieval_at_k(scores, relevant)["map@10"] == pytest.approx((1 / 3 + 2 / 7) / 2)
+    assert retrieval_at_k(scores, relevant, ks=(1,), map_at=5) == pytest.approx({"r@1": 0.0, "map@5": 1 / 6})
+
+
+def test_a_share_without_any_relevant_query_adds_zeros_and_counts_none():
+    # what a DDP rank whose queries have no relevant result contributes to the all-reduce: zero sums, zero queries
+    assert retrieval_sums(torch.rand(3, 4), torch.zeros(3, 4, dtype=torch.bool)) == (
+        {"r@1": 0.0, "r@5": 0.0, "r@10": 0.0, "map@10": 0.0}, 0
+    )  # fmt: skip
+
+
+def test_caption_relevance_marks_each_clips_caption_row():
+    # clips 0, 1, 2 carry captions 0, 2, 2 (clips 1 and 2 share one): 3 caption rows x 3 clips
+    assert caption_relevance(torch.tensor([0, 2, 2]), 3).tolist() == [
+        [True, False, False], [False, False, False], [False, True, True]
+    ]  # fmt: skip
 
 
 def test_queries_ranked_in_chunks_give_the_same_means(monkeypatch):

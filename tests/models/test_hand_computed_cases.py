@@ -20,7 +20,7 @@ import audioclip
 from audioclip.evaluation.embedded import EmbeddedSet
 from audioclip.evaluation.zeroshot import zeroshot
 from audioclip.models import create_model
-from audioclip.models.losses import contrastive_loss, symmetric_contrastive
+from audioclip.models.losses import audio_head_loss, contrastive_loss, symmetric_contrastive
 from audioclip.tasks import AudioPretrainModule, FinetuneModule
 
 CLASSES = ["dog", "rain", "siren"]
@@ -418,6 +418,17 @@ def test_pretraining_bce_is_summed_over_classes_and_averaged_over_clips():
     assert expected == pytest.approx(2.6064, abs=1e-4)
     ttf = away_from_init(module.model)
     assert module._loss(logits, target).item() == pytest.approx(expected + ttf, abs=1e-5)
+
+
+def test_class_weighted_bce_weights_each_clips_sum_then_averages_over_clips():
+    logits = torch.tensor([[0.0, 2.0, 0.0], [-1.0, 0.0, 0.0]])  # 2 clips x 3 classes, as above
+    target = torch.tensor([[1, 0, 0], [0, 1, 0]])
+    first = 2 * math.log(2) + math.log(1 + math.e**2)  # clip 0's BCE summed over its classes
+    second = math.log(1 + math.exp(-1)) + 2 * math.log(2)  # clip 1's
+    expected = (2.0 * first + 0.5 * second) / 2  # weights 2 and 0.5, then the mean over the 2 clips
+    assert expected == pytest.approx(3.9381, abs=1e-4)
+    loss = audio_head_loss(logits, target, multilabel=True, weights=torch.tensor([2.0, 0.5]))
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_single_label_pretraining_loss_is_cross_entropy_plus_ttf():
