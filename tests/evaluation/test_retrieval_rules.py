@@ -107,6 +107,22 @@ def test_caption_relevance_marks_each_clips_caption_row():
     ]  # fmt: skip
 
 
+def test_the_across_ranks_reduction_sums_each_measure_and_the_query_count(monkeypatch):
+    # the arithmetic of the reduction in one process: a stand-in all_reduce adds a second rank whose sums are twice
+    # this rank's and whose query count is 1; the means are then (s + 2s) / (n + 1), measure by measure
+    # (the real two-rank run over gloo is test_two_ranks_with_half_the_queries_each_get_the_mean_over_all)
+    sums, count = retrieval_module.retrieval_sums(SCORES, RELEVANT)
+
+    def other_rank_joins(totals):
+        totals += torch.tensor([*(2 * v for v in sums.values()), 1.0], dtype=torch.float64)
+
+    monkeypatch.setattr(retrieval_module, "rank_and_world", lambda: (0, 2))
+    monkeypatch.setattr(retrieval_module.dist, "all_reduce", other_rank_joins)
+    assert count == 15
+    expected = {name: 3 * total / 16 for name, total in sums.items()}
+    assert retrieval_at_k_across_ranks(SCORES, RELEVANT) == pytest.approx(expected)
+
+
 def test_queries_ranked_in_chunks_give_the_same_means(monkeypatch):
     whole = caption_retrieval(torch.eye(3, dtype=torch.float64), SCORES, RELEVANT)
     monkeypatch.setattr(retrieval_module, "QUERY_CHUNK", 4)  # 15 caption queries in chunks of 4, 4, 4, 3
