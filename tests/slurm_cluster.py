@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,6 +40,21 @@ def slurm() -> Iterator[dict[str, str]]:
     finally:
         if started:
             subprocess.run([TOOL, "down"], env=env, capture_output=True)
+
+
+def audioset_sbatch_env(base: Mapping[str, str], tmp_path: Path, videos: Path, segments: Path) -> dict[str, str]:
+    """``base`` plus what docs/audioset-slurm.sbatch reads, for the test set ``videos``/``segments``: 2 shards, 30 %
+    held out, parts under ``tmp_path/out``, node-local work under ``tmp_path/node-local``, this venv's `audioclip`."""
+    return {
+        **base,
+        "SEGMENTS": str(segments),
+        "OUT": str(tmp_path / "out"),
+        "NUM_SHARDS": "2",
+        "WORK": str(tmp_path / "node-local"),
+        "VAL_FRACTION": "0.3",
+        "AUDIOCLIP": str(Path(sys.executable).with_name("audioclip")),
+        "EXTRA": f"--clips {videos}",
+    }
 
 
 def sbatch(env: dict[str, str], *args: str, cwd: Path | None = None) -> str:

@@ -241,7 +241,8 @@ def test_merged_parts_stream_through_the_remote_cache_path(parts: dict, tmp_path
 def test_slurm_array_tasks_and_merge_run_as_documented(tmp_path: Path) -> None:
     """docs/audioset-slurm.sbatch, run as SLURM would run array tasks 0 and 1 of 2 and then the merge job."""
     import subprocess
-    import sys
+
+    from slurm_cluster import audioset_sbatch_env
 
     from audioclip.data.audioset.metadata import read_segments, shard_of
 
@@ -249,17 +250,7 @@ def test_slurm_array_tasks_and_merge_run_as_documented(tmp_path: Path) -> None:
     videos, segments = write_test_set(tmp_path / "media", 8)
     good = {s.ytid for i, s in enumerate(read_segments(segments)) if i not in (2, 3)}
     assert {shard_of(y, 2) for y in good} == {0, 1}  # both tasks have clips to pack
-    env = {
-        **os.environ,
-        "SEGMENTS": str(segments),
-        "OUT": str(tmp_path / "out"),
-        "NUM_SHARDS": "2",
-        "WORK": str(tmp_path / "node-local"),
-        "VAL_FRACTION": "0.3",
-        "AUDIOCLIP": str(Path(sys.executable).with_name("audioclip")),
-        "EXTRA": f"--clips {videos}",
-        "SLURM_CPUS_PER_TASK": "1",
-    }
+    env = {**audioset_sbatch_env(os.environ, tmp_path, videos, segments), "SLURM_CPUS_PER_TASK": "1"}
     script = str(repo / "docs" / "audioset-slurm.sbatch")
     for task in ("0", "1"):
         done = subprocess.run(

@@ -1,11 +1,10 @@
 """docs/audioset-slurm.sbatch on a real one-node Slurm (tools/slurm-local): submitted with `sbatch --array` as the
 cluster runs it, its merge step with `--dependency=afterok`, and the merged shards equal a one-process run's."""
 
-import sys
 from pathlib import Path
 
 import pytest
-from slurm_cluster import jobs, sbatch, slurm, wait_until
+from slurm_cluster import audioset_sbatch_env, jobs, sbatch, slurm, wait_until
 from test_cluster_scale import samples
 
 from audioclip.data.audioset.prepare import main
@@ -27,16 +26,7 @@ def cluster():
 
 def test_sbatch_array_and_dependent_merge_equal_a_one_process_run(cluster, tmp_path: Path) -> None:
     videos, segments = write_test_set(tmp_path / "media", 8)  # clips 2 and 3 are broken on purpose
-    env = {
-        **cluster,
-        "SEGMENTS": str(segments),
-        "OUT": str(tmp_path / "out"),
-        "NUM_SHARDS": "2",
-        "WORK": str(tmp_path / "node-local"),
-        "VAL_FRACTION": "0.3",
-        "AUDIOCLIP": str(Path(sys.executable).with_name("audioclip")),
-        "EXTRA": f"--clips {videos}",
-    }
+    env = audioset_sbatch_env(cluster, tmp_path, videos, segments)
     logs = tmp_path / "logs"
     logs.mkdir()
     array = sbatch(env, "--array=0-1", *SMALL, f"--output={logs}/shard-%A_%a.log", SCRIPT, cwd=tmp_path)
