@@ -75,16 +75,20 @@ def classify_one(path: str, weights: str, model_name: str, precision: str, windo
     at its largest during the windows, which is what the length of the file could change)."""
     import gc
 
-    from audioclip.evaluation.timeline import classify_windows
+    from audioclip.evaluation.timeline import classify_windows, embed_labels
     from audioclip.inference import load
 
-    model = load(weights, model_name, precision=precision)  # as `audioclip classify --checkpoint` loads it
+    # as `audioclip classify --checkpoint ... --window` does: no image encoder, the text encoder dropped once the
+    # labels are embedded
+    model = load(weights, model_name, precision=precision, towers=("audio", "text"))
+    labels = embed_labels(model, LABELS)
+    model.drop_towers("text")
     gc.collect()
     loaded = rss_mb()
     sampler = RssSampler()
     sampler.start()
     start = time.perf_counter()
-    timeline = classify_windows(model, path, LABELS, window=window, hop=hop, batch_size=batch)
+    timeline = classify_windows(model, path, labels, window=window, hop=hop, batch_size=batch)
     seconds = time.perf_counter() - start
     sampler.done.set()
     sampler.join()

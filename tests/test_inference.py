@@ -100,3 +100,43 @@ def test_duplicate_labels_are_an_error(tiny_checkpoint, shared_dir):
     model = audioclip.load(tiny_checkpoint)
     with pytest.raises(InputError, match="duplicate labels: cat"):
         audioclip.classify(model, shared_dir / "fixtures/audio" / CLIP, ["cat", "cat"])
+
+
+def test_the_loaded_model_is_the_saved_one_in_every_tower(tiny_checkpoint, shared_dir):
+    from audioclip.models import create_model
+
+    torch.manual_seed(0)  # the fixture's weights, built again: what was saved
+    saved = create_model("audioclip-tiny").eval()
+    model = audioclip.load(tiny_checkpoint, precision="32-true")
+    audio = prepare_audio(shared_dir / "fixtures/audio" / CLIP)[..., :44100]
+    tokens, image = saved.tokenize(["a cat meowing", "rain"]), torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model.encode_audio(audio), saved.encode_audio(audio))
+        assert torch.equal(model.encode_text(tokens), saved.encode_text(tokens))  # CLIP's causal mask made again
+        assert torch.equal(model.encode_image(image), saved.encode_image(image))
+
+
+def test_a_model_loaded_with_fewer_towers_holds_only_those_and_embeds_the_same(tiny_checkpoint, shared_dir):
+    whole = audioclip.load(tiny_checkpoint, precision="32-true")
+    model = audioclip.load(tiny_checkpoint, precision="32-true", towers=("audio", "text"))
+    assert model.visual is None and model.towers == ("audio", "text")
+    path = shared_dir / "fixtures/audio" / CLIP
+    assert torch.equal(audioclip.embed_audio(model, path), audioclip.embed_audio(whole, path))
+    assert torch.equal(audioclip.embed_text(model, ["cat", "rain"]), audioclip.embed_text(whole, ["cat", "rain"]))
+    model.drop_towers("text")
+    audio_only = sum(p.numel() for p in whole.audio.parameters()) + 3  # the audio head and the three logit scales
+    assert sum(p.numel() for p in model.parameters()) == audio_only
+    with pytest.raises(ValueError, match="loaded without its text encoder"):
+        audioclip.embed_text(model, ["cat"])
+    with pytest.raises(ValueError, match="towers: one or more of audio, image, text, got 'sound'"):
+        audioclip.load(tiny_checkpoint, towers=("sound",))
+
+
+def test_fewer_towers_need_a_whole_audioclip_file(tiny_checkpoint, tmp_path):
+    clip_only = tmp_path / "clip-heads.pt"
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    torch.save({k: v for k, v in state.items() if not k.startswith(("audio.", "logit_scale_a"))}, clip_only)
+    from audioclip.models.pretrained import WeightsError
+
+    with pytest.raises(WeightsError, match="clip-heads.pt: towers=audio needs the weights of a whole"):
+        audioclip.load(clip_only, model_name="audioclip-tiny", towers=("audio",))

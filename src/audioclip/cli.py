@@ -63,7 +63,9 @@ def classify(argv: Sequence[str]) -> int:
     if not labels:
         raise ValueError("--labels: give the candidate classes, comma-separated, e.g. --labels 'dog,cat,rain'")
     windowed = _check_window_options(args)
-    model = load(args.checkpoint, model_name=args.model, precision=args.precision, backend=args.backend)
+    # classification never looks at images: the image encoder is not loaded
+    model = load(args.checkpoint, model_name=args.model, precision=args.precision, backend=args.backend,
+                 towers=("audio", "text"))  # fmt: skip
     announce_on_first_use(model)
     if windowed:
         return _classify_windows(model, args, labels)
@@ -96,10 +98,13 @@ def _check_window_options(args: argparse.Namespace) -> bool:
 
 def _classify_windows(model, args: argparse.Namespace, labels: list[str]) -> int:
     """`audioclip classify FILE --window W [--hop H]`: the timeline (each window's top labels) and the clip result."""
-    from audioclip.evaluation.timeline import classify_windows, plot_timeline, write_timeline
+    from audioclip.evaluation.timeline import classify_windows, embed_labels, plot_timeline, write_timeline
 
+    embedded = embed_labels(model, labels, args.template)
+    if hasattr(model, "drop_towers"):  # only the audio head runs from here on (an ONNX model has no towers to drop)
+        model.drop_towers("text")
     for path in args.files:
-        timeline = classify_windows(model, path, labels, args.template, args.window, args.hop,
+        timeline = classify_windows(model, path, embedded, args.template, args.window, args.hop,
                                     args.aggregate or "mean", progress=True)  # fmt: skip
         print(f"{path}: {len(timeline.rows)} windows of {args.window:g} s every {args.hop:g} s")
         for row in timeline.rows:

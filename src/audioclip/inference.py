@@ -21,12 +21,21 @@ import torchaudio.functional as AF
 
 from audioclip.constants import INT16_SCALE, SAMPLE_RATE
 from audioclip.models import AudioCLIP, create_model
+from audioclip.models.audioclip import TOWERS
 from audioclip.models.export_folder import export_folder_of
 from audioclip.models.lineage import weights_lineage
 from audioclip.models.losses import clamp_scale
 from audioclip.models.onnx_runtime import OnnxAudioCLIP
 from audioclip.models.preprocess import image_transform
-from audioclip.models.pretrained import TAGS, WeightsError, load_weights, read_weights
+from audioclip.models.pretrained import (
+    JIT_EXTRAS,
+    TAGS,
+    Weights,
+    WeightsError,
+    load_into,
+    load_weights,
+    read_weights,
+)
 from audioclip.models.registry import guess_model_name
 from audioclip.precision import check_inference_precision, to_inference_precision
 
@@ -43,6 +52,7 @@ def load(
     device: str | torch.device = "cpu",
     precision: str = "auto",
     backend: str = "torch",
+    towers: Sequence[str] = tuple(TOWERS),
 ) -> AudioCLIP:
     """A ready AudioCLIP in eval mode from an official tag, a file (state dict or Lightning checkpoint), a run folder,
     an `audioclip export` folder or `hf://owner/name`; its `lineage` (`audioclip.models.lineage.weights_lineage`)
@@ -50,8 +60,15 @@ def load(
 
     `precision` `auto` embeds under bf16 autocast where the hardware has bf16, else in fp32 (`32-true`, or force
     either; `audioclip.precision`); `model.precision_line` says which was chosen and why. `backend="onnxruntime"`
-    runs an export's ONNX audio and text encoders instead (`audioclip.models.onnx_runtime`: fp32, CPU)."""
+    runs an export's ONNX audio and text encoders instead (`audioclip.models.onnx_runtime`: fp32, CPU).
+
+    `towers` are the encoders built (default all three): `("audio", "text")` for classification leaves out the image
+    head's 38 M parameters. The weights are read once and copied once into the parts kept (the model is laid out
+    without memory first, never randomly initialised), so loading needs one model's memory beside the file's."""
     check_inference_precision(precision)
+    unknown = [t for t in towers if t not in TOWERS]
+    if unknown or not towers:
+        raise ValueError(f"towers: one or more of {', '.join(TOWERS)}, got {', '.join(map(repr, towers)) or 'none'}")
     if backend not in BACKENDS:
         raise ValueError(f"--backend: one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "onnxruntime":
@@ -61,11 +78,34 @@ def load(
         raise WeightsError(f"{tag_or_path!r} holds {TAGS[tag_or_path].kind} weights, not a whole AudioCLIP")
     # read once: the architecture is guessed from the same tensors, and the lineage read beside them
     weights = read_weights(tag_or_path)
-    model = create_model(model_name or ("audioclip" if is_tag else guess_model_name(weights.state)))
-    load_weights(model, weights)
+    model = _build(model_name or ("audioclip" if is_tag else guess_model_name(weights.state)), weights, towers)
     model.lineage = weights_lineage(str(tag_or_path), weights.content)
     model = model.eval().to(device)
     to_inference_precision(model, precision)
+    return model
+
+
+def _build(name: str, weights: Weights, towers: Sequence[str]) -> AudioCLIP:
+    """The model `name` with only `towers`, filled from `weights`: laid out on the meta device, the kept parts
+    allocated and every tensor of theirs loaded strictly. A file that does not hold a whole AudioCLIP (CLIP's heads
+    alone) is loaded into a randomly initialised model as before, with every tower."""
+    with torch.device("meta"):
+        model = create_model(name)
+    if not isinstance(model, AudioCLIP) or not set(model.state_dict()) <= set(weights.state):
+        if set(towers) != set(TOWERS):
+            raise WeightsError(f"{weights.source}: towers={','.join(towers)} needs the weights of a whole AudioCLIP")
+        model = create_model(name)
+        load_weights(model, weights)
+        return model
+    left_out = [t for t in TOWERS if t not in towers]
+    model.drop_towers(*left_out)
+    model.to_empty(device="cpu")
+    parts = tuple(attr for tower in left_out for attr in TOWERS[tower])
+    state = {k: v for k, v in weights.state.items() if k.split(".", 1)[0] not in parts and k not in JIT_EXTRAS}
+    load_into(model, state, str(weights.path))
+    if model.transformer is not None:  # CLIP's causal mask is a plain attribute, made when the model was laid out
+        for block in model.transformer.resblocks:
+            block.attn_mask = model.build_attention_mask()
     return model
 
 

@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -37,6 +38,26 @@ from audioclip.outputs import atomic_output, check_writable_dir
 
 AGGREGATES = ("mean", "max")
 TIMELINE_SUFFIXES = (".csv", ".json")
+
+
+class LabelEmbeddings(NamedTuple):
+    """The labels' side of a zero-shot classification, computed once (`embed_labels`): the labels, the template they
+    were written into, their text embeddings (fp32, CPU) and the audio-text logit scale."""
+
+    labels: list[str]
+    template: str
+    text: torch.Tensor
+    scale: torch.Tensor
+
+
+def embed_labels(model, labels: Sequence[str], template: str = "{}") -> LabelEmbeddings:
+    """The labels embedded as `classify_windows` scores windows against them; after this the model's text encoder
+    can be dropped (`model.drop_towers("text")`) and `classify_windows` given this instead of the labels."""
+    labels = check_labels(labels)
+    with torch.no_grad():
+        text = embed_text(model, labels, template).float().cpu()
+        scale = clamp_scale(model.logit_scale_at).float().cpu()
+    return LabelEmbeddings(labels, template, text, scale)
 
 
 @dataclass(frozen=True)
@@ -136,7 +157,7 @@ def embed_windows(
 def classify_windows(
     model,
     audio: str | Path,
-    labels: Sequence[str],
+    labels: Sequence[str] | LabelEmbeddings,
     template: str = "{}",
     window: float = 5.0,
     hop: float = 2.5,
@@ -146,14 +167,12 @@ def classify_windows(
     progress: bool = False,
 ) -> Timeline:
     """Zero-shot classification of every window of a file of any length: the timeline and the clip-level result
-    (see the module's docstring)."""
+    (see the module's docstring). `labels` may be `embed_labels`' result (its template is then the one used)."""
     if aggregate not in AGGREGATES:
         raise ValueError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
     window_samples(window, hop)  # a bad setting is named before anything is read
-    labels = check_labels(labels)
-    with torch.no_grad():
-        text = embed_text(model, labels, template).float().cpu()
-        scale = clamp_scale(model.logit_scale_at).float().cpu()
+    embedded = labels if isinstance(labels, LabelEmbeddings) else embed_labels(model, labels, template)
+    labels, template, text, scale = embedded
     timeline = Timeline(str(audio), labels, template, window, hop, aggregate)
     all_probs = []  # plain floats: small tensors kept for the whole file would pin the heap between big buffers
     for start, end, emb in embed_windows(model, audio, window, hop, batch_size, block_seconds, progress):

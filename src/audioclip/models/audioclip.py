@@ -34,6 +34,15 @@ class AudioCLIPConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)  # its num_classes is forced to embed_dim
 
 
+# the attributes each modality's encoder is made of (`drop_towers`, `audioclip.load(..., towers=)`); the three logit
+# scales are shared and always kept
+TOWERS: dict[str, tuple[str, ...]] = {
+    "audio": ("audio",),
+    "image": ("visual",),
+    "text": ("transformer", "token_embedding", "ln_final", "positional_embedding", "text_projection"),
+}
+
+
 class AudioCLIP(CLIP):
     """The tri-modal model. `AudioCLIP()` is the paper's configuration with CLIP's random initialisation.
 
@@ -62,13 +71,45 @@ class AudioCLIP(CLIP):
         self.audio = ESResNeXtFBSP(replace(cfg.audio, num_classes=cfg.embed_dim))
         self.logit_scale_ai = nn.Parameter(torch.log(torch.ones([]) * 100))
         self.logit_scale_at = nn.Parameter(torch.log(torch.ones([]) * 100))
+        self.towers = tuple(TOWERS)
 
     @property
     def device(self) -> torch.device:
-        return self.visual.conv1.weight.device
+        return self.logit_scale.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """CLIP's: the image head's dtype (the text head's where the image head was left out)."""
+        return (self.visual.conv1.weight if self.visual is not None else self.text_projection).dtype
+
+    def drop_towers(self, *names: str) -> None:
+        """Leave out the encoders of `names` (of `TOWERS`): their memory goes back, and using one afterwards is a
+        one-line error. A window-by-window classification keeps only the audio head once the labels are embedded."""
+        for name in names:
+            if name not in TOWERS:
+                raise ValueError(f"towers: one of {', '.join(TOWERS)}, got {name!r}")
+            for attr in TOWERS[name]:
+                setattr(self, attr, None)
+        self.towers = tuple(t for t in self.towers if t not in names)
+
+    def _needs(self, tower: str) -> None:
+        if tower not in self.towers:
+            raise ValueError(
+                f"this model was loaded without its {tower} encoder (towers: {', '.join(self.towers) or 'none'}); "
+                f"load it with towers including {tower!r}"
+            )
 
     def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        self._needs("audio")
         return self.audio(audio.to(self.device))
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        self._needs("image")
+        return super().encode_image(image)
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        self._needs("text")
+        return super().encode_text(text)
 
     def tokenize(self, texts: list[str] | list[list[str]], template: str = "{}") -> torch.Tensor:
         """Texts (or per-sample label lists, joined with ", ") formatted into `template`, as CLIP tokens."""

@@ -296,6 +296,10 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str,
     module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
 
 
+# what OpenAI's TorchScript CLIP archives hold beside the weights (sizes as tensors); no model has them as keys
+JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+
+
 def load_state(
     model: nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -314,7 +318,7 @@ def load_state(
     """
     from audioclip.models.audioclip import AudioCLIP
 
-    state = {k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    state = {k: v for k, v in state.items() if k not in JIT_EXTRAS}
     is_clip_model = isinstance(model, AudioCLIP)
     has_audio_head = any(k.startswith("audio.") for k in state)
     has_clip = any(k.startswith("visual.") for k in state)
