@@ -27,10 +27,10 @@ from audioclip import __version__
 
 # subcommand -> (help line, "module:function" called with the arguments after the subcommand's name)
 COMMANDS = {
-    "fit": ("train a phase (LightningCLI)", "audioclip.tasks.cli:fit"),
-    "validate": ("validate a checkpoint (LightningCLI)", "audioclip.tasks.cli:validate"),
-    "test": ("test a checkpoint (LightningCLI)", "audioclip.tasks.cli:test"),
-    "predict": ("predict with a checkpoint (LightningCLI)", "audioclip.tasks.cli:predict"),
+    "fit": ("train a phase (LightningCLI)", "audioclip.tasks.entry:fit"),
+    "validate": ("validate a checkpoint (LightningCLI)", "audioclip.tasks.entry:validate"),
+    "test": ("test a checkpoint (LightningCLI)", "audioclip.tasks.entry:test"),
+    "predict": ("predict with a checkpoint (LightningCLI)", "audioclip.tasks.entry:predict"),
     "classify": ("zero-shot classify audio files against a list of labels", "audioclip.cli:classify"),
     "weights": ("list or download the official weights", "audioclip.cli:weights"),
     "prepare": ("prepare AudioSet: download/ingest, extract, pack", "audioclip.data.audioset.prepare:main"),

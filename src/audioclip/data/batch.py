@@ -11,10 +11,7 @@ from typing import Any
 
 import torch
 
-
-def class_text(name: str) -> str:
-    """The text of a class name: ``dog_bark`` -> ``dog bark``."""
-    return name.replace("_", " ").strip()
+from audioclip.data.layouts import class_text  # noqa: F401 - its users import it from here too
 
 
 def per_device_batch_size(global_batch_size: int, world_size: int) -> int:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 OnBadFile = Literal["error", "skip"]
 
@@ -53,6 +55,8 @@ class DatasetNotFoundError(FileNotFoundError):
 
 def clip_problem(audio: torch.Tensor, length: int, max_length: int) -> str | None:
     """What is wrong with a decoded clip (channels, samples) of ``length`` valid samples, or None."""
+    import torch  # here: the metadata readers import this module without torch (`audioclip.data.layouts`)
+
     if not 0 < length <= max_length:
         return f"decoded to the wrong length ({length} samples; expected 1..{max_length})"
     if not torch.isfinite(audio).all():

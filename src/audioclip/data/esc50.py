@@ -15,7 +15,8 @@ import numpy as np
 from audioclip.constants import ESC50_FOLDS, SAMPLE_RATE
 from audioclip.data.audio import read_audio_int16_range, resample, round_to_int16
 from audioclip.data.cache import CacheSpec
-from audioclip.data.folds import ClipRecord, FoldedAudioDataModule, FoldLayout
+from audioclip.data.folds import ClipRecord, FoldedAudioDataModule
+from audioclip.data.layouts import ESC50_LAYOUT, ESC50_METADATA  # noqa: F401 - ESC50_METADATA: its users import it from here
 
 ESC50_CLASSES = (
     "dog", "rooster", "pig", "cow", "frog", "cat", "hen", "insects", "sheep", "crow",
@@ -31,10 +32,7 @@ ESC10_CLASSES = frozenset(
      "clock_tick"}
 )  # fmt: skip
 ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
-ESC50_METADATA = Path("meta") / "esc50.csv"
 ESC50_LENGTH = 5 * SAMPLE_RATE
-ESC50_LAYOUT = FoldLayout(ESC50_METADATA, id="filename", fold="fold", target="target", label="category",
-                          num_folds=ESC50_FOLDS, audio="audio/{id}")  # fmt: skip
 
 
 def decode_esc50(path: Path) -> np.ndarray:

@@ -40,7 +40,8 @@ from audioclip.data.audio import read_audio_int16_range, resample, round_to_int1
 from audioclip.data.batch import class_text
 from audioclip.data.cache import CacheSpec
 from audioclip.data.errors import DatasetNotFoundError, MetadataError
-from audioclip.data.folds import ClipDataset, FoldedAudioDataModule, parse_int
+from audioclip.data.folds import ClipDataset, FoldedAudioDataModule
+from audioclip.data.layouts import parse_int
 from audioclip.data.splits import split_folds, stratified_split
 from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
 

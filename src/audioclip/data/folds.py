@@ -11,11 +11,9 @@ the `on_bad_file` policy (`audioclip.data.errors`).
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -25,18 +23,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from audioclip.data.batch import class_text, collate, per_device_batch_size
+from audioclip.data.batch import collate, per_device_batch_size
 from audioclip.data.cache import CACHE_DIRNAME, CacheReader, CacheSpec, ClipCache, build_cache
 from audioclip.data.errors import (
     BadFileError,
     DatasetNotFoundError,
-    MetadataError,
     MissingFileError,
     OnBadFile,
     check_on_bad_file,
     clip_problem,
     first_usable,
 )
+from audioclip.data.layouts import ClipRecord, FoldLayout, class_names
 from audioclip.data.samplers import EvalShardSampler, ResumableDataLoader, ResumableSampler
 from audioclip.data.splits import split_folds
 from audioclip.data.transforms import AudioTransform, eval_audio_transform, train_audio_transform
@@ -46,87 +44,6 @@ log = logging.getLogger(__name__)
 
 Protocol = Literal["honest", "reference"]
 PROTOCOLS = ("honest", "reference")
-
-
-@dataclass(frozen=True)
-class ClipRecord:
-    """One row of a dataset's metadata."""
-
-    id: str  # the file name, unique within the dataset
-    path: Path
-    fold: int
-    target: int
-    label: str  # the class name as written in the metadata, e.g. "dog_bark"
-
-
-@dataclass(frozen=True)
-class FoldLayout:
-    """How a fold-based dataset's official layout names things: ESC-50 and UrbanSound8K differ only here (and in
-    their decoders)."""
-
-    metadata: Path  # the metadata CSV, relative to the root
-    id: str  # the columns of the file name, the fold, the class index and the class name
-    fold: str
-    target: str
-    label: str
-    num_folds: int
-    audio: str  # an audio file's path relative to the root, with {id} and {fold}
-
-    def read(self, root: Path) -> list[ClipRecord]:
-        """The metadata's rows as records; only the columns named here are required."""
-        path = root / self.metadata
-        records = []
-        for line, row in read_metadata_csv(path, (self.id, self.fold, self.target, self.label)):
-            fold = parse_int(path, line, self.fold, row[self.fold], 1, self.num_folds)
-            records.append(
-                ClipRecord(
-                    id=row[self.id],
-                    path=root / self.audio.format(id=row[self.id], fold=fold),
-                    fold=fold,
-                    target=parse_int(path, line, self.target, row[self.target], 0, 10**6),
-                    label=row[self.label],
-                )
-            )
-        return records
-
-
-def read_metadata_csv(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
-    """Rows of a CSV with their line numbers, after checking that every required column is present."""
-    if not path.is_file():
-        raise DatasetNotFoundError(f"{path}: metadata file does not exist")
-    with open(path, newline="") as file:
-        reader = csv.DictReader(file)
-        missing = [column for column in columns if column not in (reader.fieldnames or [])]
-        if missing:
-            raise MetadataError(
-                path, f"missing column(s) {missing}; expected columns {list(columns)}, found {reader.fieldnames}"
-            )
-        return [(line, row) for line, row in enumerate(reader, start=2)]
-
-
-def parse_int(path: Path, line: int, column: str, value: str | None, low: int, high: int) -> int:
-    """An integer metadata field in ``low..high``, or a ``MetadataError`` naming file, line and column."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise MetadataError(path, f"line {line}: column {column!r} must be an integer, got {value!r}") from None
-    if not low <= number <= high:
-        raise MetadataError(path, f"line {line}: column {column!r} must be in {low}..{high}, got {number}")
-    return number
-
-
-def class_names(records: Sequence[ClipRecord], metadata_path: Path) -> list[str]:
-    """Class names (as text) indexed by target; the metadata must map targets 0..K-1 one-to-one to labels."""
-    by_target: dict[int, str] = {}
-    for record in records:
-        if by_target.setdefault(record.target, record.label) != record.label:
-            raise MetadataError(
-                metadata_path,
-                f"class index {record.target} is both {by_target[record.target]!r} and {record.label!r}",
-            )
-    if sorted(by_target) != list(range(len(by_target))):
-        raise MetadataError(metadata_path, f"class indices must run 0..K-1, got {sorted(by_target)}")
-    return [class_text(by_target[target]) for target in range(len(by_target))]
 
 
 class ClipDataset(Dataset):

@@ -18,17 +18,15 @@ from audioclip.constants import SAMPLE_RATE, US8K_FOLDS
 from audioclip.data.audio import minmax_to_int16, read_audio_int16_range, resample
 from audioclip.data.cache import CacheSpec
 from audioclip.data.errors import BadFileError
-from audioclip.data.folds import ClipRecord, FoldedAudioDataModule, FoldLayout
+from audioclip.data.folds import ClipRecord, FoldedAudioDataModule
+from audioclip.data.layouts import US8K_LAYOUT, US8K_METADATA  # noqa: F401 - US8K_METADATA: its users import it from here
 
 US8K_CLASSES = (
     "air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
     "engine_idling", "gun_shot", "jackhammer", "siren", "street_music",
 )  # fmt: skip
 US8K_COLUMNS = ("slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class")
-US8K_METADATA = Path("metadata") / "UrbanSound8K.csv"
 US8K_LENGTH = 4 * SAMPLE_RATE
-US8K_LAYOUT = FoldLayout(US8K_METADATA, id="slice_file_name", fold="fold", target="classID", label="class",
-                         num_folds=US8K_FOLDS, audio="audio/fold{fold}/{id}")  # fmt: skip
 
 
 def decode_us8k(path: Path) -> np.ndarray:

@@ -9,13 +9,19 @@ run-safety callbacks, checkpoint files and W&B runs. `models/` stays free of Lig
 | finetune (own data)                 | `FolderFinetuneModule`                        | finetune_folder.py       |
 """
 
-from audioclip.tasks.audio_head import AudioPretrainModule
-from audioclip.tasks.audioset_contrastive import AudioSetContrastiveModule, FullTrainingModule, PartialTrainingModule
-from audioclip.tasks.base import AudioCLIPTask
-from audioclip.tasks.callbacks import ChannelsLast
-from audioclip.tasks.finetune import FinetuneModule
-from audioclip.tasks.finetune_folder import FolderFinetuneModule
+from audioclip.lazy import lazy_exports
 
+# imported on first use: `audioclip fit` checks its settings (`audioclip.tasks.entry`) before Lightning is imported
+_LAZY = {
+    "AudioCLIPTask": "audioclip.tasks.base",
+    "AudioPretrainModule": "audioclip.tasks.audio_head",
+    "AudioSetContrastiveModule": "audioclip.tasks.audioset_contrastive",
+    "ChannelsLast": "audioclip.tasks.callbacks",
+    "FinetuneModule": "audioclip.tasks.finetune",
+    "FolderFinetuneModule": "audioclip.tasks.finetune_folder",
+    "FullTrainingModule": "audioclip.tasks.audioset_contrastive",
+    "PartialTrainingModule": "audioclip.tasks.audioset_contrastive",
+}
 __all__ = [
     "AudioCLIPTask",
     "AudioPretrainModule",
@@ -26,3 +32,4 @@ __all__ = [
     "FullTrainingModule",
     "PartialTrainingModule",
 ]
+__getattr__ = lazy_exports(__name__, _LAZY)

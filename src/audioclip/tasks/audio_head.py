@@ -21,6 +21,7 @@ from audioclip.models import AUDIO_HEAD, create_model
 from audioclip.models.losses import audio_head_loss
 from audioclip.models.pretrained import load_into
 from audioclip.tasks.base import AudioCLIPTask, require_family
+from audioclip.tasks.entry import class_count_error
 from audioclip.tasks.wandb_tables import EXAMPLES, log_classification_to_wandb, single_label_examples
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,7 @@ class AudioPretrainModule(AudioCLIPTask):
         """Before anything is decoded (`audioclip fit`'s pre-flight): a fixed class count must be the data's."""
         names = getattr(datamodule, "declared_class_names", lambda: None)()
         if names is not None and self.num_classes is not None and len(names) != self.num_classes:
-            raise ValueError(
-                f"model.num_classes: the classifier has {self.num_classes} outputs but the dataset has "
-                f"{len(names)} classes (leave num_classes out to take the data's)"
-            )
+            raise class_count_error("AudioPretrainModule", self.num_classes, len(names))
 
     def setup(self, stage: str) -> None:
         names = getattr(getattr(self.attached_trainer, "datamodule", None), "class_names", None)

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from jsonargparse import Namespace
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Trainer
@@ -39,6 +38,7 @@ from audioclip.tasks.callbacks import BadDataLog, ResumeState, SaveOnSignal, Ste
 from audioclip.tasks.checkpoints import RESUME_KEY, checkpoint_dir, last_checkpoint, read_resume_checkpoint
 from audioclip.tasks.cli_errors import OneLineErrorParser, instantiation_error
 from audioclip.tasks.distributed import ResumeAgreement, SyncBatchNormPlugin, smallest_batch_for_batchnorm
+from audioclip.tasks.entry import expand_defaults
 from audioclip.tasks.nonfinite import NonFiniteGuard
 from audioclip.tasks.preflight import PreflightChecks
 from audioclip.tasks.wandb_run import define_best_metric, is_wandb, run_name, start_run
@@ -51,49 +51,6 @@ CALLBACK_GROUPS = {
     "nonfinite_guard": NonFiniteGuard,
     "metrics_file": TestMetricsFile,
 }
-
-
-def expand_defaults(argv: Sequence[str]) -> list[str]:
-    """Every `--config FILE` whose YAML has a `defaults:` list (paths relative to FILE's folder) becomes `--config`
-    for each of them, recursively and each file once, followed by FILE's own settings without the list: a phase file
-    composes its groups and overrides them. What jsonargparse sees, and `--print_config` prints, is whole."""
-    out: list[str] = []
-    seen: set[Path] = set()
-
-    def add(path: Path) -> None:
-        resolved = path.resolve()
-        if resolved in seen:
-            return
-        seen.add(resolved)
-        try:
-            content = yaml.safe_load(resolved.read_text()) if resolved.is_file() else None
-        except yaml.YAMLError:
-            content = None  # `check_config_files` names the file and the place
-        if not isinstance(content, dict) or "defaults" not in content:
-            out.extend(["--config", str(path)])
-            return
-        for default in content.pop("defaults") or []:
-            child = resolved.parent / default
-            if not child.is_file():
-                raise ValueError(f"--config {path}: defaults: {default}: no such file ({child})")
-            add(child)
-        if content:
-            out.extend(["--config", yaml.safe_dump(content, sort_keys=False)])
-
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--config" and i + 1 < len(args):
-            add(Path(args[i + 1]))
-            i += 2
-            continue
-        if arg.startswith("--config="):
-            add(Path(arg.removeprefix("--config=")))
-        else:
-            out.append(arg)
-        i += 1
-    return out
 
 
 def _resolve_ckpt_path(ckpt_path: str, root: str | Path) -> str | None:

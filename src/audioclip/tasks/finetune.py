@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from audioclip.models import AUDIOCLIP
 from audioclip.models.losses import class_logits
 from audioclip.tasks.base import AudioCLIPTask, require_family
+from audioclip.tasks.entry import class_count_error
 from audioclip.tasks.frozen import FrozenCLIP
 from audioclip.tasks.wandb_tables import EXAMPLES, log_classification_to_wandb, single_label_examples
 
@@ -51,10 +52,7 @@ class FinetuneModule(FrozenCLIP, AudioCLIPTask):
         """Before anything is decoded: a fixed class count must be the data's (`audioclip fit`'s pre-flight)."""
         names = getattr(datamodule, "declared_class_names", lambda: None)()
         if names is not None and self.num_classes is not None and len(names) != self.num_classes:
-            raise ValueError(
-                f"model.num_classes: the model is set up for {self.num_classes} classes but the dataset has "
-                f"{len(names)}"
-            )
+            raise class_count_error("FinetuneModule", self.num_classes, len(names))
 
     def setup(self, stage: str) -> None:
         """Without `num_classes` the dataset's class names decide it (zero-shot-style heads need no fixed size)."""
