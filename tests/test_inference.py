@@ -128,6 +128,9 @@ def test_a_model_loaded_with_fewer_towers_holds_only_those_and_embeds_the_same(t
     assert sum(p.numel() for p in model.parameters()) == audio_only
     with pytest.raises(ValueError, match="loaded without its text encoder"):
         audioclip.embed_text(model, ["cat"])
+    with pytest.raises(ValueError, match="loaded without its image encoder"):
+        audioclip.embed_image(model, shared_dir / "fixtures/images/cat_1.jpg")
+    assert model.dtype == torch.float32
     with pytest.raises(ValueError, match="towers: one or more of audio, image, text, got 'sound'"):
         audioclip.load(tiny_checkpoint, towers=("sound",))
 

@@ -188,6 +188,8 @@ def embed_image(model: AudioCLIP, image) -> torch.Tensor:
             image = Image.open(image)
         except (OSError, UnidentifiedImageError) as exc:
             raise InputError(f"{image}: not a readable image ({exc})") from exc
+    if hasattr(model, "needs"):
+        model.needs("image")  # before the image head is looked at: one line when it was left out
     pixels = image_transform(model.visual.input_resolution)(image)[None].to(model.device)
     emb = model.encode_image(pixels)[0]
     return emb / emb.norm()

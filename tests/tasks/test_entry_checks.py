@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from audioclip.data.synthetic import write_us8k
-from audioclip.tasks.entry import _Unsure, check_before_lightning, check_settings, resolved_settings
+from audioclip.tasks.entry import (
+    _Unsure,
+    check_before_lightning,
+    check_settings,
+    expand_defaults,
+    missing_weights_file,
+    resolved_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +43,9 @@ def test_settings_are_the_configs_merged_in_order_then_the_command_line(tmp_path
     us8k = {"class_path": "audioclip.data.US8KDataModule", "init_args": {"root": "u"}}
     switch.write_text(yaml.safe_dump({"data": us8k}))
     assert resolved_settings(["--config", str(base), "--config", str(switch)])["data"] == us8k
+    assert resolved_settings(["--config", str(base), "-c", str(switch)])["data"] == us8k  # jsonargparse's short form
+    with pytest.raises(_Unsure):
+        resolved_settings(["--config", str(base), "-x", "1"])
     with pytest.raises(_Unsure):
         resolved_settings(["--config", "model: [unclosed"])
 
@@ -89,3 +99,29 @@ def test_the_class_count_refusal_comes_before_lightning_is_imported(us8k, tmp_pa
                                    "has 3 classes (leave num_classes out to take the data's)")  # fmt: skip
     assert done.stdout.strip() == "lightning not imported"
     assert not (us8k / ".audioclip-cache").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_yaml_string_config_reaches_jsonargparse_as_given():
+    text = "trainer: {default_root_dir: 's3://bucket/runs/x'}"  # as a path, s3:// would fold to s3:/
+    assert expand_defaults(["-c", text, "--trainer.max_epochs", "1"]) == ["--config", text, "--trainer.max_epochs", "1"]
+
+
+def test_only_a_local_path_can_be_a_missing_weights_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "mine.ckpt").touch()
+    assert missing_weights_file(str(tmp_path / "gone.ckpt")) and missing_weights_file("runs/gone/last.ckpt")
+    for present in ("~/mine.ckpt", "hf://owner/name", "s3://bucket/x.ckpt", "full", str(tmp_path / "mine.ckpt")):
+        assert not missing_weights_file(present), present
+
+
+@pytest.mark.parametrize(
+    "option, class_path",
+    [("--model=AudioPretrainModule", "audioclip.tasks.AudioPretrainModule"),
+     ("--data=US8KDataModule", "audioclip.data.US8KDataModule")],
+)  # fmt: skip
+def test_a_short_class_name_is_found_though_the_packages_import_on_first_use(option, class_path):
+    config = str(ROOT / "conf/finetune-esc50.yaml")
+    done = subprocess.run([sys.executable, "-m", "audioclip.cli", "fit", "--config", config, option, "--print_config"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"class_path: {class_path}" in done.stdout

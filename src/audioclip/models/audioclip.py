@@ -79,8 +79,10 @@ class AudioCLIP(CLIP):
 
     @property
     def dtype(self) -> torch.dtype:
-        """CLIP's: the image head's dtype (the text head's where the image head was left out)."""
-        return (self.visual.conv1.weight if self.visual is not None else self.text_projection).dtype
+        """CLIP's: the image head's dtype (the text head's, or the logit scale's, where it was left out)."""
+        if self.visual is not None:
+            return self.visual.conv1.weight.dtype
+        return (self.text_projection if self.text_projection is not None else self.logit_scale).dtype
 
     def drop_towers(self, *names: str) -> None:
         """Leave out the encoders of `names` (of `TOWERS`): their memory goes back, and using one afterwards is a
@@ -92,7 +94,8 @@ class AudioCLIP(CLIP):
                 setattr(self, attr, None)
         self.towers = tuple(t for t in self.towers if t not in names)
 
-    def _needs(self, tower: str) -> None:
+    def needs(self, tower: str) -> None:
+        """One line when `tower` was left out (`drop_towers`)."""
         if tower not in self.towers:
             raise ValueError(
                 f"this model was loaded without its {tower} encoder (towers: {', '.join(self.towers) or 'none'}); "
@@ -100,15 +103,15 @@ class AudioCLIP(CLIP):
             )
 
     def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
-        self._needs("audio")
+        self.needs("audio")
         return self.audio(audio.to(self.device))
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        self._needs("image")
+        self.needs("image")
         return super().encode_image(image)
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        self._needs("text")
+        self.needs("text")
         return super().encode_text(text)
 
     def tokenize(self, texts: list[str] | list[list[str]], template: str = "{}") -> torch.Tensor:

@@ -30,6 +30,7 @@ from audioclip.models.fbsp import normalize_fbsp_grads_
 from audioclip.models.lineage import LINEAGE_KEY, weights_lineage
 from audioclip.models.pretrained import WeightsError, load_weights
 from audioclip.tasks.checkpoints import checkpoint_dir
+from audioclip.tasks.entry import missing_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class AudioCLIPTask(L.LightningModule):
     def _init_weights(self, init_from: str, fresh: tuple[str, ...] = ()) -> Mapping[str, Any]:
         """Load `init_from` strictly; keys starting with a `fresh` prefix keep their new initialisation. Returns the
         file's content (read once: its lineage is read from it too)."""
-        if not Path(init_from).exists() and "/" in init_from:
+        if missing_weights_file(init_from):  # a URL (s3://, hf://) or ~/... is the weight reader's to resolve
             raise WeightsError(f"init_from: {init_from}: no such file")
         try:
             weights = load_weights(self.model, init_from, fresh=fresh)

@@ -44,6 +44,22 @@ from audioclip.tasks.preflight import PreflightChecks
 from audioclip.tasks.wandb_run import define_best_metric, is_wandb, run_name, start_run
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _import_short_names() -> None:
+    """jsonargparse finds a short class name (`--model FinetuneModule`, `--data US8KDataModule`) only among the
+    subclasses already imported; `audioclip.tasks` and `audioclip.data` import theirs on first use, so here, where
+    Lightning is loaded anyway, every phase and every DataModule is."""
+    import audioclip.data
+    import audioclip.tasks
+
+    for package, names in ((audioclip.tasks, audioclip.tasks.__all__), (audioclip.data, audioclip.data.__all__)):
+        for name in names:
+            if package is audioclip.tasks or name.endswith("DataModule"):
+                getattr(package, name)
+
+
+_import_short_names()
 # run-safety callbacks: each a configuration group of its own (conf/trainer.yaml), instantiated by the CLI
 CALLBACK_GROUPS = {
     "last_checkpoint": StepCheckpoint,

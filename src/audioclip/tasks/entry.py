@@ -34,6 +34,11 @@ def class_count_error(module: str, fixed: int, data: int) -> ValueError:
     return ValueError(f"model.num_classes: {_CLASS_COUNT_WORDING[module].format(fixed=fixed, data=data)}")
 
 
+def missing_weights_file(init_from: str) -> bool:
+    """Whether `init_from` names a local file (a path with a folder in it, not a tag or a URL) that does not exist."""
+    return "/" in init_from and "://" not in init_from and not Path(init_from).expanduser().exists()
+
+
 def expand_defaults(argv: Sequence[str]) -> list[str]:
     """Every `--config FILE` whose YAML has a `defaults:` list (paths relative to FILE's folder) becomes `--config`
     for each of them, recursively and each file once, followed by FILE's own settings without the list: a phase file
@@ -41,7 +46,8 @@ def expand_defaults(argv: Sequence[str]) -> list[str]:
     out: list[str] = []
     seen: set[Path] = set()
 
-    def add(path: Path) -> None:
+    def add(given: str) -> None:
+        path = Path(given)
         resolved = path.resolve()
         if resolved in seen:
             return
@@ -51,13 +57,13 @@ def expand_defaults(argv: Sequence[str]) -> list[str]:
         except yaml.YAMLError:
             content = None  # `check_config_files` names the file and the place
         if not isinstance(content, dict) or "defaults" not in content:
-            out.extend(["--config", str(path)])
+            out.extend(["--config", given])  # as given: `str(Path(...))` would fold a YAML string's `s3://` to `s3:/`
             return
         for default in content.pop("defaults") or []:
             child = resolved.parent / default
             if not child.is_file():
                 raise ValueError(f"--config {path}: defaults: {default}: no such file ({child})")
-            add(child)
+            add(str(child))
         if content:
             out.extend(["--config", yaml.safe_dump(content, sort_keys=False)])
 
@@ -65,12 +71,12 @@ def expand_defaults(argv: Sequence[str]) -> list[str]:
     i = 0
     while i < len(args):
         arg = args[i]
-        if arg == "--config" and i + 1 < len(args):
-            add(Path(args[i + 1]))
+        if arg in ("--config", "-c") and i + 1 < len(args):  # `-c` is jsonargparse's short form
+            add(args[i + 1])
             i += 2
             continue
         if arg.startswith("--config="):
-            add(Path(arg.removeprefix("--config=")))
+            add(arg.removeprefix("--config="))
         else:
             out.append(arg)
         i += 1
@@ -119,6 +125,8 @@ def resolved_settings(argv: Sequence[str]) -> dict:
     while i < len(args):
         arg = args[i]
         i += 1
+        if arg.startswith("-") and not arg.startswith("--"):
+            raise _Unsure  # a short option this reading does not know
         if not arg.startswith("--"):
             continue
         key, given, value = arg[2:].partition("=")
@@ -154,7 +162,7 @@ def check_settings(settings: dict) -> None:
 
     model, data = settings.get("model"), settings.get("data")
     init_from = _init_args(model).get("init_from")
-    if isinstance(init_from, str) and "/" in init_from and "://" not in init_from and not Path(init_from).exists():
+    if isinstance(init_from, str) and missing_weights_file(init_from):
         raise ValueError(f"init_from: {init_from}: no such file")
     fixed, module = _init_args(model).get("num_classes"), _class_name(model)
     layout, root = LAYOUTS.get(_class_name(data) or ""), _init_args(data).get("root")
@@ -169,8 +177,8 @@ def check_settings(settings: dict) -> None:
 
 def check_before_lightning(argv: Sequence[str]) -> None:
     """`check_settings` on what `argv` gives, when it can be read here; silent otherwise, and for a command that
-    only prints (`--print_config`, `--help`: nothing is built, so nothing has to fit)."""
-    if any(arg.startswith("--print_config") or arg in ("-h", "--help") for arg in argv):
+    only prints (`--print_config`, `--help`, `--model.help X`: nothing is built, so nothing has to fit)."""
+    if any(arg.startswith("--print_config") or arg in ("-h", "--help") or arg.endswith(".help") for arg in argv):
         return
     try:
         settings = resolved_settings(argv)
