@@ -102,7 +102,7 @@ def _build(name: str, weights: Weights, towers: Sequence[str]) -> AudioCLIP:
     model.to_empty(device="cpu")
     parts = tuple(attr for tower in left_out for attr in TOWERS[tower])
     state = {k: v for k, v in weights.state.items() if k.split(".", 1)[0] not in parts and k not in JIT_EXTRAS}
-    load_into(model, state, str(weights.path))
+    load_into(model, state, str(weights.path), page_out=True)  # the file's pages go back as they are copied
     if model.transformer is not None:  # CLIP's causal mask is a plain attribute, made when the model was laid out
         for block in model.transformer.resblocks:
             block.attn_mask = model.build_attention_mask()
