@@ -125,3 +125,16 @@ def test_a_short_class_name_is_found_though_the_packages_import_on_first_use(opt
                           capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"class_path: {class_path}" in done.stdout
+
+
+def test_your_own_datas_class_count_is_read_from_its_tree_or_manifest(tmp_path):
+    for name in ("dog_bark", "rain", "siren"):
+        (tmp_path / "tree" / name).mkdir(parents=True)
+        (tmp_path / "tree" / name / "a.wav").touch()  # listed, never decoded
+    manifest = tmp_path / "clips.csv"
+    manifest.write_text("path,labels\na.wav,dog;rain\nb.wav,rain\n")
+    model = {"class_path": "audioclip.tasks.FolderFinetuneModule", "init_args": {"num_classes": 4}}
+    for data, count in (({"root": str(tmp_path / "tree")}, 3), ({"manifest": str(manifest)}, 2)):
+        settings = {"model": model, "data": {"class_path": "audioclip.data.AudioFolderDataModule", "init_args": data}}
+        with pytest.raises(ValueError, match=f"set up for 4 classes but the dataset has {count}$"):
+            check_settings(settings)

@@ -101,7 +101,7 @@ def _percent(x: float | None) -> str:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from audioclip.data.folder import manifest_task
+    from audioclip.data.layouts import manifest_task
     from audioclip.data.provenance import data_kind
     from audioclip.evaluation.embedded import check_dataset, embed_dataset
     from audioclip.evaluation.index import fingerprint

@@ -81,7 +81,7 @@ def labelled_media(source: str | Path) -> list[tuple[Path, str, str]]:
     """(path, modality, label) of the files of a folder (label: the class folder) or a CSV/TSV manifest."""
     source = Path(source)
     if source.is_file() and source.suffix.lower() in (".csv", ".tsv"):
-        from audioclip.data.folder import read_manifest
+        from audioclip.data.layouts import read_manifest
 
         _, records, names = read_manifest(source)
         return [

@@ -3,8 +3,8 @@ is checked first, within a second or two, and only then is the LightningCLI impo
 imports alone take several seconds on a small machine).
 
 Checked here, from the config files and the command line, without torch or Lightning:
-- a fixed `model.num_classes` against the class count the dataset's metadata declares (ESC-50, UrbanSound8K;
-  `audioclip.data.layouts`), before anything is decoded or a W&B run started;
+- a fixed `model.num_classes` against the class count the dataset's metadata declares (ESC-50, UrbanSound8K, your
+  own class-folder tree or manifest; `audioclip.data.layouts`), before anything is decoded or a W&B run started;
 - an `init_from` path that does not exist.
 
 Where the settings cannot be read here with certainty (a YAML error, a key written another way), nothing is decided:
@@ -27,6 +27,11 @@ _CLASS_COUNT_WORDING = {
     "out to take the data's)",
     "FinetuneModule": "the model is set up for {fixed} classes but the dataset has {data}",
 }
+
+
+# the phase module -> the wording of its check (a subclass inherits its parent's `check_fits_data`)
+_WORDING_OF = {"AudioPretrainModule": "AudioPretrainModule", "FinetuneModule": "FinetuneModule",
+               "FolderFinetuneModule": "FinetuneModule"}  # fmt: skip
 
 
 def class_count_error(module: str, fixed: int, data: int) -> ValueError:
@@ -155,23 +160,37 @@ def _init_args(section: Any) -> dict:
     return found if isinstance(found, dict) else {}
 
 
+def _declared_class_names(data: Any) -> list[str] | None:
+    """The class names the data's metadata declares, as its DataModule reads them (`audioclip.data.layouts`), or None
+    where this reading cannot tell (another DataModule, no root, a dataset that is missing or malformed: the
+    DataModule says what is wrong with it, in its own words)."""
+    from audioclip.data.errors import DatasetNotFoundError, MetadataError
+    from audioclip.data.layouts import LAYOUTS, declared_class_names, read_manifest, read_tree
+
+    name, args = _class_name(data), _init_args(data)
+    root, manifest = args.get("root"), args.get("manifest")
+    try:
+        if name in LAYOUTS and isinstance(root, str):
+            return declared_class_names(LAYOUTS[name], root)
+        if name == "AudioFolderDataModule" and isinstance(manifest, str) and root is None:
+            return read_manifest(Path(manifest))[2]
+        if name == "AudioFolderDataModule" and isinstance(root, str) and manifest is None and not Path(root).is_file():
+            return read_tree(Path(root))[1]
+    except (DatasetNotFoundError, MetadataError):
+        return None
+    return None
+
+
 def check_settings(settings: dict) -> None:
     """The checks the settings alone allow (see the module's docstring); ValueError with one line."""
-    from audioclip.data.errors import DatasetNotFoundError, MetadataError
-    from audioclip.data.layouts import LAYOUTS, declared_class_names
-
     model, data = settings.get("model"), settings.get("data")
     init_from = _init_args(model).get("init_from")
     if isinstance(init_from, str) and missing_weights_file(init_from):
         raise ValueError(f"init_from: {init_from}: no such file")
-    fixed, module = _init_args(model).get("num_classes"), _class_name(model)
-    layout, root = LAYOUTS.get(_class_name(data) or ""), _init_args(data).get("root")
-    if module in _CLASS_COUNT_WORDING and isinstance(fixed, int) and layout is not None and isinstance(root, str):
-        try:
-            names = declared_class_names(layout, root)
-        except (DatasetNotFoundError, MetadataError):
-            return  # the DataModule says what is wrong with the dataset, in its own words
-        if len(names) != fixed:
+    fixed, module = _init_args(model).get("num_classes"), _WORDING_OF.get(_class_name(model) or "")
+    if module is not None and isinstance(fixed, int) and not isinstance(fixed, bool):
+        names = _declared_class_names(data)
+        if names is not None and len(names) != fixed:
             raise class_count_error(module, fixed, len(names))
 
 
