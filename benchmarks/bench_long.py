@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", help="as `audioclip classify --precision` (default auto)")
     parser.add_argument("--window", type=float, default=5.0)
     parser.add_argument("--hop", type=float, default=2.5)
-    parser.add_argument("--batch", type=int, default=8, help="windows per forward pass (classify_windows' batch_size)")
+    parser.add_argument("--batch", type=int, default=4, help="windows per forward pass (classify_windows' default: 4)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
