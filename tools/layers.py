@@ -4,7 +4,7 @@
 
 Layers, bottom to top (a module may import its own layer and the ones below, never one above):
 
-    0  constants, precision, process_group, outputs, lazy, install_check, storage
+    0  constants, precision, process_group, outputs, lazy, install_check, storage, memory
     1  models/        plain nn.Modules, the registry, weights
     2  data/          decoding, caches, DataModules, AudioSet preparation
     3  inference      load / classify / embed
@@ -32,6 +32,7 @@ LAYERS = {
     "audioclip.install_check": 0,
     "audioclip.lazy": 0,
     "audioclip.storage": 0,
+    "audioclip.memory": 0,
     "audioclip.models": 1,
     "audioclip.data": 2,
     "audioclip.inference": 3,

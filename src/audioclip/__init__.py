@@ -2,7 +2,7 @@
 
 The package in layers, each importing only the ones above it in this list (`tools/layers.py` checks it):
 
-    constants, precision, process_group, outputs, lazy, install_check    what everything may use
+    constants, precision, process_group, outputs, lazy, install_check, memory    what everything may use
     models/       plain nn.Modules (no Lightning), the registry, losses, weight reading
     data/         decoding, the decoded cache, transforms, DataModules; data/audioset/ prepares AudioSet by stage
     inference     audioclip.load / classify / embed_audio / embed_image / embed_text

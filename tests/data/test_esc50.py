@@ -9,8 +9,8 @@ import soundfile as sf
 import torch
 
 from audioclip.data import ESC50DataModule
-from audioclip.data.batch import class_text
 from audioclip.data.esc50 import ESC50_COLUMNS, ESC50_METADATA, decode_esc50
+from audioclip.data.layouts import class_text
 from audioclip.data.synthetic import write_esc50
 
 # The fixture clips, named "<class>_<official file name>", with their real ESC-50 categories.

@@ -150,14 +150,14 @@ def test_init_from_and_ckpt_path_share_one_safety_policy(tiny, tmp_path):
 
 
 def test_paging_out_a_tensor_keeps_its_values(tmp_path):
-    from audioclip.models.pretrained import page_out_tensor
+    from audioclip.memory import page_out
 
     torch.manual_seed(0)
     saved = {"w": torch.randn(300, 1000), "b": torch.arange(7.0)}
     torch.save(saved, tmp_path / "w.pt")
     mapped = torch.load(tmp_path / "w.pt", mmap=True, weights_only=True)  # read through mmap, as checkpoints are
     for name in saved:
-        page_out_tensor(mapped[name])
-        page_out_tensor(saved[name])  # anonymous memory: a hint the kernel may ignore, never a loss
+        page_out(mapped[name])
+        page_out(saved[name])  # anonymous memory: a hint the kernel may ignore, never a loss
         assert torch.equal(mapped[name], saved[name])
     assert torch.equal(saved["b"], torch.arange(7.0))

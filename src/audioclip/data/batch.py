@@ -11,8 +11,6 @@ from typing import Any
 
 import torch
 
-from audioclip.data.layouts import class_text  # noqa: F401 - its users import it from here too
-
 
 def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
     """Split the global batch over the DDP ranks; refuse a split that would change the batch size."""

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from audioclip.data import ESC50DataModule, US8KDataModule, collate
-from audioclip.data.batch import class_text
+from audioclip.data.layouts import class_text
 from audioclip.data.workers import worker_context
 from audioclip.evaluation.names import CAPTION_DATASETS, DATASETS, MODALITIES
 from audioclip.inference import InputError

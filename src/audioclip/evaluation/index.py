@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-from audioclip.data.batch import class_text
+from audioclip.data.layouts import class_text
 from audioclip.evaluation.retrieval import rank
 from audioclip.inference import InputError, embed_image, embed_text, prepare_audio
 from audioclip.models import AudioCLIP

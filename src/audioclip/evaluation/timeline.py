@@ -19,11 +19,9 @@ window (`max`: "is there a dog anywhere in this hour"; these do not sum to 1).
 from __future__ import annotations
 
 import csv
-import ctypes
-import ctypes.util
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -35,6 +33,7 @@ from audioclip.constants import SAMPLE_RATE
 from audioclip.data.errors import BadFileError
 from audioclip.data.stream import BLOCK_SECONDS, Window, sliding_windows, stream_info, window_samples
 from audioclip.inference import InputError, check_labels, embed_text
+from audioclip.memory import return_free_heap
 from audioclip.models.losses import clamp_scale
 from audioclip.outputs import atomic_output, check_writable_dir
 
@@ -131,24 +130,6 @@ def _batches(windows: Iterator[Window], batch_size: int) -> Iterator[list[Window
         yield batch
 
 
-def _libc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl): its allocator is left to itself
-        return None
-
-
-_MALLOC_TRIM = _libc_trim()
-
-
-def _return_free_heap() -> None:
-    """Give the heap's free pages back to the system after each batch: glibc keeps the holes a forward pass leaves
-    between long-lived allocations, and over an hour of windows the resident memory wandered by 150-200 MB without
-    this (`make bench-long`); with it, it stays flat. A no-op where the C library is not glibc."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
 def embed_windows(
     model,
     path: str | Path,
@@ -161,7 +142,7 @@ def embed_windows(
     """(start, end, L2-normalised audio embedding) of every window of `path`, in order (`sliding_windows`)."""
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    _return_free_heap()  # what loading the model left free (the text encoder, the weights file's pages) goes back first
+    return_free_heap()  # what loading the model left free (the text encoder, the weights file's pages) goes back first
     try:
         total = count_windows(path, window, hop)
         windows = sliding_windows(path, window, hop, block_seconds)
@@ -174,7 +155,7 @@ def embed_windows(
                 bar.update(len(batch))
                 yield from ((w.start_seconds, w.end_seconds, e.cpu()) for w, e in zip(batch, emb, strict=True))
                 del audio, emb, batch
-                _return_free_heap()
+                return_free_heap()  # glibc keeps the holes a forward pass leaves: resident memory would wander
     except BadFileError as error:
         raise InputError(str(error)) from None
 

@@ -11,8 +11,6 @@ is an error listing the missing and unexpected keys (the reference silently load
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import pathlib
 import shutil
@@ -27,6 +25,7 @@ import torch
 from clip.clip import _MODELS as clip_models
 from torch import nn
 
+import audioclip.memory as memory
 from audioclip.models.export_folder import (
     HF_PREFIX,
     SAFETENSORS_SUFFIX,
@@ -284,8 +283,8 @@ def load_into(
 ) -> None:
     """`load_state_dict(strict=True)` for the keys not starting with an `ignore` prefix, with a clear error.
 
-    `page_out`: copy one tensor at a time and give the pages each was read from back at once (`page_out_tensor`),
-    so a file read through mmap is never resident whole beside the model (`audioclip.load`, `make bench-long`)."""
+    `page_out`: copy one tensor at a time and give the pages each was read from back at once (`memory.page_out`), so
+    a file read through mmap is never resident whole beside the model (`audioclip.load`, `make bench-long`)."""
     own = module.state_dict()
     expected = {k for k in own if not k.startswith(ignore)}
     given = {k for k in state if not k.startswith(ignore)}
@@ -311,32 +310,7 @@ def load_into(
     with torch.no_grad():
         for key in expected:
             targets[key].copy_(state[key])
-            page_out_tensor(state[key])
-
-
-def _madvise() -> Any:
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-    return madvise
-
-
-_MADVISE = _madvise()
-_MADV_PAGEOUT = 21  # Linux 5.4+: reclaim these pages now; file-backed ones are read again if touched, nothing is lost
-
-
-def page_out_tensor(tensor: torch.Tensor) -> None:
-    """Ask the kernel to reclaim the pages holding `tensor` (a hint: its values stay readable). For a tensor read
-    through mmap this drops the file's pages from resident memory once they have been copied. A no-op where madvise
-    or MADV_PAGEOUT is missing (older kernels answer EINVAL, other systems have no such call)."""
-    if _MADVISE is None or tensor.device.type != "cpu" or not tensor.numel():
-        return
-    page = mmap.PAGESIZE
-    start = tensor.data_ptr() // page * page
-    end = tensor.data_ptr() + tensor.numel() * tensor.element_size()
-    _MADVISE(start, -(-(end - start) // page) * page, _MADV_PAGEOUT)
+            memory.page_out(state[key])
 
 
 # what OpenAI's TorchScript CLIP archives hold beside the weights (sizes as tensors); no model has them as keys
