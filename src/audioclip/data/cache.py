@@ -260,10 +260,18 @@ def _decode_rows(cache: ClipCache, spec: CacheSpec, tasks: list[tuple[int, Path]
                 _worker.clear()
             return
         context = worker_context(processes) or multiprocessing.get_context()
-        with context.Pool(processes, _init_worker, (spec.decoder, cache)) as pool:
+        pool = context.Pool(processes, _init_worker, (spec.decoder, cache))
+        try:
             for row, length, error in pool.imap_unordered(_decode_row, tasks, chunksize=4):
                 cache.lengths[row], cache.errors[row] = length, error
                 bar.update()
+        except BaseException:
+            pool.terminate()
+            raise
+        # the workers leave on the pool's own sentinel: `terminate` (Pool's `with`) relies on SIGTERM, and a worker
+        # forked from a process with a Python SIGTERM handler survives it, waiting forever on the task queue's lock
+        pool.close()
+        pool.join()
 
 
 class CacheReader:
